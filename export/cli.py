@@ -1,0 +1,273 @@
+"""`python -m imgdiff_onnx.export`: PyTorch models -> verified fp32 + int8 ONNX graphs + manifest."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from imgdiff_onnx import manifest as mf
+from imgdiff_onnx import samples
+from imgdiff_onnx.imageio import load_image_file
+from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch
+
+from . import blip, clip, fastsam, quantize, random_init, verify
+from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
+
+log = logging.getLogger("imgdiff_onnx.export")
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_BLIP = "Salesforce/blip-itm-base-coco"
+DEFAULT_FASTSAM = "FastSAM-x.pt"
+DEFAULT_OPSET = 17
+_PIL_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m imgdiff_onnx.export",
+        description=(
+            "Convert CLIP (image tower), BLIP-ITM and FastSAM to ONNX (fp32 and int8), verify every graph "
+            "against PyTorch, and write a model folder with manifest.json for the imgdiff_onnx runtime."
+        ),
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (created; must be empty unless --force)")
+    parser.add_argument("--clip", default=DEFAULT_CLIP, help=f"CLIP: hub id or local Hugging Face folder (default {DEFAULT_CLIP})")
+    parser.add_argument("--blip", default=DEFAULT_BLIP, help=f"BLIP ITM: hub id or local Hugging Face folder (default {DEFAULT_BLIP})")
+    parser.add_argument("--fastsam", default=DEFAULT_FASTSAM, help=f"FastSAM Ultralytics checkpoint (default {DEFAULT_FASTSAM}; FastSAM-s.pt works too)")
+    parser.add_argument("--precision", default="fp32,int8", help="comma-separated subset of fp32,int8 (fp32 is always built: int8 is made from it)")
+    parser.add_argument(
+        "--random-init",
+        choices=random_init.SIZES,
+        help="ignore --clip/--blip/--fastsam and build seeded random-weight models: 'full' = the real architectures, "
+        "'tiny' = small configs for tests. Their PyTorch checkpoints are saved under OUT/torch/.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    parser.add_argument(
+        "--fastsam-class-bias",
+        type=float,
+        default=random_init.DEFAULT_FASTSAM_CLASS_BIAS,
+        help=f"--random-init only: class-score bias of the random FastSAM head; sets how many boxes pass conf "
+        f"(default {random_init.DEFAULT_FASTSAM_CLASS_BIAS})",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=Path,
+        help="folder of images for int8 calibration and verification (default: built-in generated images)",
+    )
+    parser.add_argument("--verify-imgsz", type=int, default=1024, help="FastSAM input size used for verification (default 1024)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its model files")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def _precisions(text: str) -> list[str]:
+    wanted = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in mf.PRECISIONS]
+    if unknown or not wanted:
+        raise SystemExit(f"--precision: expected a comma-separated subset of {','.join(mf.PRECISIONS)}, got {text!r}")
+    return [p for p in mf.PRECISIONS if p in wanted or p == "fp32"]
+
+
+def _calibration(folder: Path | None) -> tuple[list[np.ndarray], str]:
+    if folder is None:
+        return samples.calibration_images(8), "generated (imgdiff_onnx.samples.calibration_images(8))"
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    if not files:
+        raise SystemExit(f"--calibration-images: no images in {folder}")
+    return [load_image_file(p).rgb for p in files], f"{len(files)} images from {folder}"
+
+
+def _image_preprocessing(folder: Path) -> dict:
+    """The HF processor's settings (preprocessor_config.json), in the runtime's vocabulary."""
+    legacy, combined = folder / "preprocessor_config.json", folder / "processor_config.json"
+    if legacy.is_file():  # hub repos and transformers < 5
+        config, origin = json.loads(legacy.read_text(encoding="utf-8")), legacy.name
+    elif combined.is_file():  # transformers >= 5 save_pretrained of a processor
+        config, origin = json.loads(combined.read_text(encoding="utf-8"))["image_processor"], combined.name
+    else:
+        raise SourceUnavailable(f"{folder}: no preprocessor_config.json or processor_config.json (image processor settings)")
+    size = config.get("size", {})
+    crop = config.get("crop_size", {}) if config.get("do_center_crop", False) else {}
+    resample = config.get("resample", 3)
+    return {
+        "resize_shortest_edge": size.get("shortest_edge"),
+        "resize_height": size.get("height"),
+        "resize_width": size.get("width"),
+        "crop_height": crop.get("height"),
+        "crop_width": crop.get("width"),
+        "resample": _PIL_RESAMPLE_NAMES.get(resample, resample) if isinstance(resample, int) else str(resample).lower(),
+        "rescale_factor": float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0,
+        "mean": list(config["image_mean"]),
+        "std": list(config["image_std"]),
+        "convert_rgb": bool(config.get("do_convert_rgb", True)),
+        "source": origin,
+    }
+
+
+def _versions() -> dict:
+    names = ["torch", "transformers", "ultralytics", "onnx", "onnxruntime", "optimum", "numpy", "opencv-python-headless", "tokenizers", "Pillow"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise SystemExit(f"--out {out} is not empty; pass --force to replace its model files")
+        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + [mf.graph_file(g, p) for g in mf.GRAPHS for p in mf.PRECISIONS]:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> Path:
+    started = time.perf_counter()
+    out: Path = args.out
+    precisions = _precisions(args.precision)
+    _prepare_out(out, args.force)
+    calibration, calibration_note = _calibration(args.calibration_images)
+
+    random_spec = None
+    if args.random_init:
+        random_spec = random_init.RandomInitSpec(args.random_init, args.seed, args.fastsam_class_bias)
+        torch_dir = out / "torch"
+        if torch_dir.exists():
+            shutil.rmtree(torch_dir)
+        clip_src = str(random_init.build_clip(random_spec, torch_dir / "clip"))
+        blip_src = str(random_init.build_blip(random_spec, torch_dir / "blip"))
+        fastsam_src = str(random_init.build_fastsam(random_spec, torch_dir / "fastsam.pt", calibration))
+    else:
+        clip_src, blip_src, fastsam_src = args.clip, args.blip, args.fastsam
+    sources: dict[str, ResolvedSource] = {
+        "clip": resolve_hf(clip_src, "CLIP", "--clip"),
+        "blip": resolve_hf(blip_src, "BLIP", "--blip"),
+        "fastsam": resolve_ultralytics(fastsam_src),
+    }
+
+    # Everything below loads from the resolved files, so re-exporting from the saved
+    # checkpoint folders reproduces the same graphs.
+    from transformers import AutoTokenizer
+
+    clip_model = clip.load(sources["clip"].local_path)
+    blip_model = blip.load(sources["blip"].local_path)
+    fastsam_model = fastsam.load(sources["fastsam"].local_path)
+    tokenizer = AutoTokenizer.from_pretrained(sources["blip"].local_path)
+    tokenizer.backend_tokenizer.save(str(out / mf.TOKENIZER_FILE))
+
+    paths = {g: {"fp32": out / mf.graph_file(g, "fp32")} for g in mf.GRAPHS}
+    graphs = {
+        "clip_vision": clip.export(clip_model, paths["clip_vision"]["fp32"], args.opset),
+        "blip_vision": blip.export_vision(blip_model, paths["blip_vision"]["fp32"], args.opset),
+        "blip_itm": blip.export_itm(blip_model, paths["blip_itm"]["fp32"], args.opset),
+        "fastsam": fastsam.export(fastsam_model, paths["fastsam"]["fp32"], args.opset),
+    }
+
+    preprocessing = {
+        "clip": _image_preprocessing(sources["clip"].local_path),
+        "blip": _image_preprocessing(sources["blip"].local_path),
+        "fastsam": {"stride": fastsam.stride(fastsam_model), "pad_value": 114, "interpolation": "linear", "rect": True, "source": "ultralytics LetterBox"},
+    }
+    letterbox_settings = LetterboxSettings.from_dict(preprocessing["fastsam"])
+
+    recipes: dict[str, dict] = {}
+    if "int8" in precisions:
+        for graph in ("clip_vision", "blip_vision", "blip_itm"):
+            paths[graph]["int8"] = out / mf.graph_file(graph, "int8")
+            recipes[graph] = quantize.quantize_transformer(paths[graph]["fp32"], paths[graph]["int8"])
+        paths["fastsam"]["int8"] = out / mf.graph_file("fastsam", "int8")
+        calib_batches = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), args.verify_imgsz, letterbox_settings).tensor for im in calibration]
+        recipes["fastsam"] = quantize.quantize_fastsam(paths["fastsam"]["fp32"], paths["fastsam"]["int8"], calib_batches)
+
+    log.info("verifying graphs against PyTorch on %d images", len(calibration))
+    clip_norm = ImageNormalization.from_dict(preprocessing["clip"])
+    blip_norm = ImageNormalization.from_dict(preprocessing["blip"])
+    blip_pixels = normalize_batch(calibration[:4], blip_norm)
+    verification = {
+        "images": calibration_note,
+        "clip_vision": verify.embeddings(clip.ClipImageTower(clip_model).eval(), paths["clip_vision"], normalize_batch(calibration, clip_norm)),
+        "blip_vision": verify.embeddings(blip.BlipVision(blip_model).eval(), paths["blip_vision"], blip_pixels),
+        "blip_itm": verify.itm(blip_model, tokenizer, paths["blip_vision"], paths["blip_itm"], blip_pixels),
+        "fastsam": verify.fastsam(fastsam_model, paths["fastsam"], calibration, letterbox_settings, args.verify_imgsz, conf=0.05, iou=0.5),
+        "tolerances": dataclasses.asdict(verify.TOLERANCES),
+    }
+    verify.check(verification)
+
+    manifest_graphs = {}
+    for graph, by_precision in paths.items():
+        manifest_graphs[graph] = {}
+        for precision, path in by_precision.items():
+            entry = {"file": path.name, **graphs[graph]}
+            if precision == "int8":
+                entry["quantization"] = recipes[graph]
+            entry["batch_invariant"] = precision == "fp32" or bool(recipes[graph].get("batch_invariant"))
+            manifest_graphs[graph][precision] = entry
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME):
+        rel = path.relative_to(out).as_posix()
+        files[rel] = {"bytes": path.stat().st_size, "sha256": mf.sha256(path)}
+    data = {
+        "format": mf.FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "random_init": None
+        if random_spec is None
+        else {
+            "size": random_spec.size,
+            "seed": random_spec.seed,
+            "fastsam_class_bias": random_spec.fastsam_class_bias,
+            "warning": "random weights: outputs are meaningless; use only for speed and plumbing tests",
+        },
+        "sources": {
+            name: {"given": src.given, "local_path": str(src.local_path), "revision": src.revision}
+            for name, src in sources.items()
+        },
+        "versions": _versions(),
+        "opset": args.opset,
+        "precisions": precisions,
+        "graphs": manifest_graphs,
+        "tokenizer": {"file": mf.TOKENIZER_FILE, "max_length": 512},
+        "preprocessing": preprocessing,
+        "verification": verification,
+        "files": files,
+    }
+    mf.write(out, data)
+    log.info("model folder %s written in %.1f s", out, time.perf_counter() - started)
+    return out
+
+
+def configure_logging(quiet: bool) -> None:
+    """Our loggers at INFO (WARNING with --quiet); third-party chatter (onnxruntime's quantizer logs
+    at INFO on the root logger) stays at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("imgdiff_onnx", "imgdiff_onnx_export"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
+    try:
+        run(args)
+    except SourceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except verify.ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,117 @@
+"""int8 graphs: dynamic MatMul/Gemm quantization for the transformers, static QDQ for FastSAM.
+
+Choices (measured on this 2-core AVX-512 VNNI CPU, see DESIGN.md section 6 and the benchmarks):
+- CLIP / BLIP: dynamic quantization restricted to MatMul and Gemm with constant weights
+  (MatMulConstBOnly): int8 weights, uint8 activations scaled at run time. Activation-by-
+  activation MatMuls (attention) stay float. Dynamic scales are computed per call over the
+  whole batch, so the runtime feeds these graphs one sample per call to stay batch-invariant
+  (manifest field `batch_invariant: false`).
+- FastSAM: static QDQ (uint8 activations, int8 weights, per-tensor) calibrated on real-looking
+  images. Quantizing Conv dynamically would produce slow ConvInteger ops. The head's decode
+  (last convolution of each branch, DFL, sigmoid, anchor/stride arithmetic, concat) and the last
+  prototype convolution stay float. Static scales make the graph batch-invariant.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DYNAMIC_RECIPE = {
+    "method": "onnxruntime.quantization.quantize_dynamic",
+    "op_types": ["MatMul", "Gemm"],
+    "weight_type": "QInt8",
+    "activation_type": "QUInt8 (dynamic, per tensor, per call)",
+    "extra_options": {"MatMulConstBOnly": True},
+    "batch_invariant": False,
+}
+
+STATIC_RECIPE = {
+    "method": "onnxruntime.quantization.quantize_static",
+    "format": "QDQ",
+    "weight_type": "QInt8",
+    "activation_type": "QUInt8",
+    "per_channel": False,
+    "calibration": "MinMax",
+    "kept_float": "head decode (last conv of each cv2/cv3/cv4 branch, DFL, anchors, sigmoid, concat) and the last proto conv",
+    "batch_invariant": True,
+}
+
+
+def quantize_transformer(src: Path, dst: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    log.info("quantized %s -> %s (dynamic MatMul/Gemm)", src.name, dst.name)
+    return dict(DYNAMIC_RECIPE)
+
+
+_HEAD_KEEP_QUANTIZED = re.compile(r"^/model\.\d+/cv[234]\.\d+/cv[234]\.\d+\.[01]/")
+
+
+def _fastsam_float_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes that stay float: everything in the head but its first two conv blocks."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    head_prefix = None
+    for node in graph.node:
+        if "/dfl/" in node.name:
+            head_prefix = node.name.split("/dfl/")[0] + "/"
+            break
+    if head_prefix is None:
+        raise RuntimeError(f"{model_path.name}: no DFL node found; is this a YOLOv8-seg / FastSAM graph?")
+    keep_float = []
+    for node in graph.node:
+        if not node.name.startswith(head_prefix):
+            continue
+        if _HEAD_KEEP_QUANTIZED.match(node.name):
+            continue
+        if node.name.startswith(head_prefix + "proto/") and "/cv3/" not in node.name:
+            continue
+        keep_float.append(node.name)
+    return keep_float
+
+
+class _ImageReader:
+    """Calibration batches for quantize_static: one letterboxed image per call."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {"images": batch}
+
+
+def quantize_fastsam(src: Path, dst: Path, calibration: list[np.ndarray]) -> dict:
+    """`calibration`: letterboxed float32 NCHW batches as the runtime would feed them."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    float_nodes = _fastsam_float_nodes(src)
+    quantize_static(
+        str(src),
+        str(dst),
+        _ImageReader(calibration),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=float_nodes,
+    )
+    log.info("quantized %s -> %s (static QDQ, %d calibration images, %d nodes kept float)", src.name, dst.name, len(calibration), len(float_nodes))
+    recipe = dict(STATIC_RECIPE)
+    recipe["calibration_images"] = len(calibration)
+    return recipe

@@ -1,0 +1,194 @@
+"""Run every exported graph against its PyTorch module on real images; figures for the manifest.
+
+fp32 graphs must match PyTorch within the tolerances below or the export fails. int8 graphs are
+compared with the fp32 graphs and reported (quantization error is a measured property, not a
+pass/fail criterion here; the runtime parity tests and benchmarks report its effect on boxes).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from imgdiff_onnx import boxes as bx
+from imgdiff_onnx.models.fastsam import postprocess
+from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """fp32 ONNX vs PyTorch, same inputs."""
+
+    min_cosine: float = 0.9999  # embeddings (CLIP projected features, BLIP image tokens)
+    max_itm_prob_diff: float = 1e-3  # |p_itm(onnx) - p_itm(torch)|
+    min_box_f1: float = 0.98  # FastSAM boxes after post-processing, matched at IoU 0.9
+
+
+TOLERANCES = Tolerances()
+ITM_WORDS = ("plane", "boat", "traffic light", "dog", "sky")
+
+
+class ParityError(RuntimeError):
+    """An fp32 graph does not reproduce its PyTorch module."""
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def _embedding_figures(expected: np.ndarray, actual: np.ndarray) -> dict:
+    return {
+        "max_abs_diff": float(np.abs(expected - actual).max()),
+        "max_abs_value": float(np.abs(expected).max()),
+        "min_cosine": float(_cosines(expected, actual).min()),
+        "images": int(len(expected)),
+    }
+
+
+def _run_one_by_one(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """Outputs sample by sample (how the runtime feeds dynamically quantized graphs)."""
+    n = len(next(iter(feeds.values())))
+    return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(n)])
+
+
+def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np.ndarray) -> dict:
+    """CLIP image tower or BLIP vision: fp32 vs torch, int8 vs fp32."""
+    with torch.no_grad():
+        expected = torch_module(torch.from_numpy(pixels)).numpy()
+    fp32 = _session(paths["fp32"]).run(None, {"pixel_values": pixels})[0]
+    figures = {"fp32_vs_torch": _embedding_figures(expected, fp32)}
+    if "int8" in paths:
+        int8 = _run_one_by_one(_session(paths["int8"]), {"pixel_values": pixels})
+        figures["int8_vs_fp32"] = _embedding_figures(fp32, int8)
+    return figures
+
+
+def _softmax_match(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True))[:, 1]
+
+
+def itm(blip_model: torch.nn.Module, tokenizer, vision_paths: dict[str, Path], itm_paths: dict[str, Path], pixels: np.ndarray) -> dict:
+    """BLIP ITM probabilities: ONNX (blip_vision -> blip_itm) vs BlipForImageTextRetrieval."""
+    pairs = [(i, word) for i in range(len(pixels)) for word in ITM_WORDS]
+    encoded = tokenizer([w for _, w in pairs], padding=True, return_tensors="np")
+    ids, mask = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+    image_index = np.array([i for i, _ in pairs])
+    with torch.no_grad():
+        logits = blip_model(
+            input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels[image_index]), attention_mask=torch.from_numpy(mask)
+        ).itm_score.numpy()
+    expected = _softmax_match(logits)
+
+    def onnx_probs(precision: str) -> np.ndarray:
+        vision = _session(vision_paths[precision])
+        text = _session(itm_paths[precision])
+        if precision == "int8":
+            embeds = _run_one_by_one(vision, {"pixel_values": pixels})
+            out = _run_one_by_one(text, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})
+        else:
+            embeds = vision.run(None, {"pixel_values": pixels})[0]
+            out = text.run(None, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})[0]
+        return _softmax_match(out)
+
+    fp32 = onnx_probs("fp32")
+    figures = {
+        "fp32_vs_torch": {
+            "max_prob_diff": float(np.abs(expected - fp32).max()),
+            "pairs": len(pairs),
+            "prob_range": [float(expected.min()), float(expected.max())],
+        }
+    }
+    if "int8" in itm_paths:
+        int8 = onnx_probs("int8")
+        figures["int8_vs_fp32"] = {"max_prob_diff": float(np.abs(fp32 - int8).max()), "pairs": len(pairs)}
+    return figures
+
+
+def fastsam(
+    model: torch.nn.Module,
+    paths: dict[str, Path],
+    images_rgb: list[np.ndarray],
+    settings: LetterboxSettings,
+    imgsz: int,
+    conf: float,
+    iou: float,
+) -> dict:
+    """FastSAM boxes after the full post-processing: fp32 graph vs torch, int8 vs fp32."""
+    sessions = {p: _session(path) for p, path in paths.items()}
+    head = model.model[-1]
+    per_image = []
+    for rgb in images_rgb:
+        boxed = letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), imgsz, settings)
+        shape = boxed.tensor.shape[2:]
+        head.export, head.dynamic = True, True
+        try:
+            with torch.no_grad():
+                pred_t, proto_t = (t.numpy() for t in model(torch.from_numpy(boxed.tensor)))
+        finally:
+            head.export, head.dynamic = False, False
+        outputs = {"torch": (pred_t, proto_t)}
+        for precision, session in sessions.items():
+            outputs[precision] = tuple(session.run(["predictions", "protos"], {"images": boxed.tensor}))
+        dets = {k: postprocess(p[0], q[0], shape, boxed.original_shape, conf, iou) for k, (p, q) in outputs.items()}
+        row = {
+            "boxes_torch": int(len(dets["torch"].xywh)),
+            "fp32_box_f1": bx.box_f1(dets["torch"].xywh, dets["fp32"].xywh),
+            "fp32_max_score_diff": float(np.abs(pred_t[0, 4] - outputs["fp32"][0][0, 4]).max()),
+        }
+        if "int8" in dets:
+            row["boxes_int8"] = int(len(dets["int8"].xywh))
+            row["int8_box_f1"] = bx.box_f1(dets["fp32"].xywh, dets["int8"].xywh)
+            row["int8_max_score_diff"] = float(np.abs(outputs["fp32"][0][0, 4] - outputs["int8"][0][0, 4]).max())
+        per_image.append(row)
+    figures = {
+        "imgsz": imgsz,
+        "conf": conf,
+        "iou": iou,
+        "boxes_per_image_torch": [r["boxes_torch"] for r in per_image],
+        "fp32_vs_torch": {
+            "min_box_f1": min(r["fp32_box_f1"] for r in per_image),
+            "max_score_diff": max(r["fp32_max_score_diff"] for r in per_image),
+        },
+    }
+    if "int8" in paths:
+        figures["boxes_per_image_int8"] = [r["boxes_int8"] for r in per_image]
+        figures["int8_vs_fp32"] = {
+            "min_box_f1": min(r["int8_box_f1"] for r in per_image),
+            "mean_box_f1": float(np.mean([r["int8_box_f1"] for r in per_image])),
+            "max_score_diff": max(r["int8_max_score_diff"] for r in per_image),
+        }
+    return figures
+
+
+def check(verification: dict, tolerances: Tolerances = TOLERANCES) -> None:
+    """Raise ParityError when an fp32 graph is outside tolerance."""
+    problems = []
+    for graph in ("clip_vision", "blip_vision"):
+        cos = verification[graph]["fp32_vs_torch"]["min_cosine"]
+        if cos < tolerances.min_cosine:
+            problems.append(f"{graph}: min cosine {cos:.6f} < {tolerances.min_cosine}")
+    diff = verification["blip_itm"]["fp32_vs_torch"]["max_prob_diff"]
+    if diff > tolerances.max_itm_prob_diff:
+        problems.append(f"blip_itm: max |p_itm diff| {diff:.2e} > {tolerances.max_itm_prob_diff}")
+    f1 = verification["fastsam"]["fp32_vs_torch"]["min_box_f1"]
+    if f1 < tolerances.min_box_f1:
+        problems.append(f"fastsam: box F1 {f1:.4f} < {tolerances.min_box_f1}")
+    if problems:
+        raise ParityError("fp32 ONNX graphs do not reproduce PyTorch: " + "; ".join(problems))

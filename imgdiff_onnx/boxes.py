@@ -1,0 +1,240 @@
+"""Box arithmetic in vectorised numpy: conversions, NMS, IoU, FastSAM's post-processing rules.
+
+Each function mirrors one piece of the reference (Ultralytics 8.4 / torchvision / Data-Juicer)
+and says which; all work in float32 like the reference does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """Centre (cx, cy, w, h) to corners (x1, y1, x2, y2), float32 (Ultralytics xywh2xyxy)."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    half = boxes[:, 2:4] / np.float32(2)
+    return np.concatenate([boxes[:, 0:2] - half, boxes[:, 0:2] + half], axis=1)
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """Corners to centre (cx, cy, w, h), float32 (Ultralytics xyxy2xywh)."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    centre = (boxes[:, 0:2] + boxes[:, 2:4]) / np.float32(2)
+    return np.concatenate([centre, boxes[:, 2:4] - boxes[:, 0:2]], axis=1)
+
+
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS as torchvision.ops.nms: indices kept, by descending score; IoU > threshold suppresses.
+
+    Areas without the +1 pixel convention.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-scores, kind="stable")
+    boxes = boxes_xyxy[order].astype(np.float32)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(n, dtype=bool)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = np.arange(i + 1, n)[~suppressed[i + 1 :]]
+        if rest.size == 0:
+            break
+        w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        suppressed[rest[iou > np.float32(iou_threshold)]] = True
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def greedy_overlap_filter(boxes_xywh: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """Data-Juicer's iou_filter: keep the first box, drop later ones with IoU > threshold, repeat.
+
+    Works in the given order (no score sort) with the +1 pixel area convention. Returns the
+    indices kept, in order.
+    """
+    boxes = np.asarray(boxes_xywh, dtype=np.float32)
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1 = boxes[:, 0] - boxes[:, 2] / 2
+    y1 = boxes[:, 1] - boxes[:, 3] / 2
+    x2 = boxes[:, 0] + boxes[:, 2] / 2
+    y2 = boxes[:, 1] + boxes[:, 3] / 2
+    areas = (y2 - y1 + 1) * (x2 - x1 + 1)
+    keep = []
+    index = np.arange(len(boxes))
+    while len(index) > 0:
+        i = index[0]
+        keep.append(i)
+        rest = index[1:]
+        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        overlap = w * h
+        ious = overlap / (areas[i] + areas[rest] - overlap)
+        index = rest[ious <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def scale_boxes_to_original(boxes_xyxy: np.ndarray, input_shape: tuple[int, int], original_shape: tuple[int, int]) -> np.ndarray:
+    """Undo the letterbox (Ultralytics scale_boxes with ratio_pad=None), then clip to the image."""
+    boxes = np.array(boxes_xyxy, dtype=np.float32, copy=True)
+    in_h, in_w = input_shape
+    h0, w0 = original_shape
+    gain = min(in_h / h0, in_w / w0)
+    new_h, new_w = max(round(h0 * gain), 1), max(round(w0 * gain), 1)
+    gain_y, gain_x = new_h / h0, new_w / w0
+    pad_x, pad_y = round((in_w - new_w) / 2 - 0.1), round((in_h - new_h) / 2 - 0.1)
+    boxes[:, [0, 2]] -= pad_x
+    boxes[:, [1, 3]] -= pad_y
+    boxes[:, [0, 2]] /= gain_x
+    boxes[:, [1, 3]] /= gain_y
+    return clip_boxes(boxes, original_shape)
+
+
+def clip_boxes(boxes_xyxy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    boxes = boxes_xyxy
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return boxes
+
+
+def snap_to_border(boxes_xyxy: np.ndarray, shape: tuple[int, int], threshold: int = 20) -> np.ndarray:
+    """FastSAM's adjust_bboxes_to_image_border: edges within `threshold` px move onto the border."""
+    h, w = shape
+    boxes = np.array(boxes_xyxy, dtype=np.float32, copy=True)
+    boxes[boxes[:, 0] < threshold, 0] = 0
+    boxes[boxes[:, 1] < threshold, 1] = 0
+    boxes[boxes[:, 2] > w - threshold, 2] = w
+    boxes[boxes[:, 3] > h - threshold, 3] = h
+    return boxes
+
+
+def iou_with(box_xyxy: np.ndarray, boxes_xyxy: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """IoU of one box with many (Ultralytics box_iou: no +1, eps in the denominator)."""
+    a = np.asarray(box_xyxy, dtype=np.float32)
+    b = np.asarray(boxes_xyxy, dtype=np.float32)
+    w = (np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0])).clip(0)
+    h = (np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1])).clip(0)
+    inter = w * h
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a + area_b - inter + np.float32(eps))
+
+
+def fastsam_full_image_rule(boxes_xyxy: np.ndarray, shape: tuple[int, int], threshold: float = 0.9) -> np.ndarray:
+    """FastSAM: border snap on all boxes, then boxes with IoU > 0.9 with the image become the image."""
+    h, w = shape
+    boxes = snap_to_border(boxes_xyxy, shape)
+    if len(boxes):
+        full = np.array([0, 0, w, h], dtype=np.float32)
+        boxes[iou_with(full, boxes) > threshold] = full
+    return boxes
+
+
+# --- the empty-mask rule -------------------------------------------------------------------
+#
+# Ultralytics (retina_masks=True) computes every mask at full image resolution, crops it to its
+# box and drops detections whose mask has no positive pixel. The mask logits are a linear map of
+# the prototypes and bilinear resizing is linear too, so mask_i = Ry @ (c_i . P) @ Rx^T with
+# sparse interpolation matrices Ry, Rx. Only the rows and columns inside a box are needed, and
+# only the prototype cells they read from: a few thousand multiply-adds per box instead of a
+# full-resolution mask.
+
+
+def _linear_interp_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) matrix of torch bilinear interpolation (align_corners=False, no antialias) on one axis."""
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    scale = in_size / out_size
+    dst = np.arange(out_size, dtype=np.float64)
+    src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = src - i0
+    w0 = 1.0 - w1
+    np.add.at(matrix, (np.arange(out_size), i0), w0)
+    np.add.at(matrix, (np.arange(out_size), i1), w1)
+    return matrix
+
+
+def _mask_upsample_matrices(proto_shape: tuple[int, int], original_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Ry (h, mh) and Rx (w, mw): Ultralytics process_mask_native's two-step resize as matrices."""
+    mh, mw = proto_shape
+    h, w = original_shape
+    gain = min(4 * mh / h, 4 * mw / w)
+    pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
+    f = 4 // math.gcd(4, pad | pad // 2)
+    # step 1: upsample the prototypes by f (bilinear)
+    ry = _linear_interp_matrix(mh * f, mh) if f > 1 else np.eye(mh)
+    rx = _linear_interp_matrix(mw * f, mw) if f > 1 else np.eye(mw)
+    im1_h, im1_w = mh * f, mw * f
+    if (im1_h, im1_w) == (h, w):
+        return ry, rx
+    # step 2: crop the letterbox padding and resize to the original image (scale_masks)
+    gain2 = min(im1_h / h, im1_w / w)
+    pad_w, pad_h = (im1_w - max(round(w * gain2), 1)) / 2, (im1_h - max(round(h * gain2), 1)) / 2
+    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+    bottom, right = top + max(round(h * gain2), 1), left + max(round(w * gain2), 1)
+    ry = _linear_interp_matrix(h, bottom - top) @ ry[top:bottom]
+    rx = _linear_interp_matrix(w, right - left) @ rx[left:right]
+    return ry, rx
+
+
+def nonempty_masks(protos: np.ndarray, coefficients: np.ndarray, boxes_xyxy: np.ndarray, original_shape: tuple[int, int]) -> np.ndarray:
+    """For each detection: does its full-resolution mask, cropped to its box, have a pixel > 0?
+
+    protos: (32, mh, mw); coefficients: (N, 32); boxes in original-image pixels (scaled, clipped).
+    Pixels inside a box: columns c with x1 <= c < x2, rows r with y1 <= r < y2 (crop_mask).
+    """
+    n = len(boxes_xyxy)
+    result = np.zeros(n, dtype=bool)
+    if n == 0:
+        return result
+    channels, mh, mw = protos.shape
+    ry, rx = _mask_upsample_matrices((mh, mw), original_shape)
+    h, w = original_shape
+    for i in range(n):
+        x1, y1, x2, y2 = (float(v) for v in boxes_xyxy[i])
+        c0, c1 = max(math.ceil(x1), 0), min(math.ceil(x2), w)
+        r0, r1 = max(math.ceil(y1), 0), min(math.ceil(y2), h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        rows, cols = ry[r0:r1], rx[c0:c1]
+        row_support = np.flatnonzero(rows.any(axis=0))
+        col_support = np.flatnonzero(cols.any(axis=0))
+        ra, rb = row_support[0], row_support[-1] + 1
+        ca, cb = col_support[0], col_support[-1] + 1
+        # only the prototype window the box reads from
+        sub = protos[:, ra:rb, ca:cb].reshape(channels, -1).astype(np.float64)
+        window = (coefficients[i].astype(np.float64) @ sub).reshape(rb - ra, cb - ca)
+        logits = rows[:, ra:rb] @ window @ cols[:, ca:cb].T
+        result[i] = bool((logits > 0).any())
+    return result
+
+
+def box_f1(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -> float:
+    """Agreement of two box sets: F1 of a greedy one-to-one matching at IoU >= threshold.
+
+    1.0 when both are empty.
+    """
+    a, b = xywh_to_xyxy(np.asarray(a_xywh).reshape(-1, 4)), xywh_to_xyxy(np.asarray(b_xywh).reshape(-1, 4))
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    free = np.ones(len(b), dtype=bool)
+    matches = 0
+    for box in a:
+        ious = np.where(free, iou_with(box, b), -1.0)
+        j = int(np.argmax(ious))
+        if ious[j] >= iou_threshold:
+            free[j] = False
+            matches += 1
+    return 2.0 * matches / (len(a) + len(b))

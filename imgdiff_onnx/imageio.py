@@ -1,0 +1,114 @@
+"""Reading images once, the same way for every stage.
+
+One decode per image (Pillow), EXIF orientation applied, every mode turned into 8-bit RGB by
+documented rules. CLIP, BLIP and the crops use the RGB array; FastSAM gets its BGR view. The
+original decodes twice (PIL for the filters, OpenCV for segmentation and crops), which
+disagree on EXIF-rotated and transparent images; here all stages see the same pixels.
+
+Mode rules:
+- RGB: as is. L (grey), CMYK, YCbCr, LAB, HSV: Pillow's convert("RGB").
+- Transparency (RGBA, LA, PA, P with a transparent colour): composited onto white, as the
+  Hugging Face image processors' convert_to_rgb does.
+- 16-bit and 32-bit integer greys (I;16, I): the high byte (value >> 8, clipped), as OpenCV
+  and Ultralytics read 16-bit images; float greys (F): clipped to 0..255.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Larger images are refused with a clear error (Pillow's decompression-bomb guard is raised
+# to this limit; it can be changed with IMGDIFF_MAX_IMAGE_PIXELS).
+MAX_IMAGE_PIXELS = int(os.environ.get("IMGDIFF_MAX_IMAGE_PIXELS", 100_000_000))
+
+
+class ImageLoadError(ValueError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgb: np.ndarray  # uint8 (H, W, 3)
+    source: str
+
+    @property
+    def bgr(self) -> np.ndarray:
+        return np.ascontiguousarray(self.rgb[:, :, ::-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A Pillow image of any mode to uint8 RGB, by the module's rules."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        data = np.asarray(image, dtype=np.int64)
+        grey = np.clip(data >> 8, 0, 255).astype(np.uint8) if mode != "I" or data.max() > 255 else data.clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def load_image_file(path: str | Path) -> LoadedImage:
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"image not found: {path}")
+    if not path.is_file():
+        raise ImageLoadError(f"not a file: {path}")
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ImageLoadError(f"image too large: {path} is {image.width}x{image.height} (limit {MAX_IMAGE_PIXELS} pixels)")
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                rgb = to_rgb(image)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"image too large: {path} ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"not an image (or an unsupported format): {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"unreadable or truncated image: {path} ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageLoadError(f"empty image: {path}")
+    return LoadedImage(rgb=np.ascontiguousarray(rgb), source=str(path))
+
+
+def from_array(array: np.ndarray, name: str = "<array>") -> LoadedImage:
+    """An image given as an array: uint8 RGB (H, W, 3), grey (H, W) or RGBA (H, W, 4)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ImageLoadError(f"{name}: arrays must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = to_rgb(Image.fromarray(array, mode="RGBA"))
+    elif not (array.ndim == 3 and array.shape[2] == 3):
+        raise ImageLoadError(f"{name}: expected an RGB array (H, W, 3), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageLoadError(f"{name}: empty image {array.shape}")
+    return LoadedImage(rgb=np.ascontiguousarray(array), source=name)

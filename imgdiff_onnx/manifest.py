@@ -1,0 +1,71 @@
+"""The model folder's manifest: what is in it, how to preprocess for it, how it was verified.
+
+Shared by the export side (writes it) and the runtime (reads and checks it), so the two agree
+on one layout. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "imgdiff-onnx-models/1"
+GRAPHS = ("clip_vision", "blip_vision", "blip_itm", "fastsam")
+PRECISIONS = ("fp32", "int8")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def graph_file(graph: str, precision: str) -> str:
+    return f"{graph}.{precision}.onnx"
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ManifestError(RuntimeError):
+    """The model folder is missing, incomplete, or does not match its manifest."""
+
+
+def read(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(
+            f"{folder}: no {MANIFEST_NAME}; not a model folder written by `python -m imgdiff_onnx.export` "
+            "(or run `python -m imgdiff_onnx demo`, which exports random-init models)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    if data.get("format") != FORMAT:
+        raise ManifestError(f"{path}: format {data.get('format')!r}, this version reads {FORMAT!r}")
+    return data
+
+
+def write(folder: Path, data: dict) -> Path:
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def check_files(folder: Path, data: dict, names: list[str], hashes: bool) -> None:
+    """Every named file exists with the recorded size (and sha256 when `hashes`)."""
+    files = data.get("files", {})
+    for name in names:
+        entry = files.get(name)
+        if entry is None:
+            raise ManifestError(f"{folder}: {name} is not listed in {MANIFEST_NAME}")
+        path = Path(folder) / name
+        if not path.is_file():
+            raise ManifestError(f"{folder}: {name} is listed in {MANIFEST_NAME} but missing")
+        if path.stat().st_size != entry["bytes"]:
+            raise ManifestError(f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']} (file changed?)")
+        if hashes and sha256(path) != entry["sha256"]:
+            raise ManifestError(f"{path}: sha256 differs from {MANIFEST_NAME} (file changed or corrupt)")
