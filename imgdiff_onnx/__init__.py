@@ -1,0 +1,29 @@
+"""imgdiff_onnx: Img-Diff difference areas on onnxruntime, CPU-only, torch-free.
+
+Public API: DifferenceAreaGenerator (the engine), its inputs and results, and the settings.
+"""
+
+from .captions import CaptionDataMissing, objects_from_captions
+from .manifest import ManifestError
+from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
+from .pipeline import DifferenceAreaGenerator, EngineSettings, PairError, PairFailure, PairInput, PairResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaptionDataMissing",
+    "DifferenceAreaGenerator",
+    "EngineSettings",
+    "ManifestError",
+    "OperatorParams",
+    "PairError",
+    "PairFailure",
+    "PairInput",
+    "PairResult",
+    "PairSimilarityArgs",
+    "ParameterError",
+    "SegmentArgs",
+    "TextMatchingArgs",
+    "objects_from_captions",
+    "__version__",
+]

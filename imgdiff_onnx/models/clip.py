@@ -1,0 +1,32 @@
+"""CLIP image tower on onnxruntime: uint8 RGB images in, projected image features out."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from ..preprocess import ImageNormalization, normalize_batch
+from .batching import map_in_chunks, run_batched
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) feature arrays, as float64."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+class ClipImageEncoder:
+    def __init__(self, session: ort.InferenceSession, norm: ImageNormalization, batch_invariant: bool, batch_size: int = 32):
+        self._session = session
+        self._norm = norm
+        self._batch_invariant = batch_invariant
+        self.batch_size = batch_size
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, D) features for N uint8 RGB images."""
+        def run(chunk: list[np.ndarray]) -> np.ndarray:
+            pixels = normalize_batch(chunk, self._norm)
+            return run_batched(self._session, "image_embeds", {"pixel_values": pixels}, self.batch_size, self._batch_invariant)
+
+        return map_in_chunks(images, self.batch_size, run)

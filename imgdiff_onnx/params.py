@@ -1,0 +1,120 @@
+"""The operator's three parameter groups, with Data-Juicer's key names and defaults.
+
+Any key may be overridden alone; unknown keys are an error (a typo must not silently fall
+back to a default). The model-source keys (hf_clip, hf_blip, model_path) are accepted for
+recipe compatibility: the runtime uses the exported model folder, and checks that these name
+the models the folder was exported from when they are given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ParameterError(ValueError):
+    """A parameter dict has an unknown key or an invalid value."""
+
+
+def _build(cls, group: str, values: Mapping[str, Any] | None):
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    # Data-Juicer's own op plumbing keys that recipes may carry
+    ignored = {"num_proc", "accelerator"}
+    unknown = sorted(k for k in values if k not in known and k not in ignored)
+    if unknown:
+        raise ParameterError(f"{group}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _check_range(group: str, low_name: str, low: float, high_name: str, high: float) -> None:
+    for name, value in ((low_name, low), (high_name, high)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ParameterError(f"{group}.{name} must be a number, got {value!r}")
+    if low > high:
+        raise ParameterError(f"{group}: {low_name}={low} is greater than {high_name}={high}; nothing could pass")
+
+
+@dataclass(frozen=True)
+class PairSimilarityArgs:
+    """`image_pair_similarity_filter_args`: CLIP cosine gates (closed intervals)."""
+
+    min_score_1: float = 0.1  # whole pair (S1)
+    max_score_1: float = 1.0
+    min_score_2: float = 0.1  # crop pair (S6)
+    max_score_2: float = 1.0
+    hf_clip: str = "openai/clip-vit-base-patch32"
+
+    def __post_init__(self) -> None:
+        _check_range("image_pair_similarity_filter_args", "min_score_1", self.min_score_1, "max_score_1", self.max_score_1)
+        _check_range("image_pair_similarity_filter_args", "min_score_2", self.min_score_2, "max_score_2", self.max_score_2)
+
+
+@dataclass(frozen=True)
+class SegmentArgs:
+    """`image_segment_mapper_args`: FastSAM settings (S3)."""
+
+    imgsz: int = 1024
+    conf: float = 0.05
+    iou: float = 0.5
+    model_path: str = "FastSAM-x.pt"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.imgsz, int) or isinstance(self.imgsz, bool) or self.imgsz < 32:
+            raise ParameterError(f"image_segment_mapper_args.imgsz must be an integer >= 32, got {self.imgsz!r}")
+        for name in ("conf", "iou"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ParameterError(f"image_segment_mapper_args.{name} must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class TextMatchingArgs:
+    """`image_text_matching_filter_args`: BLIP ITM gate (S5, closed interval)."""
+
+    min_score: float = 0.1
+    max_score: float = 1.0
+    hf_blip: str = "Salesforce/blip-itm-base-coco"
+
+    def __post_init__(self) -> None:
+        _check_range("image_text_matching_filter_args", "min_score", self.min_score, "max_score", self.max_score)
+
+
+@dataclass(frozen=True)
+class OperatorParams:
+    """All three groups. Build from Data-Juicer's dicts with `from_dicts`."""
+
+    pair: PairSimilarityArgs = field(default_factory=PairSimilarityArgs)
+    segment: SegmentArgs = field(default_factory=SegmentArgs)
+    matching: TextMatchingArgs = field(default_factory=TextMatchingArgs)
+    overlap_iou: float = 0.5  # S7, fixed in the original
+
+    @classmethod
+    def from_dicts(
+        cls,
+        image_pair_similarity_filter_args: Mapping[str, Any] | None = None,
+        image_segment_mapper_args: Mapping[str, Any] | None = None,
+        image_text_matching_filter_args: Mapping[str, Any] | None = None,
+    ) -> "OperatorParams":
+        return cls(
+            pair=_build(PairSimilarityArgs, "image_pair_similarity_filter_args", image_pair_similarity_filter_args),
+            segment=_build(SegmentArgs, "image_segment_mapper_args", image_segment_mapper_args),
+            matching=_build(TextMatchingArgs, "image_text_matching_filter_args", image_text_matching_filter_args),
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "OperatorParams":
+        """A dict (e.g. a parsed JSON/YAML file) holding up to the three Data-Juicer keys."""
+        keys = {"image_pair_similarity_filter_args", "image_segment_mapper_args", "image_text_matching_filter_args"}
+        unknown = sorted(set(data) - keys)
+        if unknown:
+            raise ParameterError(f"unknown parameter group(s) {unknown}; expected some of {sorted(keys)}")
+        return cls.from_dicts(**{k: data.get(k) for k in keys})
+
+    def to_dicts(self) -> dict[str, dict[str, Any]]:
+        return {
+            "image_pair_similarity_filter_args": dataclasses.asdict(self.pair),
+            "image_segment_mapper_args": dataclasses.asdict(self.segment),
+            "image_text_matching_filter_args": dataclasses.asdict(self.matching),
+        }
