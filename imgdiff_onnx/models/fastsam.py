@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,11 @@ def postprocess(
     return Detections(xywh=bx.xyxy_to_xywh(xyxy), scores=table[:, 4].astype(np.float32))
 
 
+def predictor_imgsz(imgsz: int, stride: int) -> int:
+    """Ultralytics' check_imgsz: the size rounded up to a multiple of the stride."""
+    return max(math.ceil(imgsz / stride) * stride, 0)
+
+
 class FastSamSegmenter:
     """The `fastsam` graph: one image per call (each image has its own letterbox shape)."""
 
@@ -60,6 +66,6 @@ class FastSamSegmenter:
         self._settings = settings
 
     def segment(self, bgr: np.ndarray, imgsz: int, conf: float, iou: float, max_det: int = 300) -> Detections:
-        boxed = letterbox(bgr, imgsz, self._settings)
+        boxed = letterbox(bgr, predictor_imgsz(imgsz, self._settings.stride), self._settings)
         predictions, protos = self._session.run(["predictions", "protos"], {"images": boxed.tensor})
         return postprocess(predictions[0], protos[0], boxed.tensor.shape[2:], boxed.original_shape, conf, iou, max_det)

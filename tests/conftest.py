@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random-init models exported once per test session, test data paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+PAIR1 = DATA / "pairs" / "img_pair_1.jpg"
+PAIR2 = DATA / "pairs" / "img_pair_2.jpg"
+PAIR_CAPTIONS = ("A plane in the sky flying alone.", "A boat in the ocean sailing alone.")
+
+# The exact caption step needs NLTK data; the product never reads ../shared, the tests do.
+os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
+sys.path.insert(0, str(ROOT))  # benchmarks.reference
+
+
+def export_tiny(out: Path, *extra: str) -> Path:
+    cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", "tiny", "--out", str(out), "--verify-imgsz", "640", "--quiet", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tiny export failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once."""
+    return export_tiny(tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,133 @@
+"""The export command: manifest, hashes, parity figures, re-export, offline errors, --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from imgdiff_onnx import manifest as mf
+from imgdiff_onnx_export.sources import SourceUnavailable, resolve_hf, resolve_ultralytics
+
+from .conftest import export_tiny
+
+
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
+    data = _manifest(tiny_models)
+    assert data["format"] == mf.FORMAT
+    assert data["precisions"] == ["fp32", "int8"]
+    for graph in mf.GRAPHS:
+        for precision in ("fp32", "int8"):
+            entry = data["graphs"][graph][precision]
+            assert entry["file"] == f"{graph}.{precision}.onnx"
+            assert entry["inputs"] and entry["outputs"]
+            listed = data["files"][entry["file"]]
+            assert listed["sha256"] == mf.sha256(tiny_models / entry["file"])
+    assert [i["name"] for i in data["graphs"]["blip_itm"]["fp32"]["inputs"]] == ["input_ids", "attention_mask", "image_embeds"]
+    assert data["graphs"]["fastsam"]["fp32"]["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert data["graphs"]["clip_vision"]["int8"]["batch_invariant"] is False
+    assert data["graphs"]["fastsam"]["int8"]["batch_invariant"] is True
+    assert data["graphs"]["fastsam"]["int8"]["quantization"]["format"] == "QDQ"
+    # checkpoints saved next to the graphs, hashed too
+    assert "torch/fastsam.pt" in data["files"] and "torch/clip/model.safetensors" in data["files"]
+    assert data["random_init"]["size"] == "tiny"
+    for key in ("torch", "transformers", "ultralytics", "onnxruntime", "onnx"):
+        assert data["versions"][key]
+
+
+def test_preprocessing_constants_travel_with_the_model(tiny_models):
+    pre = _manifest(tiny_models)["preprocessing"]
+    assert pre["clip"]["resize_shortest_edge"] == 224 and pre["clip"]["crop_height"] == 224
+    assert pre["clip"]["resample"] == "bicubic"
+    assert pre["blip"]["resize_height"] == 384 and pre["blip"]["crop_height"] is None
+    assert pre["clip"]["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert pre["fastsam"] == {"stride": 32, "pad_value": 114, "interpolation": "linear", "rect": True, "source": "ultralytics LetterBox"}
+
+
+def test_fp32_parity_figures_within_tolerance(tiny_models):
+    v = _manifest(tiny_models)["verification"]
+    tol = v["tolerances"]
+    assert v["clip_vision"]["fp32_vs_torch"]["min_cosine"] >= tol["min_cosine"]
+    assert v["blip_vision"]["fp32_vs_torch"]["min_cosine"] >= tol["min_cosine"]
+    assert v["blip_itm"]["fp32_vs_torch"]["max_prob_diff"] <= tol["max_itm_prob_diff"]
+    assert v["fastsam"]["fp32_vs_torch"]["min_box_f1"] >= tol["min_box_f1"]
+    assert sum(v["fastsam"]["boxes_per_image_torch"]) > 0  # the random head does produce boxes
+    for graph in ("clip_vision", "blip_vision"):
+        assert "int8_vs_fp32" in v[graph]
+
+
+def test_files_are_checked_against_the_manifest(tiny_models, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_models, copy)
+    data = _manifest(copy)
+    names = [data["graphs"]["clip_vision"]["fp32"]["file"]]
+    mf.check_files(copy, data, names, hashes=True)
+    with open(copy / names[0], "r+b") as handle:  # same size, different bytes
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(mf.ManifestError, match="sha256"):
+        mf.check_files(copy, data, names, hashes=True)
+
+
+def test_reexport_from_saved_checkpoints_gives_the_same_graph_outputs(tiny_models, tmp_path):
+    out = export_tiny(
+        tmp_path / "again",
+        "--clip", str(tiny_models / "torch" / "clip"),
+        "--blip", str(tiny_models / "torch" / "blip"),
+        "--fastsam", str(tiny_models / "torch" / "fastsam.pt"),
+        "--precision", "fp32",
+    )
+    rng = np.random.default_rng(0)
+    feeds = {
+        "clip_vision": {"pixel_values": rng.normal(size=(2, 3, 224, 224)).astype(np.float32)},
+        "blip_vision": {"pixel_values": rng.normal(size=(1, 3, 384, 384)).astype(np.float32)},
+        "fastsam": {"images": rng.uniform(size=(1, 3, 320, 256)).astype(np.float32)},
+    }
+    for graph, feed in feeds.items():
+        a = ort.InferenceSession(str(tiny_models / f"{graph}.fp32.onnx")).run(None, feed)
+        b = ort.InferenceSession(str(out / f"{graph}.fp32.onnx")).run(None, feed)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert _manifest(out)["random_init"] is None
+    assert _manifest(out)["sources"]["clip"]["local_path"] == str((tiny_models / "torch" / "clip").resolve())
+
+
+def test_offline_hub_id_gives_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgdiff_onnx.export", "--out", str(tmp_path / "m"), "--clip", "openai/clip-vit-base-patch32"],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "openai/clip-vit-base-patch32" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert "--random-init" in proc.stderr
+
+
+def test_missing_sources_are_named():
+    with pytest.raises(SourceUnavailable, match="no such folder"):
+        resolve_hf("./does/not/exist", "CLIP", "--clip")
+    with pytest.raises(SourceUnavailable, match="FastSAM-s.pt.*not found"):
+        resolve_ultralytics("/nonexistent/FastSAM-s.pt")
+
+
+def test_help_lists_the_options():
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for flag in ("--out", "--clip", "--blip", "--fastsam", "--precision", "--random-init", "--seed", "--calibration-images", "--quiet"):
+        assert flag in proc.stdout

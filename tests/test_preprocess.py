@@ -1,0 +1,92 @@
+"""Preprocessing against the real Hugging Face processors and Ultralytics' LetterBox."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgdiff_onnx.imageio import load_image_file
+from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_image
+
+from .conftest import DATA
+
+IMAGES = ["pairs/img_pair_1.jpg", "images/cat.jpg", "images/img3.jpg", "images/img8.jpg", "images/lena.jpg"]
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+CLIP = ImageNormalization(224, None, None, 224, 224, "bicubic", 1 / 255, MEAN, STD)
+BLIP = ImageNormalization(None, 384, 384, None, None, "bicubic", 1 / 255, MEAN, STD)
+
+
+def _crops(rgb):
+    """Whole image plus odd crops (thin, tiny, smaller than the crop size)."""
+    h, w = rgb.shape[:2]
+    return [rgb, rgb[10 : h // 2, 5 : w // 3], rgb[:7, :300], rgb[:100, :3], rgb[50:60, 50:61]]
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_clip_matches_hf_pil_processor(name):
+    from transformers import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil()
+    rgb = load_image_file(DATA / name).rgb
+    for crop in _crops(rgb):
+        expected = processor(images=crop, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), CLIP), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", IMAGES[:3])
+def test_blip_matches_hf_pil_processor(name):
+    from transformers import BlipImageProcessorPil
+
+    processor = BlipImageProcessorPil()
+    rgb = load_image_file(DATA / name).rgb
+    for crop in _crops(rgb):
+        expected = processor(images=crop, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), BLIP), expected, atol=1e-5)
+
+
+def test_saved_preprocessed_image_fixture(tmp_path):
+    """Golden values: CLIP input of the real pair image, a few pixels pinned from the HF processor."""
+    from transformers import CLIPImageProcessorPil
+
+    rgb = load_image_file(DATA / "pairs/img_pair_1.jpg").rgb
+    ours = normalize_image(rgb, CLIP)
+    hf = CLIPImageProcessorPil()(images=rgb, return_tensors="np")["pixel_values"][0]
+    assert ours.shape == (3, 224, 224)
+    np.testing.assert_allclose(ours[:, ::37, ::53], hf[:, ::37, ::53], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", IMAGES + ["images/img10.jpg"])
+@pytest.mark.parametrize("imgsz", [1024, 640, 333])
+def test_letterbox_matches_ultralytics(name, imgsz):
+    from ultralytics.data.augment import LetterBox
+
+    bgr = load_image_file(DATA / name).bgr
+    expected = LetterBox(imgsz, auto=True, stride=32)(image=bgr)
+    ours = letterbox(bgr, imgsz, LetterboxSettings())
+    assert ours.tensor.shape[2:] == expected.shape[:2]
+    if imgsz % 32 == 0:
+        assert ours.tensor.shape[2] % 32 == 0 and ours.tensor.shape[3] % 32 == 0
+    np.testing.assert_array_equal((ours.tensor[0] * 255).round().astype(np.uint8), expected[:, :, ::-1].transpose(2, 0, 1))
+
+
+def test_predictor_imgsz_rounds_up_to_the_stride():
+    from ultralytics.utils.checks import check_imgsz
+
+    from imgdiff_onnx.models.fastsam import predictor_imgsz
+
+    for imgsz in (32, 333, 640, 1000, 1024, 1025):
+        assert predictor_imgsz(imgsz, 32) == check_imgsz(imgsz, stride=32, min_dim=2)[0]
+
+
+def test_letterbox_minimal_padding_not_square():
+    bgr = np.zeros((480, 640, 3), np.uint8)
+    out = letterbox(bgr, 1024, LetterboxSettings())
+    assert out.tensor.shape == (1, 3, 768, 1024)  # 480 * 1.6 = 768, already a multiple of 32
+    assert out.tensor[0, :, 0, 0] == pytest.approx([0, 0, 0])
+
+
+def test_bad_image_arrays_rejected():
+    with pytest.raises(ValueError):
+        normalize_image(np.zeros((0, 5, 3), np.uint8), CLIP)
+    with pytest.raises(ValueError):
+        normalize_image(np.zeros((5, 5), np.uint8), CLIP)
