@@ -1,0 +1,94 @@
+"""S2 objects from captions: pinned, hand-checked expectations; NLTK called directly as a cross-check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgdiff_onnx.captions import caption_words, objects_from_captions
+
+# (caption1, caption2, objects1, objects2). Notes on the original's edge cases, kept on purpose:
+# - several spaces in a row make empty words, and "" tags as NN, so it becomes an "object";
+# - tabs are not split on ("bear\tin" stays one word); punctuation is deleted, so "well-known"
+#   becomes "wellknown" and numbers stay words (tagged CD, so never objects);
+# - single-word tagging: "beside" tags NN; lemmas are noun lemmas ("mice" -> "mouse", "feet" -> "foot").
+PINNED = [
+    ('A plane in the sky flying alone.', 'A boat in the ocean sailing alone.', ['plane', 'sky'], ['boat', 'ocean']),
+    ('A cat sitting on a sofa.', 'A dog sitting on a sofa.', ['cat'], ['dog']),
+    ('Two cats on the bed.', 'Two dogs on the bed.', ['cat'], ['dog']),
+    ('Three mice in a box.', 'Three geese in a box.', ['mouse'], ['goose']),
+    ('The children play with a ball.', 'The women play with a ball.', ['child'], ['woman']),
+    ('A red car parked on the street.', 'A red car parked on the street.', [], []),
+    ('', 'A boat on the lake.', [], ['boat', 'lake']),
+    ('A boat on the lake.', '', ['boat', 'lake'], []),
+    ('A dog and a dog and a cat.', 'A bird and a bird and a cat.', ['dog', 'dog'], ['bird', 'bird']),
+    ('A cat, a dog; and a bird!', 'A cat, a fish; and a bird!', ['dog'], ['fish']),
+    ('3 apples on 2 plates.', '3 oranges on 2 plates.', ['apple'], ['orange']),
+    ('A well-known tower at night.', 'A well-known bridge at night.', ['tower'], ['bridge']),
+    ('A café in Paris.', 'A bakery in Paris.', ['café'], ['bakery']),
+    ('A man.', 'A man riding a horse along the beach at sunset with a dog running beside him.', [], ['horse', 'beach', 'sunset', 'dog', 'beside']),
+    ('A cat  on  a mat.', 'A dog on a mat.', ['cat', '', ''], ['dog']),
+    ('...', '!!!', [], []),
+    ('A   ', '   ', [], ['']),
+    ('Apples and bananas.', 'Bananas and apples.', [], []),
+    ('A glass of water on the table.', 'A glass of wine on the table.', ['water'], ['wine']),
+    ('A bus driving down the road.', 'A truck driving down the road.', ['bus'], ['truck']),
+    ('The leaves are green.', 'The leaves are red.', [], []),
+    ('A man is running.', 'A man is walking.', [], []),
+    ('Boxes stacked in the corner.', 'Crates stacked in the corner.', ['box'], ['crate']),
+    ('A wolf howling at the moon.', 'A wolf howling at the sun.', ['moon'], ['sun']),
+    ('People walking in the park.', 'Ducks walking in the park.', ['people'], ['duck']),
+    ('An umbrella in the rain.', 'A kite in the wind.', ['umbrella', 'rain'], ['kite', 'wind']),
+    ('A Tesla in the garage.', 'A Ferrari in the garage.', ['tesla'], ['ferrari']),
+    ('A knife next to the bread.', 'A fork next to the bread.', ['knife'], ['fork']),
+    ('Teeth of a shark.', 'Teeth of a lion.', ['shark'], ['lion']),
+    ('Feet in the sand.', 'Hands in the sand.', ['foot'], ['hand']),
+    ('A photo of New York.', 'A photo of Los Angeles.', ['york'], ['los', 'angeles']),
+    ('A bear\tin the woods.', 'A deer in the woods.', ['bear\tin'], ['deer']),
+]
+
+
+@pytest.mark.parametrize("caption1,caption2,objects1,objects2", PINNED)
+def test_pinned_objects(caption1, caption2, objects1, objects2):
+    assert objects_from_captions(caption1, caption2) == (objects1, objects2)
+
+
+@pytest.mark.parametrize("caption1,caption2,objects1,objects2", PINNED)
+def test_same_as_calling_nltk_directly(caption1, caption2, objects1, objects2):
+    from benchmarks.reference import reference_objects
+
+    assert objects_from_captions(caption1, caption2) == reference_objects(caption1, caption2)
+
+
+def test_word_splitting_rules():
+    assert caption_words("A cat  on, the-mat!") == ["a", "cat", "", "on", "themat"]
+    assert caption_words("") == []
+    assert caption_words("Ünïcode Café") == ["ünïcode", "café"]
+
+
+def test_fast_after_warm_up():
+    objects_from_captions("A cat on a mat.", "A dog on a mat.")  # warm-up: loads WordNet and the tagger
+    pairs = [(f"A cat number {i} on a mat.", f"A dog number {i} on a rug.") for i in range(200)]
+    started = time.perf_counter()
+    for a, b in pairs:
+        objects_from_captions(a, b)
+    per_pair = (time.perf_counter() - started) / len(pairs)
+    # not a speed target (that lives in benchmarks/): a sanity bound 10x above the goal
+    assert per_pair < 0.01
+
+
+def test_missing_nltk_data_names_the_download_command(tmp_path):
+    code = (
+        "import nltk; nltk.data.path[:] = [r'%s'];"
+        "from imgdiff_onnx.captions import objects_from_captions, CaptionDataMissing\n"
+        "try:\n    objects_from_captions('a cat', 'a dog')\n"
+        "except CaptionDataMissing as e:\n    print('MISSING', e)\n"
+    ) % tmp_path
+    env = {"PATH": "/usr/bin:/bin", "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "MISSING" in proc.stdout, proc.stderr
+    assert "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng" in proc.stdout
+    assert "NLTK_DATA" in proc.stdout

@@ -1,0 +1,190 @@
+"""The engine: decisions D1-D5, bad input, batching invariance, and the torch-free runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairFailure, PairInput, ParameterError
+from imgdiff_onnx.pipeline import PairError, crop_window
+
+from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
+
+OPEN = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": 640}, {"min_score": 0, "max_score": 1})
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models):
+    return DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="fp32", threads=2))
+
+
+@pytest.fixture(scope="module")
+def engine_int8(tiny_models):
+    return DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="int8", threads=2, crop_batch_size=4))
+
+
+def test_runtime_imports_no_torch(tiny_models):
+    code = (
+        "import sys\n"
+        "from imgdiff_onnx import DifferenceAreaGenerator, PairInput, OperatorParams, EngineSettings\n"
+        f"g = DifferenceAreaGenerator(r'{tiny_models}', OperatorParams.from_dicts(None, {{'imgsz': 320}}, None))\n"
+        f"r = g.process(PairInput(r'{PAIR1}', r'{PAIR2}', objects1=('plane',), objects2=('boat',)))\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ultralytics', 'torchvision') if m in sys.modules]\n"
+        "print('HEAVY', heavy, r.boxes.shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+def test_result_shape_and_diagnostics(engine):
+    r = engine.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
+    assert r.boxes.dtype == np.float32 and r.boxes.ndim == 2 and r.boxes.shape[1] == 4
+    assert r.objects1 == ["plane", "sky"] and r.objects2 == ["boat", "ocean"]
+    assert r.pair_similarity is not None
+    c = r.counts
+    assert c["candidates"] == c["boxes1"] + c["boxes2"] > 0
+    assert c["candidates"] >= c["after_crop_pair_gate"] >= c["after_itm_image1"] >= c["after_itm_image2"] >= c["kept"] == len(r.boxes)
+    assert set(r.times) >= {"load", "captions", "pair_gate", "segment", "crop_pair_gate", "itm_image1", "itm_image2", "overlap"}
+    # S8: kept boxes are candidate boxes in candidate order
+    assert r.kept == sorted(r.kept)
+    np.testing.assert_array_equal(r.boxes, r.candidate_boxes[r.kept])
+
+
+def test_early_exits(engine, tiny_models):
+    r = engine.process(PairInput(PAIR1, PAIR2, "A red car.", "A red car."))
+    assert r.exit_reason.startswith("no object words") and r.boxes.shape == (0, 4)
+    closed = DifferenceAreaGenerator(tiny_models, OperatorParams.from_dicts({"min_score_1": 0.99999, "max_score_1": 1.0}), EngineSettings(precision="fp32"))
+    r = closed.process(PairInput(PAIR1, DATA / "images/lena.jpg", *PAIR_CAPTIONS))
+    assert r.exit_reason.startswith("pair similarity") and r.boxes.shape == (0, 4) and "segment" not in r.times
+
+
+def test_explicit_objects_skip_captions(engine):
+    r = engine.process(PairInput(PAIR1, PAIR2, objects1=("plane",), objects2=("boat",)))
+    assert r.objects1 == ["plane"] and r.objects2 == ["boat"]
+
+
+def test_d1_image2_is_resized_to_image1_before_segmentation(engine):
+    """A pair of different sizes gives the boxes of the same pair with image 2 pre-resized."""
+    import cv2
+
+    rgb1 = np.asarray(Image.open(PAIR1).convert("RGB"))
+    rgb2 = np.asarray(Image.open(PAIR2).convert("RGB"))
+    small2 = cv2.resize(rgb2, (600, 450), interpolation=cv2.INTER_AREA)
+    a = engine.process(PairInput(rgb1, small2, *PAIR_CAPTIONS))
+    b = engine.process(PairInput(rgb1, cv2.resize(small2, (1024, 1024), interpolation=cv2.INTER_LINEAR), *PAIR_CAPTIONS))
+    np.testing.assert_array_equal(a.candidate_boxes, b.candidate_boxes)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert a.candidate_boxes[:, [0, 2]].max() <= 1024 * 1.5  # image-1 pixels
+
+
+def test_d2_jpeg_roundtrip_option_changes_only_crop_pixels(tiny_models, engine):
+    compat = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="fp32", jpeg_roundtrip=True))
+    a = engine.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
+    b = compat.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
+    np.testing.assert_array_equal(a.candidate_boxes, b.candidate_boxes)
+
+
+def test_d4_degenerate_crops_fail():
+    assert crop_window(np.array([10.2, 10.2, 0.3, 0.3], np.float32)) == (10, 10, 10, 10)
+    assert crop_window(np.array([5.0, 7.0, 4.0, 2.0], np.float32)) == (6, 8, 3, 7)
+
+
+def test_d4_tiny_image_does_not_crash(engine):
+    one = np.full((1, 1, 3), 200, np.uint8)
+    r = engine.process(PairInput(one, one.copy(), *PAIR_CAPTIONS))
+    assert r.boxes.shape[1] == 4
+    assert r.counts.get("after_crop_pair_gate", 0) <= r.counts.get("candidates", 0) - r.counts.get("degenerate", 0)
+
+
+@pytest.mark.parametrize(
+    "pair,message",
+    [
+        (PairInput(PAIR1, PAIR1, *PAIR_CAPTIONS, key="r1"), "same file"),
+        (PairInput(PAIR1, DATA / "nope.jpg", *PAIR_CAPTIONS, key="r2"), "image not found"),
+        (PairInput(PAIR1, PAIR2, None, "x", key="r3"), "caption1 is missing"),
+        (PairInput(PAIR1, PAIR2, "a cat", 5, key="r4"), "caption2 must be a string"),
+        (PairInput(PAIR1, PAIR2, objects1=("cat",), key="r5"), "given together"),
+        (PairInput(PAIR1, np.zeros((4, 4, 3), np.float32), *PAIR_CAPTIONS, key="r6"), "uint8"),
+    ],
+)
+def test_bad_records_raise_pair_error_naming_the_record(engine, pair, message):
+    with pytest.raises(PairError, match=message) as info:
+        engine.process(pair)
+    assert info.value.key == pair.key
+
+
+def test_bad_files(engine, tmp_path):
+    (tmp_path / "text.jpg").write_text("not an image")
+    data = PAIR1.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    for name, message in (("text.jpg", "not an image"), ("truncated.jpg", "truncated")):
+        with pytest.raises(PairError, match=message):
+            engine.process(PairInput(PAIR1, tmp_path / name, *PAIR_CAPTIONS, key=name))
+
+
+def test_image_modes_are_normalised(engine, tmp_path):
+    rgb = np.asarray(Image.open(DATA / "images/cat.jpg").convert("RGB"))
+    img = Image.fromarray(rgb)
+    variants = {
+        "grey.png": img.convert("L"),
+        "rgba.png": img.convert("RGBA"),
+        "palette.png": img.convert("P"),
+        "cmyk.jpg": img.convert("CMYK"),
+        "grey16.png": Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257)),
+    }
+    rotated = img.copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated.save(tmp_path / "exif.jpg", exif=exif)
+    for name, image in variants.items():
+        image.save(tmp_path / name)
+    from imgdiff_onnx.imageio import load_image_file
+
+    assert load_image_file(tmp_path / "exif.jpg").shape == (640, 480)  # EXIF orientation applied
+    assert load_image_file(tmp_path / "grey16.png").rgb.max() <= 255
+    np.testing.assert_array_equal(load_image_file(tmp_path / "grey16.png").rgb, load_image_file(tmp_path / "grey.png").rgb)
+    for name in list(variants) + ["exif.jpg"]:
+        r = engine.process(PairInput(DATA / "images/cat.jpg", tmp_path / name, "A cat.", "A dog.", key=name))
+        assert r.boxes.shape[1] == 4
+
+
+def test_process_many_keeps_order_and_reports_failures(engine):
+    pairs = [
+        PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS, key="a"),
+        PairInput(PAIR1, PAIR1, *PAIR_CAPTIONS, key="bad"),
+        PairInput(DATA / "images/cat.jpg", DATA / "images/img3.jpg", "A cat on a bed.", "A dog on a bed.", key="c"),
+    ]
+    out = list(engine.process_many(pairs, pairs_per_batch=3))
+    assert [o.key for o in out] == ["a", "bad", "c"]
+    assert isinstance(out[1], PairFailure) and "same file" in out[1].error
+    single = [engine.process(pairs[0]), engine.process(pairs[2])]
+    for batched, alone in zip([out[0], out[2]], single):
+        np.testing.assert_allclose(batched.boxes, alone.boxes, atol=1e-4)
+        assert batched.kept == alone.kept
+
+
+def test_int8_results_do_not_depend_on_batching(tiny_models, engine_int8):
+    pairs = [PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS, key="a"), PairInput(DATA / "images/cat.jpg", DATA / "images/img3.jpg", "A cat.", "A dog.", key="b")]
+    other = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="int8", threads=1, crop_batch_size=1))
+    a = list(engine_int8.process_many(pairs, pairs_per_batch=2))
+    b = [other.process(p) for p in pairs]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.boxes, y.boxes)
+        assert x.kept == y.kept
+
+
+def test_parameters_reject_unknown_keys_and_bad_values():
+    with pytest.raises(ParameterError, match="unknown key"):
+        OperatorParams.from_dicts({"min_score1": 0.2})
+    with pytest.raises(ParameterError, match="greater than"):
+        OperatorParams.from_dicts(None, None, {"min_score": 0.9, "max_score": 0.1})
+    with pytest.raises(ParameterError, match="imgsz"):
+        OperatorParams.from_dicts(None, {"imgsz": "big"})
+    p = OperatorParams.from_dicts({"min_score_1": 0.9}, None, {"min_score": 0.4})
+    assert p.pair.min_score_1 == 0.9 and p.pair.max_score_1 == 1.0 and p.matching.min_score == 0.4
+    assert p.segment.imgsz == 1024 and p.segment.conf == 0.05 and p.pair.hf_clip == "openai/clip-vit-base-patch32"
