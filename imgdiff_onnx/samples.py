@@ -58,6 +58,8 @@ class SamplePair:
     image2: np.ndarray
     caption1: str
     caption2: str
+    object1: str  # the word naming the changed object in each caption
+    object2: str
 
 
 _OBJECTS = ("ball", "box", "kite", "plate", "lamp", "clock", "boat", "plane")
@@ -79,6 +81,8 @@ def pair(seed: int, height: int = 512, width: int = 512) -> SamplePair:
         image2=image2,
         caption1=f"A {word1} on a table in the room.",
         caption2=f"A {word2} on a table in the room.",
+        object1=str(word1),
+        object2=str(word2),
     )
 
 
