@@ -91,6 +91,8 @@ def load_image_file(path: str | Path) -> LoadedImage:
         raise ImageLoadError(f"not an image (or an unsupported format): {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"unreadable or truncated image: {path} ({exc})") from None
+    except Exception as exc:  # a decoder plugin's own failure must not end a batch run
+        raise ImageLoadError(f"could not decode image: {path} ({type(exc).__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:

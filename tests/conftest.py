@@ -21,8 +21,8 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 sys.path.insert(0, str(ROOT))  # benchmarks.reference
 
 
-def export_tiny(out: Path, *extra: str) -> Path:
-    cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", "tiny", "--out", str(out), "--verify-imgsz", "640", "--quiet", *extra]
+def run_export(out: Path, *args: str) -> Path:
+    cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--out", str(out), "--verify-imgsz", "640", "--quiet", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"tiny export failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -32,4 +32,4 @@ def export_tiny(out: Path, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once."""
-    return export_tiny(tmp_path_factory.mktemp("models") / "tiny")
+    return run_export(tmp_path_factory.mktemp("models") / "tiny", "--random-init", "tiny")

@@ -14,7 +14,7 @@ import pytest
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx_export.sources import SourceUnavailable, resolve_hf, resolve_ultralytics
 
-from .conftest import export_tiny
+from .conftest import run_export
 
 
 def _manifest(folder):
@@ -83,7 +83,7 @@ def test_files_are_checked_against_the_manifest(tiny_models, tmp_path):
 
 
 def test_reexport_from_saved_checkpoints_gives_the_same_graph_outputs(tiny_models, tmp_path):
-    out = export_tiny(
+    out = run_export(
         tmp_path / "again",
         "--clip", str(tiny_models / "torch" / "clip"),
         "--blip", str(tiny_models / "torch" / "blip"),
