@@ -6,6 +6,8 @@ every object word (DESIGN.md section 4). Neither optimum nor optimum-onnx export
 
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
 
 import torch
@@ -22,12 +24,52 @@ class BlipVision(torch.nn.Module):
         return self.vision_model(pixel_values=pixel_values).last_hidden_state
 
 
+class FactoredCrossAttention(torch.nn.Module):
+    """BLIP's text-to-image cross-attention, reassociated so it never projects the image tokens.
+
+    The original computes K = E Wk + bk and V = E Wv + bv for all 577 image tokens E (about
+    0.7 GMACs per layer and per (crop, word)), then softmax(q K^T / sqrt(d)) V. The same result:
+      scores  = (q Wk_h) E^T / sqrt(d)         (q . bk is the same for every key: softmax drops it)
+      context = (softmax(scores) E) Wv_h^T + bv_h   (softmax rows sum to 1)
+    costs S x 577 x 768 per head instead of 577 x 768 x 768, for S text tokens. Verified
+    against the unmodified PyTorch model at export.
+    """
+
+    def __init__(self, attention: torch.nn.Module):
+        super().__init__()
+        self.query = attention.query
+        self.heads = attention.num_attention_heads
+        self.head_size = attention.attention_head_size
+        enc = attention.key.weight.shape[1]
+        # (heads, head_size, enc): Wk_h and Wv_h, one per head
+        self.register_buffer("key_weight", attention.key.weight.detach().view(self.heads, self.head_size, enc).clone())
+        self.register_buffer("value_weight_t", attention.value.weight.detach().view(self.heads, self.head_size, enc).transpose(1, 2).clone())
+        self.register_buffer("value_bias", attention.value.bias.detach().view(1, self.heads, 1, self.head_size).clone())
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **_):
+        batch, length = hidden_states.shape[:2]
+        q = self.query(hidden_states).view(batch, length, self.heads, self.head_size).transpose(1, 2)  # (B,H,S,d)
+        image = encoder_hidden_states.unsqueeze(1)  # (B,1,T,enc)
+        qk = torch.matmul(q, self.key_weight)  # (B,H,S,enc)
+        scores = torch.matmul(qk, image.transpose(-1, -2)) / math.sqrt(self.head_size)  # (B,H,S,T)
+        if encoder_attention_mask is not None:
+            scores = scores + encoder_attention_mask
+        probs = torch.softmax(scores, dim=-1)
+        context = torch.matmul(torch.matmul(probs, image), self.value_weight_t) + self.value_bias  # (B,H,S,d)
+        context = context.permute(0, 2, 1, 3).reshape(batch, length, self.heads * self.head_size)
+        return context, probs
+
+
 class BlipTextItm(torch.nn.Module):
-    """`BlipForImageTextRetrieval.forward(use_itm_head=True)` after the vision encoder."""
+    """`BlipForImageTextRetrieval.forward(use_itm_head=True)` after the vision encoder,
+    with every cross-attention replaced by FactoredCrossAttention (same result, ~15x less work)."""
 
     def __init__(self, blip_model: torch.nn.Module):
         super().__init__()
-        self.text_encoder = blip_model.text_encoder
+        self.text_encoder = copy.deepcopy(blip_model.text_encoder)
+        for layer in self.text_encoder.encoder.layer:
+            if getattr(layer, "crossattention", None) is not None:
+                layer.crossattention.self = FactoredCrossAttention(layer.crossattention.self)
         self.itm_head = blip_model.itm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:

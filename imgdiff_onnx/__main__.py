@@ -17,20 +17,72 @@ def _configure_logging(quiet: bool) -> None:
     logging.getLogger("imgdiff_onnx").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _load_params(path: Path | None):
+    from .params import OperatorParams
+
+    if path is None:
+        return OperatorParams()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"--params {path}: expected a mapping with Data-Juicer's three parameter dicts")
+    return OperatorParams.from_mapping(data)
+
+
+def _engine(models: Path, params, args: argparse.Namespace):
+    from .pipeline import DifferenceAreaGenerator, EngineSettings
+
+    settings = EngineSettings(
+        precision=args.precision, threads=args.threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip
+    )
+    return DifferenceAreaGenerator(models, params, settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .jsonl import RunOptions, run as run_jsonl
+
+    engine = _engine(args.models, _load_params(args.params), args)
+    options = RunOptions(
+        limit=args.limit,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pairs_per_batch=args.pairs_per_batch,
+        timings=args.timings,
+        progress=not args.quiet,
+    )
+    stats = run_jsonl(engine, args.input, args.output, options)
+    log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    index = write_report(args.input, args.out, args.limit)
+    print(f"gallery: {index}")
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
-    """Export random-init models if needed, make sample pairs, run them, print where things are."""
+    """Export random-init models if needed, make sample pairs, run them, draw the gallery."""
     import cv2
 
     from . import samples
+    from .jsonl import RunOptions, run as run_jsonl
     from .manifest import MANIFEST_NAME
     from .params import OperatorParams
-    from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput
+    from .report import write_report
 
     out: Path = args.out
     models = args.models or out / f"models-{args.size}"
     if not (models / MANIFEST_NAME).is_file():
         log.info("exporting random-init %s models to %s (needs the export extra)", args.size, models)
-        cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", args.size, "--out", str(models)]
+        cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", args.size, "--out", str(models), "--force"]
         if args.quiet:
             cmd.append("--quiet")
         if subprocess.run(cmd).returncode != 0:
@@ -38,45 +90,71 @@ def demo(args: argparse.Namespace) -> int:
             return 2
     data = out / "pairs"
     data.mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for i in range(args.pairs):
-        sample = samples.pair(i, 512, 512)
-        p1, p2 = data / f"pair{i}_1.png", data / f"pair{i}_2.png"
-        cv2.imwrite(str(p1), sample.image1[:, :, ::-1])
-        cv2.imwrite(str(p2), sample.image2[:, :, ::-1])
-        # explicit object words: the demo runs without NLTK data (captions are kept for reference)
-        pairs.append(PairInput(p1, p2, sample.caption1, sample.caption2, (sample.object1,), (sample.object2,), key=f"pair{i}"))
-    # Random weights give scores with no meaning: the gates are opened so the plumbing shows boxes.
+    dataset = out / "pairs.jsonl"
+    with open(dataset, "w", encoding="utf-8") as handle:
+        for i in range(args.pairs):
+            sample = samples.pair(i, 512, 512)
+            cv2.imwrite(str(data / f"pair{i}_1.png"), sample.image1[:, :, ::-1])
+            cv2.imwrite(str(data / f"pair{i}_2.png"), sample.image2[:, :, ::-1])
+            # explicit object words: the demo runs without NLTK data (captions kept for reference)
+            record = {
+                "id": f"pair{i}",
+                "caption1": sample.caption1,
+                "caption2": sample.caption2,
+                "image_path1": f"pairs/pair{i}_1.png",
+                "image_path2": f"pairs/pair{i}_2.png",
+                "objects1": [sample.object1],
+                "objects2": [sample.object2],
+            }
+            handle.write(json.dumps(record) + "\n")
+    # Random weights give meaningless scores: the gates are opened so the plumbing shows boxes.
     params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1}, {"imgsz": 640}, {"min_score": 0})
-    engine = DifferenceAreaGenerator(models, params, EngineSettings(precision=args.precision, threads=args.threads))
+    engine = _engine(models, params, args)
     results = out / "results.jsonl"
-    with open(results, "w", encoding="utf-8") as handle:
-        for result in engine.process_many(pairs):
-            if isinstance(result, PairFailure):
-                row = {"key": result.key, "status": "error", "error": result.error}
-            else:
-                row = {"key": result.key, "status": "ok", "boxes": result.boxes.round(2).tolist(), "objects1": result.objects1,
-                       "objects2": result.objects2, "counts": result.counts}
-            handle.write(json.dumps(row) + "\n")
-            print(f"{row['key']}: {row['status']}, {len(row.get('boxes', []))} boxes")
-    print(f"models:  {models}\npairs:   {data}\nresults: {results}")
-    print("NOTE: these models have RANDOM weights (no pretrained weights can be downloaded here): the boxes are meaningless; "
-          "the demo shows the pipeline working end to end, not detection quality.")
+    stats = run_jsonl(engine, dataset, results, RunOptions(overwrite=True, progress=not args.quiet))
+    index = write_report(results, out / "gallery")
+    print(f"models:  {models}\ndataset: {dataset}\nresults: {results} ({stats['ok']} ok, {stats['error']} errors)\ngallery: {index}")
+    print(
+        "NOTE: these models have RANDOM weights (no pretrained weights can be downloaded here): the boxes are "
+        "meaningless; the demo shows the pipeline working end to end, not detection quality."
+    )
     return 0
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="graphs to run (default int8)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
+    p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
+    p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m imgdiff_onnx", description="Img-Diff difference areas on onnxruntime.")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="offline demo: random-init models, generated sample pairs, results JSONL")
+    r = sub.add_parser("run", help="process a JSONL dataset of pairs (resumable)")
+    r.add_argument("--models", type=Path, required=True, help="model folder written by the export step")
+    r.add_argument("--input", type=Path, required=True, help="JSONL: caption1, caption2, image_path1, image_path2 (+ objects1/2)")
+    r.add_argument("--output", type=Path, required=True, help="JSONL results, one line per input line, in order")
+    r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts")
+    r.add_argument("--limit", type=int, help="process at most the first N input lines")
+    r.add_argument("--pairs-per-batch", type=int, default=4, help="pairs whose crops are scored together (default 4)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    r.add_argument("--timings", action="store_true", help="add per-stage seconds to each result line")
+    _engine_options(r)
+    s = sub.add_parser("show", help="draw results side by side with their boxes + index.html")
+    s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
+    s.add_argument("--out", type=Path, required=True, help="folder for the PNGs and index.html")
+    s.add_argument("--limit", type=int, help="draw at most the first N lines")
+    s.add_argument("--quiet", action="store_true")
+    d = sub.add_parser("demo", help="offline demo: random-init models, generated sample pairs, results and gallery")
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     d.add_argument("--models", type=Path, help="use this model folder instead of exporting one")
     d.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-init model size to export (default tiny)")
     d.add_argument("--pairs", type=int, default=4, help="number of generated sample pairs (default 4)")
-    d.add_argument("--precision", choices=("int8", "fp32"), default="int8")
-    d.add_argument("--threads", type=int, default=0, help="threads per session (0 = all cores)")
-    d.add_argument("--quiet", action="store_true")
-    sub.add_parser("export", help="the export step (same as python -m imgdiff_onnx.export)", add_help=False)
+    _engine_options(d)
+    sub.add_parser("export", help="the export step (same as python -m imgdiff_onnx.export; needs the export extra)", add_help=False)
     return parser
 
 
@@ -88,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
-    if args.command == "demo":
-        return demo(args)
-    return 2
+    from .jsonl import RunError
+    from .manifest import ManifestError
+    from .params import ParameterError
+
+    try:
+        return {"run": run, "show": show, "demo": demo}[args.command](args)
+    except (RunError, ManifestError, ParameterError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

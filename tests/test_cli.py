@@ -1,0 +1,146 @@
+"""Dataset runs from the command line: JSONL in/out, bad lines, SIGKILL + resume, show, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imgdiff_onnx.report import BOX_COLOUR, GAP
+
+from .conftest import DATA, PAIR_CAPTIONS
+
+PARAMS = {
+    "image_pair_similarity_filter_args": {"min_score_1": -1, "min_score_2": -1},
+    "image_segment_mapper_args": {"imgsz": 320},
+    "image_text_matching_filter_args": {"min_score": 0},
+}
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    """Relative image paths (resolved against the file's folder), extra fields, bad lines."""
+    (tmp_path / "img").mkdir()
+    for name in ("pairs/img_pair_1.jpg", "pairs/img_pair_2.jpg", "images/cat.jpg", "images/img3.jpg", "images/lena.jpg"):
+        (tmp_path / "img" / Path(name).name).write_bytes((DATA / name).read_bytes())
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    good = {"caption1": PAIR_CAPTIONS[0], "caption2": PAIR_CAPTIONS[1], "image_path1": "img/img_pair_1.jpg", "image_path2": "img/img_pair_2.jpg"}
+    lines = [
+        json.dumps({**good, "id": "a", "source": "kept as is"}),
+        "{not json",
+        json.dumps({"id": "b", "caption1": "A cat.", "caption2": "A dog.", "image_path1": "img/cat.jpg", "image_path2": "img/missing.jpg"}),
+        json.dumps({"id": "c", "image_path1": "img/cat.jpg", "image_path2": "img/img3.jpg", "objects1": ["cat"], "objects2": ["dog"]}),
+        json.dumps([1, 2]),
+        json.dumps({**good, "id": "d", "image_path2": "img/lena.jpg"}),
+    ]
+    for i in range(6):  # more work so the kill test lands mid-run
+        lines.append(json.dumps({**good, "id": f"e{i}", "image_path1": "img/cat.jpg" if i % 2 else "img/img_pair_1.jpg"}))
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run_args(models, dataset, output, *extra):
+    return ["run", "--models", str(models), "--input", str(dataset), "--output", str(output), "--params", str(dataset.parent / "params.json"),
+            "--threads", "1", "--quiet", *extra]
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_path):
+    out = tmp_path / "out.jsonl"
+    _cli(*_run_args(tiny_models, dataset, out))
+    rows = _read(out)
+    assert len(rows) == 12
+    assert [r["imgdiff"]["line"] for r in rows] == list(range(1, 13))
+    assert rows[0]["source"] == "kept as is" and rows[0]["imgdiff"]["status"] == "ok"
+    assert rows[0]["imgdiff"]["objects1"] == ["plane", "sky"]
+    assert set(rows[0]["imgdiff"]["counts"]) >= {"candidates", "after_crop_pair_gate", "kept"}
+    assert all(len(b) == 4 for b in rows[0]["imgdiff"]["boxes"])
+    assert rows[1]["imgdiff"]["status"] == "error" and "invalid JSON" in rows[1]["imgdiff"]["error"]
+    assert rows[2]["imgdiff"]["status"] == "error" and "missing.jpg" in rows[2]["imgdiff"]["error"] and rows[2]["id"] == "b"
+    assert rows[3]["imgdiff"]["status"] == "ok" and rows[3]["imgdiff"]["objects1"] == ["cat"]
+    assert rows[4]["imgdiff"]["status"] == "error" and "JSON object" in rows[4]["imgdiff"]["error"]
+    # an existing output is not overwritten by accident
+    proc = _cli(*_run_args(tiny_models, dataset, out), check=False)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tiny_models, dataset, tmp_path):
+    full = tmp_path / "full.jsonl"
+    _cli(*_run_args(tiny_models, dataset, full, "--pairs-per-batch", "1"))
+    killed = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "imgdiff_onnx", *_run_args(tiny_models, dataset, killed, "--pairs-per-batch", "1")])
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if killed.exists() and len(killed.read_bytes().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(killed.read_bytes().splitlines())
+    assert 4 <= partial < 12
+    with open(killed, "ab") as handle:  # as if the crash tore the last line
+        handle.write(b'{"id": "torn", "imgd')
+    _cli(*_run_args(tiny_models, dataset, killed, "--pairs-per-batch", "1", "--resume"))
+    assert killed.read_text() == full.read_text()
+
+
+def test_resume_refuses_a_foreign_file(tiny_models, dataset, tmp_path):
+    out = tmp_path / "foreign.jsonl"
+    out.write_text('{"something": 1}\n')
+    proc = _cli(*_run_args(tiny_models, dataset, out, "--resume"), check=False)
+    assert proc.returncode == 2 and "not a result line" in proc.stderr
+
+
+def test_unknown_parameter_key_is_an_error(tiny_models, dataset, tmp_path):
+    (dataset.parent / "params.json").write_text(json.dumps({"image_segment_mapper_args": {"imgsize": 640}}))
+    proc = _cli(*_run_args(tiny_models, dataset, tmp_path / "x.jsonl"), check=False)
+    assert proc.returncode == 2 and "imgsize" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_show_draws_boxes_where_the_results_say(tmp_path):
+    img = np.full((100, 160, 3), 30, np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "b.png"), cv2.resize(img, (80, 50)))  # other size: drawn in image 1's frame
+    box = [80.0, 50.0, 40.0, 20.0]  # x 60..100, y 40..60
+    row = {"id": "p", "imgdiff": {"line": 1, "status": "ok", "boxes": [box], "image_path1_resolved": str(tmp_path / "a.png"),
+                                  "image_path2_resolved": str(tmp_path / "b.png")}}
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(row) + "\n" + json.dumps({"id": "q", "imgdiff": {"line": 2, "status": "error", "error": "boom"}}) + "\n")
+    _cli("show", "--input", str(results), "--out", str(tmp_path / "g"))
+    png = cv2.imread(str(tmp_path / "g" / "pair_000001.png"))
+    assert png.shape == (100, 2 * 160 + GAP, 3)
+    red = np.all(png == np.array(BOX_COLOUR, np.uint8), axis=2)
+    ys, xs = np.nonzero(red[:, :160])
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (60, 99, 40, 59)
+    ys2, xs2 = np.nonzero(red[:, 160 + GAP :])
+    assert (xs2.min(), xs2.max(), ys2.min(), ys2.max()) == (60, 99, 40, 59)
+    index = (tmp_path / "g" / "index.html").read_text()
+    assert "pair_000001.png" in index and "boom" in index
+
+
+def test_demo_runs_offline_with_existing_models(tiny_models, tmp_path):
+    env_free = _cli("demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_models), "--pairs", "2", "--quiet")
+    assert "RANDOM weights" in env_free.stdout
+    rows = _read(tmp_path / "demo" / "results.jsonl")
+    assert [r["imgdiff"]["status"] for r in rows] == ["ok", "ok"]
+    assert (tmp_path / "demo" / "gallery" / "index.html").is_file()
