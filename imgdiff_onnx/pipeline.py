@@ -100,6 +100,7 @@ class PairResult:
     candidate_boxes: np.ndarray | None = None  # S4 candidates (image-1 boxes then image-2 boxes)
     survivors: list[int] = field(default_factory=list)  # candidate ids passing S5 and S6
     kept: list[int] = field(default_factory=list)  # candidate ids kept by S7
+    scores: dict[str, list[float]] = field(default_factory=dict)  # every score a gate computed (diagnostics)
 
 
 @dataclass
@@ -352,6 +353,8 @@ class DifferenceAreaGenerator:
             sims = cosine(self.clip.embed(crops1), self.clip.embed(crops2))
             lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
             decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
+            for (i, _), sim in zip(todo, sims):
+                prepared[i].result.scores.setdefault("crop_pair", []).append(float(sim))
         self._apply(prepared, decisions, "after_crop_pair_gate")
         self._timed(prepared, "crop_pair_gate", t)
 
@@ -364,12 +367,12 @@ class DifferenceAreaGenerator:
                 images = [c for i, win in todo for c in self._crops(prepared[i].image1 if side == 1 else prepared[i].image2, [win])]
                 embeds = self.blip.encode_images(images)
                 words = [prepared[i].result.objects1 if side == 1 else prepared[i].result.objects2 for i, _ in todo]
-                passed = self._match_any(embeds, words)
+                passed = self._match_any(embeds, words, [prepared[i].result.scores.setdefault(f"itm_image{side}", []) for i, _ in todo])
                 decisions = dict(zip(todo, passed))
             self._apply(prepared, decisions, count_name)
             self._timed(prepared, f"itm_image{side}", t)
 
-    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]]) -> list[bool]:
+    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list[list[float]]) -> list[bool]:
         """For each crop: does some word score inside [min_score, max_score]?
 
         Word by word over the crops still undecided; a crop stops at its first passing word.
@@ -383,6 +386,7 @@ class DifferenceAreaGenerator:
                 continue
             probs = self.blip.score(embeds[idx], word)
             for k, p in zip(idx, probs):
+                sinks[k].append(float(p))
                 if lo <= float(p) <= hi:
                     passed[k] = True
         return passed
