@@ -159,30 +159,24 @@ class TorchReference:
             return image[int(box[1] - box[3] / 2) : int(box[1] + box[3] / 2), int(box[0] - box[2] / 2) : int(box[0] + box[2] / 2), :]
 
         lo, hi = p.matching.min_score, p.matching.max_score
-        # S5 side 1: every crop 1 with every word (the original scores all of them)
+        def itm_side(image: np.ndarray, words: list[str], scores: dict) -> set[int]:
+            """S5 on one side: every crop with every word (the original scores all of them)."""
+            passed = set()
+            for k, box in enumerate(candidates):
+                c = crop(image, box)
+                if c.size == 0:
+                    continue  # D4
+                for word in words:
+                    scores[(k, word)] = self.itm(c, word)
+                    if lo <= scores[(k, word)] <= hi:
+                        passed.add(k)
+            return passed
+
         t = time.perf_counter()
-        pass1 = set()
-        for k, box in enumerate(candidates):
-            c1 = crop(rgb1, box)
-            if c1.size == 0:
-                continue  # D4
-            for word in objects1:
-                score = self.itm(c1, word)
-                result.itm_scores1[(k, word)] = score
-                if lo <= score <= hi:
-                    pass1.add(k)
+        pass1 = itm_side(rgb1, objects1, result.itm_scores1)
         times["itm_image1"] = time.perf_counter() - t
         t = time.perf_counter()
-        pass2 = set()
-        for k, box in enumerate(candidates):
-            c2 = crop(rgb2, box)
-            if c2.size == 0:
-                continue
-            for word in objects2:
-                score = self.itm(c2, word)
-                result.itm_scores2[(k, word)] = score
-                if lo <= score <= hi:
-                    pass2.add(k)
+        pass2 = itm_side(rgb2, objects2, result.itm_scores2)
         times["itm_image2"] = time.perf_counter() - t
         result.itm1_passed = sorted(pass1)
         result.itm_passed = sorted(pass1 & pass2)

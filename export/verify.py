@@ -134,6 +134,7 @@ def fastsam(
     sessions = {p: _session(path) for p, path in paths.items()}
     head = model.model[-1]
     per_image = []
+    rng = np.random.default_rng(0)
     for rgb in images_rgb:
         boxed = letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), imgsz, settings)
         shape = boxed.tensor.shape[2:]
@@ -146,11 +147,16 @@ def fastsam(
         outputs = {"torch": (pred_t, proto_t)}
         for precision, session in sessions.items():
             outputs[precision] = tuple(session.run(["predictions", "protos"], {"images": boxed.tensor}))
+        # control: the fp32 graph on the same image with +-1/255 noise (one grey level). A random
+        # network is chaotic; int8 agreement is only meaningful relative to this.
+        noisy = np.clip(boxed.tensor + rng.integers(-1, 2, size=boxed.tensor.shape) / np.float32(255), 0, 1).astype(np.float32)
+        outputs["fp32_noise"] = tuple(sessions["fp32"].run(["predictions", "protos"], {"images": noisy}))
         dets = {k: postprocess(p[0], q[0], shape, boxed.original_shape, conf, iou) for k, (p, q) in outputs.items()}
         row = {
             "boxes_torch": int(len(dets["torch"].xywh)),
             "fp32_box_f1": bx.box_f1(dets["torch"].xywh, dets["fp32"].xywh),
             "fp32_max_score_diff": float(np.abs(pred_t[0, 4] - outputs["fp32"][0][0, 4]).max()),
+            "noise_box_f1": bx.box_f1(dets["fp32"].xywh, dets["fp32_noise"].xywh),
         }
         if "int8" in dets:
             row["boxes_int8"] = int(len(dets["int8"].xywh))
@@ -165,6 +171,10 @@ def fastsam(
         "fp32_vs_torch": {
             "min_box_f1": min(r["fp32_box_f1"] for r in per_image),
             "max_score_diff": max(r["fp32_max_score_diff"] for r in per_image),
+        },
+        "fp32_input_noise_control": {
+            "what": "fp32 boxes with +-1/255 input noise vs without: how chaotic the network is",
+            "mean_box_f1": float(np.mean([r["noise_box_f1"] for r in per_image])),
         },
     }
     if "int8" in paths:

@@ -23,25 +23,15 @@ def _crops(rgb):
 
 
 @pytest.mark.parametrize("name", IMAGES)
-def test_clip_matches_hf_pil_processor(name):
-    from transformers import CLIPImageProcessorPil
+@pytest.mark.parametrize("model", ["clip", "blip"])
+def test_matches_hf_pil_processor(name, model):
+    from transformers import BlipImageProcessorPil, CLIPImageProcessorPil
 
-    processor = CLIPImageProcessorPil()
+    processor, norm = (CLIPImageProcessorPil(), CLIP) if model == "clip" else (BlipImageProcessorPil(), BLIP)
     rgb = load_image_file(DATA / name).rgb
     for crop in _crops(rgb):
         expected = processor(images=crop, return_tensors="np")["pixel_values"][0]
-        np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), CLIP), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", IMAGES[:3])
-def test_blip_matches_hf_pil_processor(name):
-    from transformers import BlipImageProcessorPil
-
-    processor = BlipImageProcessorPil()
-    rgb = load_image_file(DATA / name).rgb
-    for crop in _crops(rgb):
-        expected = processor(images=crop, return_tensors="np")["pixel_values"][0]
-        np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), BLIP), expected, atol=1e-5)
+        np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), norm), expected, atol=1e-5)
 
 
 def test_saved_preprocessed_image_fixture(tmp_path):
