@@ -59,6 +59,20 @@ def matmul_ceiling(threads: int, size: int = 2048) -> dict:
     return {"fp32_gmac_s": macs / t_fp / 1e9, "int8_gmac_s": macs / t_q / 1e9, "size": size}
 
 
+def caption_step_ms(pairs: int = 2000) -> float:
+    """S2 per pair after warm-up (NLTK loaded once), on distinct caption pairs."""
+    from imgdiff_onnx.captions import objects_from_captions
+
+    objects_from_captions("A cat on a mat.", "A dog on a mat.")
+    nouns = ["cat", "dog", "boat", "plane", "car", "tree", "house", "bird", "ball", "lamp"]
+    data = [(f"A {nouns[i % 10]} next to a {nouns[(i // 10) % 10]} number {i}.", f"A {nouns[(i + 3) % 10]} next to a {nouns[(i // 10) % 10]} number {i}.")
+            for i in range(pairs)]
+    started = time.perf_counter()
+    for a, b in data:
+        objects_from_captions(a, b)
+    return (time.perf_counter() - started) / pairs * 1000
+
+
 def _macs(module, example) -> float:
     """Multiply-accumulates of Linear and Conv layers for one forward pass (hooks)."""
     import torch
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                    "image_embeds": np.repeat(embeds, b, axis=0).astype(np.float32)},
     )
     ceiling = matmul_ceiling(args.threads)
-    results = {"threads": args.threads, "ceiling": ceiling, "models": {}}
+    results = {"threads": args.threads, "ceiling": ceiling, "models": {}, "captions_ms_per_pair": caption_step_ms()}
+    print(f"caption step (S2) after warm-up: {results['captions_ms_per_pair']:.3f} ms per pair", flush=True)
     for graph, (batches, make) in cases.items():
         tsession = torch_set.session(graph, settings)
         example = make(1)
@@ -145,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         results["models"][graph] = {"gmacs_per_sample": macs / 1e9, "rows": rows}
     results["hidden"], results["tokens"] = hidden, tokens
     (args.out / "models.json").write_text(json.dumps(results, indent=2))
-    lines = [f"CPU ceiling ({args.threads} threads): fp32 MatMul {ceiling['fp32_gmac_s']:.0f} GMAC/s, int8 MatMulInteger {ceiling['int8_gmac_s']:.0f} GMAC/s", "",
+    lines = [f"Caption step (S2) after warm-up: {results['captions_ms_per_pair']:.3f} ms per pair", "", f"CPU ceiling ({args.threads} threads): fp32 MatMul {ceiling['fp32_gmac_s']:.0f} GMAC/s, int8 MatMulInteger {ceiling['int8_gmac_s']:.0f} GMAC/s", "",
              "| model | GMACs/sample | " + " | ".join(["torch fp32", "ORT fp32", "ORT int8"]) + " | int8 vs torch |", "|---|---|---|---|---|---|"]
     for graph, data in results["models"].items():
         best = {k: max(v["samples_per_s"] for name, v in data["rows"].items() if name.startswith(k)) for k in ("torch_fp32", "ort_fp32", "ort_int8")}

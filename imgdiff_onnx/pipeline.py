@@ -308,9 +308,9 @@ class DifferenceAreaGenerator:
         prepared.passed = valid.copy()
         return prepared
 
-    def _crops(self, image: np.ndarray, windows: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
-        crops = [np.ascontiguousarray(_crop(image, win)) for win in windows]
-        return [jpeg_roundtrip(c) for c in crops] if self.settings.jpeg_roundtrip else crops
+    def _crop_image(self, image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+        crop = np.ascontiguousarray(_crop(image, window))
+        return jpeg_roundtrip(crop) if self.settings.jpeg_roundtrip else crop
 
     @staticmethod
     def _unique(prepared: list[_Prepared]) -> list[tuple[int, tuple[int, int, int, int]]]:
@@ -348,8 +348,8 @@ class DifferenceAreaGenerator:
         todo = self._unique(prepared)
         decisions: dict = {}
         if todo:
-            crops1 = [c for i, win in todo for c in self._crops(prepared[i].image1, [win])]
-            crops2 = [c for i, win in todo for c in self._crops(prepared[i].image2, [win])]
+            crops1 = [self._crop_image(prepared[i].image1, win) for i, win in todo]
+            crops2 = [self._crop_image(prepared[i].image2, win) for i, win in todo]
             sims = cosine(self.clip.embed(crops1), self.clip.embed(crops2))
             lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
             decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
@@ -364,7 +364,7 @@ class DifferenceAreaGenerator:
             todo = self._unique(prepared)
             decisions = {}
             if todo:
-                images = [c for i, win in todo for c in self._crops(prepared[i].image1 if side == 1 else prepared[i].image2, [win])]
+                images = [self._crop_image(prepared[i].image1 if side == 1 else prepared[i].image2, win) for i, win in todo]
                 embeds = self.blip.encode_images(images)
                 words = [prepared[i].result.objects1 if side == 1 else prepared[i].result.objects2 for i, _ in todo]
                 passed = self._match_any(embeds, words, [prepared[i].result.scores.setdefault(f"itm_image{side}", []) for i, _ in todo])
