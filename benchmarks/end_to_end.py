@@ -72,11 +72,12 @@ def _split(values: list[float], quantile: float) -> float:
     return float((v[k] + v[k + 1]) / 2)
 
 
-def choose_params(models: Path, pairs: list[dict], imgsz: int, threads: int) -> dict:
+def choose_params(models: Path, pairs: list[dict], imgsz: int, threads: int, conf: float | None = None) -> dict:
     """Open gates on the fp32 engine, then thresholds inside the observed score distributions."""
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
 
-    open_params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": imgsz}, {"min_score": 0})
+    segment = {"imgsz": imgsz} if conf is None else {"imgsz": imgsz, "conf": conf}
+    open_params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, segment, {"min_score": 0})
     engine = DifferenceAreaGenerator(models, open_params, EngineSettings(precision="fp32", threads=threads))
     crop, itm = [], []
     for p in pairs:
@@ -85,7 +86,7 @@ def choose_params(models: Path, pairs: list[dict], imgsz: int, threads: int) -> 
         itm += r.scores.get("itm_image1", []) + r.scores.get("itm_image2", [])
     return {
         "image_pair_similarity_filter_args": {"min_score_1": -1.0, "max_score_1": 1.0, "min_score_2": -1.0, "max_score_2": _split(crop, 0.3)},
-        "image_segment_mapper_args": {"imgsz": imgsz},
+        "image_segment_mapper_args": segment,
         "image_text_matching_filter_args": {"min_score": _split(itm, 0.5), "max_score": 1.0},
     }
 
@@ -129,8 +130,16 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
                       "after_crop_pair_gate": len(r.survivors), "kept": len(r.kept)}
         rows.append({"key": p["key"], "seconds": total, "times": dict(r.times), "candidates": candidates, "counts": counts,
                      "boxes": np.asarray(r.boxes).tolist()})
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": mode, "cold_start_s": cold, "peak_rss_mb": peak_kib / 1024, "pairs": rows}
+    return {"mode": mode, "cold_start_s": cold, "peak_rss_mb": peak_rss_mb(), "pairs": rows}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux keeps that across
+    fork+exec, so a worker would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _table(summary: dict) -> str:
@@ -216,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=1024)
+    parser.add_argument("--conf", type=float, help="override FastSAM conf (e.g. a high value for a quick memory-only run)")
+    parser.add_argument("--no-generated-real-pair-only", dest="real_only", action="store_true", help="only the real shared pair")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -229,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(args.shared, args.generated_pairs, args.out / "pairs")
-    params = choose_params(args.models, pairs, args.imgsz, args.threads)
+    if args.real_only:
+        pairs = pairs[:1]
+    params = choose_params(args.models, pairs, args.imgsz, args.threads, args.conf)
     print("thresholds:", json.dumps(params), flush=True)
     runs = []
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
