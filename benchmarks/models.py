@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fastsam-imgsz", type=int, default=1024)
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="test data folder (NLTK data for the caption timing)")
     args = parser.parse_args(argv)
+    import os
+
+    os.environ.setdefault("NLTK_DATA", str(args.shared / "nltk_data"))
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
