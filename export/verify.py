@@ -16,6 +16,7 @@ import onnxruntime as ort
 import torch
 
 from imgdiff_onnx import boxes as bx
+from imgdiff_onnx.models.batching import run_batched
 from imgdiff_onnx.models.fastsam import postprocess
 from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
 
@@ -61,9 +62,8 @@ def _embedding_figures(expected: np.ndarray, actual: np.ndarray) -> dict:
 
 
 def _run_one_by_one(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """Outputs sample by sample (how the runtime feeds dynamically quantized graphs)."""
-    n = len(next(iter(feeds.values())))
-    return np.concatenate([session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(n)])
+    """First output, sample by sample: how the runtime feeds dynamically quantized graphs."""
+    return run_batched(session, session.get_outputs()[0].name, feeds, batch_size=1, batch_invariant=False)
 
 
 def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np.ndarray) -> dict:
