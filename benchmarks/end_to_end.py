@@ -226,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=1024)
     parser.add_argument("--conf", type=float, help="override FastSAM conf (e.g. a high value for a quick memory-only run)")
-    parser.add_argument("--no-generated-real-pair-only", dest="real_only", action="store_true", help="only the real shared pair")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -240,8 +239,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = _pairs(args.shared, args.generated_pairs, args.out / "pairs")
-    if args.real_only:
-        pairs = pairs[:1]
     params = choose_params(args.models, pairs, args.imgsz, args.threads, args.conf)
     print("thresholds:", json.dumps(params), flush=True)
     runs = []

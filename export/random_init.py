@@ -142,14 +142,20 @@ def build_blip(spec: RandomInitSpec, out: Path) -> Path:
     return out
 
 
+def _network_input(image: np.ndarray, imgsz: int) -> torch.Tensor:
+    """An RGB image as a square (1, 3, imgsz, imgsz) network input (calibration only)."""
+    import cv2
+
+    resized = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(resized[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
+
+
 def _recalibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], imgsz: int) -> None:
     """Re-estimate BatchNorm statistics on real-looking images (cumulative average, no gradients).
 
     A randomly initialised YOLO shrinks activations layer by layer until every anchor has the
     same score and box; with recalibrated BatchNorm each layer keeps unit scale.
     """
-    import cv2
-
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.reset_running_stats()
@@ -157,9 +163,7 @@ def _recalibrate_batchnorm(model: torch.nn.Module, images: list[np.ndarray], img
     model.train()
     with torch.no_grad():
         for image in images:
-            resized = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
-            x = torch.from_numpy(resized[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0
-            model(x)
+            model(_network_input(image, imgsz))
     model.eval()
 
 
@@ -170,15 +174,12 @@ def _standardise_class_logits(model: torch.nn.Module, images: list[np.ndarray], 
     which makes almost every anchor either certain or hopeless. Standardising them on the
     calibration images leaves the class-score bias as the one knob for how many boxes pass.
     """
-    import cv2
-
     head = model.model[-1]
     captured: list[torch.Tensor] = []
     hooks = [branch[-1].register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten())) for branch in head.cv3]
     with torch.no_grad():
         for image in images:
-            resized = cv2.resize(image, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)
-            model(torch.from_numpy(resized[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255.0)
+            model(_network_input(image, imgsz))
     for hook in hooks:
         hook.remove()
     logits = torch.cat(captured)
