@@ -1,0 +1,127 @@
+"""Data-Juicer records <-> engine: parse one JSONL line into a PairInput, turn an outcome into fields.
+
+Shared by the single-process JSONL run, the Ray run and the Data-Juicer operator, so the three
+read records and report results the same way.
+
+Records carry `caption1`, `caption2`, `image_path1`, `image_path2` (optional `objects1`/`objects2`,
+`id`); anything else passes through. Relative image paths resolve against a base folder chosen by
+the caller (the JSONL file's folder for runs; `image_root` for the operator).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pipeline import DifferenceAreaGenerator, PairFailure, PairInput, PairResult
+
+RESULT_KEY = "imgdiff"
+
+
+class RecordError(ValueError):
+    """A record is malformed (missing or mistyped field); the message names the record."""
+
+
+def record_key(record: Mapping[str, Any], fallback: str) -> str:
+    return str(record.get("id", fallback))
+
+
+def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInput:
+    """The engine input of one record; raises RecordError naming `key` and the problem."""
+    missing = [k for k in ("image_path1", "image_path2") if not record.get(k)]
+    if missing:
+        raise RecordError(f"{key}: missing {', '.join(missing)}")
+    paths = []
+    for k in ("image_path1", "image_path2"):
+        if not isinstance(record[k], str):
+            raise RecordError(f"{key}: {k} must be a string, got {type(record[k]).__name__}")
+        p = Path(record[k]).expanduser()
+        paths.append(p if p.is_absolute() else base / p)
+    for k in ("caption1", "caption2"):
+        if record.get(k) is not None and not isinstance(record[k], str):
+            raise RecordError(f"{key}: {k} must be a string, got {type(record[k]).__name__}")
+    objects = []
+    for k in ("objects1", "objects2"):
+        value = record.get(k)
+        if value is not None and (isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(w, str) for w in value)):
+            raise RecordError(f"{key}: {k} must be a list of strings")
+        objects.append(tuple(value) if value is not None else None)
+    return PairInput(paths[0], paths[1], record.get("caption1"), record.get("caption2"), objects[0], objects[1], key=key)
+
+
+@dataclass
+class InputLine:
+    number: int  # 1-based input line number
+    record: dict | None
+    pair: PairInput | None
+    error: str | None
+
+
+def parse_line(number: int, text: str, base: Path) -> InputLine:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return InputLine(number, None, None, f"line {number}: invalid JSON ({exc.msg} at column {exc.colno})")
+    if not isinstance(record, dict):
+        return InputLine(number, None, None, f"line {number}: expected a JSON object, got {type(record).__name__}")
+    try:
+        return InputLine(number, record, pair_from_record(record, record_key(record, f"line {number}"), base), None)
+    except RecordError as exc:
+        return InputLine(number, record, None, str(exc))
+
+
+def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {"line": line.number}
+    if line.pair is not None:
+        fields["image_path1_resolved"] = str(line.pair.image1)
+        fields["image_path2_resolved"] = str(line.pair.image2)
+    if outcome is None or isinstance(outcome, PairFailure):
+        fields.update(status="error", error=line.error if outcome is None else outcome.error, boxes=[])
+        return fields
+    fields.update(
+        status="ok",
+        boxes=[[round(float(v), 4) for v in box] for box in np.asarray(outcome.boxes, dtype=np.float32)],
+        objects1=outcome.objects1,
+        objects2=outcome.objects2,
+        pair_similarity=None if outcome.pair_similarity is None else round(outcome.pair_similarity, 6),
+        exit_reason=outcome.exit_reason,
+        counts=outcome.counts,
+    )
+    if timings:
+        fields["times"] = {k: round(v, 4) for k, v in outcome.times.items()}
+    return fields
+
+
+def output_line(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> str:
+    record = dict(line.record) if line.record is not None else {}
+    record[RESULT_KEY] = result_fields(line, outcome, timings)
+    return json.dumps(record, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    text: str  # the JSON line, without newline
+    error: str | None  # None when the record was processed
+
+
+def error_output(line: InputLine, message: str) -> OutputLine:
+    """A record that could not be processed for a reason outside the record (e.g. its worker died)."""
+    failed = InputLine(line.number, line.record, line.pair, message)
+    return OutputLine(output_line(failed, None, False), message)
+
+
+def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timings: bool) -> list[OutputLine]:
+    """Output lines for `lines`, in order; crop scoring is batched across all of them."""
+    pairs = [ln.pair for ln in lines if ln.pair is not None]
+    outcomes = iter(engine.process_many(pairs, pairs_per_batch=max(1, len(pairs))) if pairs else [])
+    out = []
+    for ln in lines:
+        outcome = next(outcomes) if ln.pair is not None else None
+        error = ln.error if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
+        out.append(OutputLine(output_line(ln, outcome, timings), error))
+    return out
