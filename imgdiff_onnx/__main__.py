@@ -46,7 +46,6 @@ def _engine(models: Path, params, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .jsonl import RunOptions, run as run_jsonl
 
-    engine = _engine(args.models, _load_params(args.params), args)
     options = RunOptions(
         limit=args.limit,
         resume=args.resume,
@@ -55,7 +54,16 @@ def run(args: argparse.Namespace) -> int:
         timings=args.timings,
         progress=not args.quiet,
     )
-    stats = run_jsonl(engine, args.input, args.output, options)
+    if args.ray is not None:
+        from .adapters.ray_run import RayOptions, run_ray
+        from .pipeline import EngineSettings
+
+        threads = args.threads or 1
+        ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
+        settings = EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
+        stats = run_ray(args.models, _load_params(args.params), settings, args.input, args.output, options, ray_options)
+    else:
+        stats = run_jsonl(_engine(args.models, _load_params(args.params), args), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
     return 0
 
@@ -121,6 +129,12 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def dj_op_path(args: argparse.Namespace) -> int:
+    """The file to list under Data-Juicer's custom_operator_paths (not imported here: it needs data_juicer)."""
+    print(Path(__file__).resolve().parent / "adapters" / "data_juicer_op.py")
+    return 0
+
+
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="graphs to run (default int8)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
@@ -142,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     r.add_argument("--timings", action="store_true", help="add per-stage seconds to each result line")
+    r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray actors: no ADDRESS starts a local Ray, 'auto' or host:port joins a cluster (needs the ray extra)")
+    r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
+    r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
     s = sub.add_parser("show", help="draw results side by side with their boxes + index.html")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
@@ -154,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-init model size to export (default tiny)")
     d.add_argument("--pairs", type=int, default=4, help="number of generated sample pairs (default 4)")
     _engine_options(d)
+    sub.add_parser("dj-op-path", help="print the Data-Juicer operator file for custom_operator_paths")
     sub.add_parser("export", help="the export step (same as python -m imgdiff_onnx.export; needs the export extra)", add_help=False)
     return parser
 
@@ -165,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    _configure_logging(getattr(args, "quiet", False))
     from .jsonl import RunError
     from .manifest import ManifestError
     from .params import ParameterError
 
     try:
-        return {"run": run, "show": show, "demo": demo}[args.command](args)
-    except (RunError, ManifestError, ParameterError, FileNotFoundError) as exc:
+        return {"run": run, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
+    except (RunError, ManifestError, ParameterError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,73 @@
+"""`run --ray`: a local Ray with 2 CPUs started by the run; same output file as the single-process
+run, resumable, and a record whose actor dies is retried once, then reported, never dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .test_cli import _read, _run_args, dataset  # noqa: F401  (dataset is a fixture)
+
+pytest.importorskip("ray")
+
+
+def _cli_env(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+RAY_2X1 = ("--ray", "--ray-num-cpus", "2", "--actors", "2", "--pairs-per-batch", "2")
+
+
+@pytest.fixture()
+def single(tiny_models, dataset, tmp_path):  # noqa: F811
+    out = tmp_path / "single.jsonl"
+    _cli_env(*_run_args(tiny_models, dataset, out, "--pairs-per-batch", "2"))
+    return out
+
+
+def test_ray_run_writes_the_same_file_as_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811
+    out = tmp_path / "ray.jsonl"
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1))
+    assert out.read_text() == single.read_text()
+    assert sum(r["imgdiff"]["status"] == "ok" for r in _read(out)) == 9  # the 3 bad lines stay errors
+
+
+def test_ray_run_resumes_like_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811
+    out = tmp_path / "ray.jsonl"
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--limit", "5"))
+    assert len(out.read_text().splitlines()) == 5
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--resume"))
+    assert out.read_text() == single.read_text()
+
+
+def test_dead_actor_record_is_retried_once_then_reported(tiny_models, dataset, single, tmp_path):  # noqa: F811
+    # "a" kills its actor the first time only: retried, then ok. "c" kills it every time:
+    # retried once, then an error line. Records that shared a batch with them are unharmed.
+    out = tmp_path / "ray.jsonl"
+    env = {"IMGDIFF_FAULT_CRASH_KEYS": "a~,c", "IMGDIFF_FAULT_DIR": str(tmp_path)}
+    proc = _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1), env=env)
+    assert (tmp_path / "crashed-a").exists()
+    got, want = _read(out), _read(single)
+    assert len(got) == len(want) == 12
+    for g, w in zip(got, want):
+        if g.get("id") == "c":
+            assert g["imgdiff"]["status"] == "error" and "worker died twice" in g["imgdiff"]["error"]
+            assert g["imgdiff"]["boxes"] == [] and g["imgdiff"]["line"] == w["imgdiff"]["line"]
+        else:
+            assert g == w
+    assert "died" in proc.stderr
+
+
+def test_more_actor_threads_than_granted_cpus_is_refused(tiny_models, dataset, tmp_path):  # noqa: F811
+    out = tmp_path / "ray.jsonl"
+    proc = _cli_env(*_run_args(tiny_models, dataset, out, "--ray", "--ray-num-cpus", "2", "--actors", "2", "--threads", "2"), check=False)
+    assert proc.returncode == 2
+    assert "2 actors x 2 threads = 4 CPUs, but this Ray cluster grants 2" in proc.stderr
+    assert not out.exists() or out.read_text() == ""
