@@ -96,7 +96,7 @@ def _recipe(path: Path, folder: Path, models: Path, executor: str, op_args: dict
 
 
 def _dj(python: Path, recipe: Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NLTK_DATA": str(SHARED / "nltk_data"), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env = {**os.environ, "NLTK_DATA": str(SHARED / "nltk_data")}
     cmd = [str(python), "-m", "data_juicer.tools.process_data", "--config", str(recipe)]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
