@@ -189,3 +189,45 @@ def test_parameters_reject_unknown_keys_and_bad_values():
     p = OperatorParams.from_dicts({"min_score_1": 0.9}, None, {"min_score": 0.4})
     assert p.pair.min_score_1 == 0.9 and p.pair.max_score_1 == 1.0 and p.matching.min_score == 0.4
     assert p.segment.imgsz == 1024 and p.segment.conf == 0.05 and p.pair.hf_clip == "openai/clip-vit-base-patch32"
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (no pixel data): tests the size check without the RAM."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height", [(40_000, 30_000), (12_000, 10_000)])
+def test_image_over_the_pixel_limit_is_refused_before_decoding(engine, tmp_path, width, height):
+    from imgdiff_onnx.imageio import MAX_IMAGE_PIXELS
+
+    huge = tmp_path / "huge.png"
+    _png_header_only(huge, width, height)  # 1.2 / 0.12 gigapixels claimed, 3.6 / 0.36 GB if decoded
+    assert width * height > MAX_IMAGE_PIXELS
+    with pytest.raises(PairError, match=r"image 2: image too large: .*huge\.png") as info:
+        engine.process(PairInput(PAIR1, huge, *PAIR_CAPTIONS, key="huge"))
+    assert info.value.key == "huge"
+
+
+def test_very_large_image_pair_is_processed_in_image1_pixels(engine):
+    # 24 megapixels, far above imgsz: segmentation runs on the letterboxed copy, boxes come back
+    # in full-resolution image-1 pixels and every crop is taken at full resolution.
+    from imgdiff_onnx import samples
+
+    s = samples.pair(11, 512, 768)
+    big1 = np.ascontiguousarray(np.kron(s.image1, np.ones((8, 8, 1), np.uint8)))  # 4096 x 6144
+    big2 = np.ascontiguousarray(np.kron(s.image2, np.ones((8, 8, 1), np.uint8)))
+    assert big1.shape == (4096, 6144, 3)
+    r = engine.process(PairInput(big1, big2, objects1=(s.object1,), objects2=(s.object2,), key="big"))
+    assert r.exit_reason is None and r.counts["candidates"] > 0
+    boxes = r.candidate_boxes
+    x0, y0 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
+    x1, y1 = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
+    assert x0.min() >= -0.5 and y0.min() >= -0.5 and x1.max() <= 6144.5 and y1.max() <= 4096.5
+    assert x1.max() > 768 or y1.max() > 512  # really in full-resolution pixels, not letterbox ones
