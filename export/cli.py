@@ -89,6 +89,20 @@ def _calibration(folder: Path | None) -> tuple[list[np.ndarray], str]:
     return [load_image_file(p).rgb for p in files], f"{len(files)} images from {folder}"
 
 
+def _crops_for_calibration(images: list[np.ndarray], per_image: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """What the CLIP graph sees at run time: whole images and candidate-sized crops of them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        out.append(image)
+        h, w = image.shape[:2]
+        for _ in range(per_image):
+            ch, cw = int(rng.integers(max(8, h // 10), h // 2 + 1)), int(rng.integers(max(8, w // 10), w // 2 + 1))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            out.append(image[y : y + ch, x : x + cw])
+    return out
+
+
 def _image_preprocessing(folder: Path) -> dict:
     """The HF processor's settings (preprocessor_config.json), in the runtime's vocabulary."""
     legacy, combined = folder / "preprocessor_config.json", folder / "processor_config.json"
@@ -190,6 +204,9 @@ def run(args: argparse.Namespace) -> Path:
     if "int8" in precisions:
         for graph in ("clip_vision", "blip_vision", "blip_itm"):
             paths[graph]["int8"] = out / mf.graph_file(graph, "int8")
+        clip_inputs = [normalize_batch([im], ImageNormalization.from_dict(preprocessing["clip"])) for im in _crops_for_calibration(calibration)]
+        recipes["clip_vision"] = quantize.quantize_transformer_static(paths["clip_vision"]["fp32"], paths["clip_vision"]["int8"], "pixel_values", clip_inputs)
+        for graph in ("blip_vision", "blip_itm"):
             recipes[graph] = quantize.quantize_transformer(paths[graph]["fp32"], paths[graph]["int8"])
         paths["fastsam"]["int8"] = out / mf.graph_file("fastsam", "int8")
         calib_batches = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), args.verify_imgsz, letterbox_settings).tensor for im in calibration]

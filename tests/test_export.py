@@ -34,7 +34,9 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
             assert listed["sha256"] == mf.sha256(tiny_models / entry["file"])
     assert [i["name"] for i in data["graphs"]["blip_itm"]["fp32"]["inputs"]] == ["input_ids", "attention_mask", "image_embeds"]
     assert data["graphs"]["fastsam"]["fp32"]["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
-    assert data["graphs"]["clip_vision"]["int8"]["batch_invariant"] is False
+    assert data["graphs"]["clip_vision"]["int8"]["batch_invariant"] is True  # static QDQ
+    assert data["graphs"]["clip_vision"]["int8"]["quantization"]["format"] == "QDQ"
+    assert data["graphs"]["blip_vision"]["int8"]["batch_invariant"] is False  # dynamic
     assert data["graphs"]["fastsam"]["int8"]["batch_invariant"] is True
     assert data["graphs"]["fastsam"]["int8"]["quantization"]["format"] == "QDQ"
     # checkpoints saved next to the graphs, hashed too
@@ -131,3 +133,20 @@ def test_help_lists_the_options():
     assert proc.returncode == 0
     for flag in ("--out", "--clip", "--blip", "--fastsam", "--precision", "--random-init", "--seed", "--calibration-images", "--quiet"):
         assert flag in proc.stdout
+
+
+def test_int8_graphs_marked_batch_invariant_are(tiny_models):
+    """A graph the manifest calls batch-invariant gives each sample the same output in any batch."""
+
+    data = _manifest(tiny_models)
+    rng = np.random.default_rng(1)
+    checked = 0
+    for graph, shape in (("clip_vision", (4, 3, 224, 224)), ("blip_vision", (3, 3, 384, 384))):
+        entry = data["graphs"][graph]["int8"]
+        session = ort.InferenceSession(str(tiny_models / entry["file"]), providers=["CPUExecutionProvider"])
+        x = rng.normal(size=shape).astype(np.float32)
+        together = session.run(None, {"pixel_values": x})[0]
+        alone = np.concatenate([session.run(None, {"pixel_values": x[i : i + 1]})[0] for i in range(len(x))])
+        assert np.array_equal(together, alone) == entry["batch_invariant"], graph
+        checked += 1
+    assert checked == 2
