@@ -49,6 +49,9 @@ class EngineSettings:
     (0 = all cores). crop_batch_size: crops per model call where the graph is batch-invariant.
     jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
     PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
+    memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse).
+    Off by default: measured ~200 MB lower peak RSS for the int8 engine at the same speed
+    (within run-to-run noise); see the README's memory figures.
     """
 
     precision: str = "int8"
@@ -56,6 +59,7 @@ class EngineSettings:
     crop_batch_size: int = 16
     jpeg_roundtrip: bool = False
     verify_hashes: bool = False
+    memory_arena: bool = False
 
     def __post_init__(self) -> None:
         if self.crop_batch_size < 1:
@@ -160,7 +164,7 @@ class DifferenceAreaGenerator:
         self.params = params or OperatorParams()
         started = time.perf_counter()
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.verify_hashes)
-        sess = SessionSettings(threads=self.settings.threads)
+        sess = SessionSettings(threads=self.settings.threads, cpu_mem_arena=self.settings.memory_arena)
         g = self.models.graphs
         self.clip = ClipImageEncoder(self.models.session("clip_vision", sess), self.models.clip_norm, g["clip_vision"].batch_invariant, self.settings.crop_batch_size)
         self.blip = BlipMatcher(

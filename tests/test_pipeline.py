@@ -231,3 +231,14 @@ def test_very_large_image_pair_is_processed_in_image1_pixels(engine):
     x1, y1 = boxes[:, 0] + boxes[:, 2] / 2, boxes[:, 1] + boxes[:, 3] / 2
     assert x0.min() >= -0.5 and y0.min() >= -0.5 and x1.max() <= 6144.5 and y1.max() <= 4096.5
     assert x1.max() > 768 or y1.max() > 512  # really in full-resolution pixels, not letterbox ones
+
+
+@pytest.mark.parametrize("arena", [False, True])
+def test_memory_arena_setting_reaches_every_session(tiny_models, arena):
+    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_arena=arena))
+    sessions = [gen.clip._session, gen.blip._vision, gen.blip._itm, gen.segmenter._session]
+    assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [arena] * 4
+
+
+def test_memory_arena_is_off_by_default():
+    assert EngineSettings().memory_arena is False
