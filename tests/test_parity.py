@@ -3,7 +3,8 @@
 Tiny random-init models by default. For the full-size check, point IMGDIFF_PARITY_MODELS at a
 folder from `python -m imgdiff_onnx.export --random-init full --out DIR` and run
 `IMGDIFF_PARITY_MODELS=DIR python -m pytest tests/test_parity.py` (slow: the reference runs BLIP
-once per crop and word).
+once per crop and word). IMGDIFF_PARITY_PAIRS (comma-separated names, e.g. "real pair") limits
+the pairs for that slow run.
 
 Thresholds are chosen from the models' observed scores (random weights make the defaults pass
 or reject everything) so that every gate passes some candidates and rejects others.
@@ -28,6 +29,11 @@ SIM_TOL = 1e-4
 
 
 def _pairs():
+    wanted = {n.strip() for n in os.environ.get("IMGDIFF_PARITY_PAIRS", "").split(",") if n.strip()}
+    return [p for p in _all_pairs() if not wanted or p[0] in wanted]
+
+
+def _all_pairs():
     rgb8 = load_image_file(DATA / "images/img8.jpg").rgb
     edited = rgb8.copy()
     cv2.rectangle(edited, (300, 400), (520, 640), (20, 200, 40), -1)

@@ -3,7 +3,6 @@ run, resumable, and a record whose actor dies is retried once, then reported, ne
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -71,3 +70,8 @@ def test_more_actor_threads_than_granted_cpus_is_refused(tiny_models, dataset, t
     assert proc.returncode == 2
     assert "2 actors x 2 threads = 4 CPUs, but this Ray cluster grants 2" in proc.stderr
     assert not out.exists() or out.read_text() == ""
+
+
+def test_missing_model_folder_is_refused_before_any_actor_starts(dataset, tmp_path):  # noqa: F811
+    proc = _cli_env(*_run_args(tmp_path / "nomodels", dataset, tmp_path / "ray.jsonl", "--ray", "--ray-num-cpus", "2"), check=False)
+    assert proc.returncode == 2 and "no manifest.json in the model folder" in proc.stderr

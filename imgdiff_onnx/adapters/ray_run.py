@@ -17,6 +17,7 @@ adapters/data_juicer_op.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, input_batches
+from imgdiff_onnx.manifest import MANIFEST_NAME
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
@@ -123,10 +125,9 @@ def run_ray(
     except ImportError:
         raise RunError("the Ray run needs Ray: pip install 'imgdiff-onnx[ray]'") from None
     models = str(Path(models).resolve())
-    settings = EngineSettings(
-        precision=settings.precision, threads=ray_options.threads, crop_batch_size=settings.crop_batch_size,
-        jpeg_roundtrip=settings.jpeg_roundtrip, verify_hashes=settings.verify_hashes,
-    )  # fmt: skip
+    if not (Path(models) / MANIFEST_NAME).is_file():  # before any actor tries (and dies) to load it
+        raise RunError(f"no {MANIFEST_NAME} in the model folder {models}")
+    settings = dataclasses.replace(settings, threads=ray_options.threads)
     with ResultWriter(input_path, output_path, options) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
