@@ -34,13 +34,16 @@ def _load_params(path: Path | None):
     return OperatorParams.from_mapping(data)
 
 
-def _engine(models: Path, params, args: argparse.Namespace):
-    from .pipeline import DifferenceAreaGenerator, EngineSettings
+def _settings(args: argparse.Namespace, threads: int):
+    from .pipeline import EngineSettings
 
-    settings = EngineSettings(
-        precision=args.precision, threads=args.threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip
-    )
-    return DifferenceAreaGenerator(models, params, settings)
+    return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
+
+
+def _engine(models: Path, params, args: argparse.Namespace):
+    from .pipeline import DifferenceAreaGenerator
+
+    return DifferenceAreaGenerator(models, params, _settings(args, args.threads))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.ray is not None:
         from .adapters.ray_run import RayOptions, run_ray
-        from .pipeline import EngineSettings
+        from .jsonl import RunError
 
-        threads = args.threads or 1
-        ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
-        settings = EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
-        stats = run_ray(args.models, _load_params(args.params), settings, args.input, args.output, options, ray_options)
+        threads = args.threads or 1  # per actor; 0 ("all cores") would oversubscribe
+        try:
+            ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        stats = run_ray(args.models, _load_params(args.params), _settings(args, threads), args.input, args.output, options, ray_options)
     else:
         stats = run_jsonl(_engine(args.models, _load_params(args.params), args), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": run, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
-    except (RunError, ManifestError, ParameterError, FileNotFoundError, ValueError) as exc:
+    except (RunError, ManifestError, ParameterError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -115,13 +115,17 @@ def error_output(line: InputLine, message: str) -> OutputLine:
     return OutputLine(output_line(failed, None, False), message)
 
 
+def process_pairs(engine: DifferenceAreaGenerator, pairs: list[PairInput | None]) -> list[PairResult | PairFailure | None]:
+    """One outcome per entry (None stays None), crop scoring batched across all the pairs."""
+    given = [p for p in pairs if p is not None]
+    outcomes = iter(engine.process_many(given, pairs_per_batch=max(1, len(given))) if given else [])
+    return [None if p is None else next(outcomes) for p in pairs]
+
+
 def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timings: bool) -> list[OutputLine]:
     """Output lines for `lines`, in order; crop scoring is batched across all of them."""
-    pairs = [ln.pair for ln in lines if ln.pair is not None]
-    outcomes = iter(engine.process_many(pairs, pairs_per_batch=max(1, len(pairs))) if pairs else [])
     out = []
-    for ln in lines:
-        outcome = next(outcomes) if ln.pair is not None else None
+    for ln, outcome in zip(lines, process_pairs(engine, [ln.pair for ln in lines])):
         error = ln.error if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
         out.append(OutputLine(output_line(ln, outcome, timings), error))
     return out

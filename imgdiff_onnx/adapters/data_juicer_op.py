@@ -37,7 +37,7 @@ from data_juicer.utils.constant import Fields, MetaKeys
 from imgdiff_onnx.manifest import MANIFEST_NAME
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from imgdiff_onnx.records import RecordError, pair_from_record, record_key
+from imgdiff_onnx.records import RecordError, pair_from_record, process_pairs, record_key
 
 OP_NAME = "imgdiff_difference_area_generator_onnx_mapper"
 ERROR_KEY = "imgdiff_error"
@@ -145,17 +145,17 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
     def process_batched(self, samples: Dict[str, List[Any]], *args, **kwargs) -> Dict[str, List[Any]]:
         count = len(next(iter(samples.values()))) if samples else 0
         records = [{k: samples[k][i] for k in samples} for i in range(count)]
-        pairs: list[PairInput] = []
+        pairs: list[PairInput | None] = []
         errors: dict[int, str] = {}
         for i, record in enumerate(records):
             try:
                 pairs.append(self._pair(record))
             except RecordError as exc:
+                pairs.append(None)
                 errors[i] = str(exc)
-        outcomes = iter(self.engine.process_many(pairs, pairs_per_batch=max(1, len(pairs))) if pairs else [])
+        outcomes = process_pairs(self.engine, pairs)
         metas = []
-        for i, record in enumerate(records):
-            outcome = None if i in errors else next(outcomes)
+        for i, (record, outcome) in enumerate(zip(records, outcomes)):
             if isinstance(outcome, PairFailure):
                 errors[i] = f"{outcome.key}: {outcome.error}"
             if i in errors:
