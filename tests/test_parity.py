@@ -1,5 +1,18 @@
 """Engine (ONNX fp32) vs the PyTorch reference (original order of work) on the same weights.
 
+Two engine set-ups are compared with the same reference run:
+
+- "shared FastSAM": the engine's own letterbox, NMS, scaling, empty-mask, border and full-image
+  rules, crops, gates and overlap removal, fed the *same* FastSAM network outputs as the reference
+  (the reference predictor's torch model stands in for the onnxruntime session). Everything but
+  the network arithmetic is the engine's, so candidates, every gate's set and the final boxes must
+  be identical, boxes within 1e-3 px.
+- "onnx": the engine exactly as shipped (FastSAM on onnxruntime). ONNX and torch convolutions sum
+  in different orders, so FastSAM outputs differ by ~1e-5 relative: boxes move by up to ~0.05 px
+  and, with 300 boxes of near-equal scores, a box at the NMS boundary can flip and near-tied boxes
+  swap places. Candidates are therefore matched by position (0.05 px) and must agree on >= 99%;
+  every gate's set must agree on the matched candidates.
+
 Tiny random-init models by default. For the full-size check, point IMGDIFF_PARITY_MODELS at a
 folder from `python -m imgdiff_onnx.export --random-init full --out DIR` and run
 `IMGDIFF_PARITY_MODELS=DIR python -m pytest tests/test_parity.py` (slow: the reference runs BLIP
@@ -12,6 +25,7 @@ or reject everything) so that every gate passes some candidates and rejects othe
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,11 +35,15 @@ import pytest
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
 from imgdiff_onnx.imageio import load_image_file
+from imgdiff_onnx.models.fastsam import FastSamSegmenter
 
 from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
 
-BOX_TOL_PX = 0.05  # ONNX vs torch network outputs differ by ~1e-5 relative; measured max ~0.01 px at imgsz 640-1024
+EXACT_BOX_TOL_PX = 1e-3  # same network outputs: only the post-processing arithmetic may differ
+ONNX_BOX_TOL_PX = 0.05  # onnxruntime vs torch FastSAM: measured up to 0.049 px (full size, 640x480 photo)
+ONNX_MIN_MATCHED = 0.99  # share of candidates that must match when the network runs on onnxruntime
 SIM_TOL = 1e-4
+MODES = ("shared FastSAM", "onnx")
 
 
 def _pairs():
@@ -67,12 +85,50 @@ def imgsz(models, tiny_models) -> int:
     return 640 if models == tiny_models else 1024
 
 
+class _TorchFastSamSession:
+    """Stands in for the fastsam onnxruntime session: the reference predictor's own torch model."""
+
+    def __init__(self, predictor_model):
+        self._model = predictor_model
+
+    def run(self, names, feed):
+        import torch
+
+        with torch.no_grad():
+            out = self._model(torch.from_numpy(feed["images"]))
+        predictions, protos = out[0] if isinstance(out[0], (tuple, list)) else out[:2]
+        assert list(names) == ["predictions", "protos"]
+        return [predictions.numpy(), protos.numpy()]
+
+
+def _key(value):
+    if isinstance(value, np.ndarray):
+        return (value.shape, hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+    return value
+
+
+def _memoise(fn):
+    """The reference's ITM and CLIP scores are pure functions of (crop, word) and (crop, crop):
+    the threshold pass and the checked pass share them instead of running BLIP twice per crop."""
+    cache = {}
+
+    def wrapper(*args):
+        key = tuple(_key(a) for a in args)
+        if key not in cache:
+            cache[key] = fn(*args)
+        return cache[key]
+
+    return wrapper
+
+
 @pytest.fixture(scope="module")
 def comparison(models, imgsz):
     from benchmarks.reference import TorchReference
 
     open_params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": imgsz}, {"min_score": 0, "max_score": 1})
     ref = TorchReference(models / "torch" / "clip", models / "torch" / "blip", models / "torch" / "fastsam.pt", open_params, threads=2)
+    ref.itm = _memoise(ref.itm)
+    ref.clip_similarity = _memoise(ref.clip_similarity)
     pairs = _pairs()
     # pass 1: observed score distributions with every gate open
     itm, sims = [], []
@@ -86,44 +142,84 @@ def comparison(models, imgsz):
         {"min_score": _split_point(itm, 0.4), "max_score": 1},
     )
     ref.params = params
-    engine = DifferenceAreaGenerator(models, params, EngineSettings(precision="fp32", threads=2))
-    out = []
+    onnx = DifferenceAreaGenerator(models, params, EngineSettings(precision="fp32", threads=2))
+    shared = DifferenceAreaGenerator(onnx.models, params, EngineSettings(precision="fp32", threads=2))
+    shared.segmenter = FastSamSegmenter(_TorchFastSamSession(ref.fastsam.predictor.model), onnx.models.letterbox)
+    out = {mode: [] for mode in MODES}
     for name, a, b, c1, c2 in pairs:
-        out.append((name, ref.process(a, b, c1, c2), engine.process(PairInput(a, b, c1, c2, key=name))))
+        r = ref.process(a, b, c1, c2)
+        out["shared FastSAM"].append((name, r, shared.process(PairInput(a, b, c1, c2, key=name))))
+        out["onnx"].append((name, r, onnx.process(PairInput(a, b, c1, c2, key=name))))
     return out
 
 
-def test_same_objects_and_pair_similarity(comparison):
-    for name, r, e in comparison:
+def _match(ref_boxes: np.ndarray, eng_boxes: np.ndarray, tol: float) -> dict[int, int]:
+    """Reference candidate id -> engine candidate id of the same box (within tol px), one to one."""
+    if len(ref_boxes) == 0 or len(eng_boxes) == 0:
+        return {}
+    dist = np.abs(ref_boxes[:, None, :] - eng_boxes[None, :, :]).max(axis=2)
+    pairs, used = {}, set()
+    for k in range(len(ref_boxes)):
+        # the same position first (no reordering), else the nearest free box within tol
+        order = [k] if k < len(eng_boxes) and dist[k, k] <= tol else []
+        order += [j for j in np.argsort(dist[k], kind="stable") if dist[k, j] <= tol]
+        j = next((j for j in order if j not in used), None)
+        if j is not None:
+            pairs[k] = int(j)
+            used.add(int(j))
+    return pairs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_objects_and_pair_similarity(comparison, mode):
+    for name, r, e in comparison[mode]:
         assert (e.objects1, e.objects2) == (r.objects1, r.objects2), name
         assert abs(e.pair_similarity - r.pair_similarity) < SIM_TOL, name
 
 
-def test_same_candidates(comparison):
-    for name, r, e in comparison:
-        assert e.candidate_boxes.shape == r.candidate_boxes.shape, name
+def test_same_candidates_exactly_on_shared_network_outputs(comparison):
+    for name, r, e in comparison["shared FastSAM"]:
         assert len(r.candidate_boxes) > 0, name
-        np.testing.assert_allclose(e.candidate_boxes, r.candidate_boxes, atol=BOX_TOL_PX, err_msg=name)
+        assert e.candidate_boxes.shape == r.candidate_boxes.shape, name
+        np.testing.assert_allclose(e.candidate_boxes, r.candidate_boxes, rtol=0, atol=EXACT_BOX_TOL_PX, err_msg=name)
 
 
-def test_same_sets_after_every_gate(comparison):
-    for name, r, e in comparison:
+def test_same_sets_after_every_gate_on_shared_network_outputs(comparison):
+    for name, r, e in comparison["shared FastSAM"]:
         # S5 both sides AND S6 in the reference's order == the engine's cheapest-first order
         assert e.survivors == r.survivors, name
         assert e.kept == r.kept, name
-        np.testing.assert_allclose(e.boxes, r.boxes, atol=BOX_TOL_PX, err_msg=name)
+        np.testing.assert_allclose(e.boxes, r.boxes, rtol=0, atol=EXACT_BOX_TOL_PX, err_msg=name)
         # the engine's last gate count is the survivor set; earlier counts bound it
         assert e.counts["after_itm_image2"] == len(r.survivors), name
         assert e.counts["after_crop_pair_gate"] >= e.counts["after_itm_image1"] >= len(r.survivors), name
 
 
+def test_onnx_engine_matches_on_candidates_and_every_gate(comparison):
+    for name, r, e in comparison["onnx"]:
+        assert len(r.candidate_boxes) > 0, name
+        matched = _match(r.candidate_boxes, e.candidate_boxes, ONNX_BOX_TOL_PX)
+        share = len(matched) / max(len(r.candidate_boxes), len(e.candidate_boxes))
+        assert share >= ONNX_MIN_MATCHED, f"{name}: {len(matched)} of {len(r.candidate_boxes)} reference / {len(e.candidate_boxes)} engine candidates match"
+        back = {j: k for k, j in matched.items()}
+        for stage, ref_ids, eng_ids in (("survivors", r.survivors, e.survivors), ("kept", r.kept, e.kept)):
+            ref_set = {matched[k] for k in ref_ids if k in matched}
+            eng_set = {j for j in eng_ids if j in back}
+            assert ref_set == eng_set, f"{name}: {stage} differ on matched candidates"
+        matched_kept = [k for k in r.kept if k in matched]
+        np.testing.assert_allclose(
+            e.candidate_boxes[[matched[k] for k in matched_kept]].reshape(-1, 4), r.candidate_boxes[matched_kept].reshape(-1, 4), rtol=0, atol=ONNX_BOX_TOL_PX, err_msg=name
+        )
+
+
 def test_every_gate_passes_some_and_rejects_some(comparison):
     """Across the test pairs each gate is selective, so the parity above is not vacuous."""
-    total = sum(len(r.candidate_boxes) for _, r, _ in comparison)
-    itm1 = sum(len(r.itm1_passed) for _, r, _ in comparison)
-    itm = sum(len(r.itm_passed) for _, r, _ in comparison)
-    surv = sum(len(r.survivors) for _, r, _ in comparison)
-    kept = sum(len(r.kept) for _, r, _ in comparison)
+    results = [r for _, r, _ in comparison["onnx"]]
+    total = sum(len(r.candidate_boxes) for r in results)
+    itm1 = sum(len(r.itm1_passed) for r in results)
+    itm = sum(len(r.itm_passed) for r in results)
+    surv = sum(len(r.survivors) for r in results)
+    kept = sum(len(r.kept) for r in results)
     assert 0 < itm1 < total
     assert 0 < itm <= itm1
     assert 0 < surv < itm
