@@ -11,26 +11,28 @@ Exactly Data-Juicer's compare_text_index / is_noun:
 4. objects1: caption-1 lemmas not among the caption-2 lemmas whose single-word tag
    nltk.pos_tag([lemma]) is NN, NNS, NNP or NNPS; objects2 likewise. Order and duplicates kept.
 
-NLTK data (wordnet, averaged_perceptron_tagger_eng) is looked up the standard NLTK way
-(NLTK_DATA, then the user and system paths); the lemmatiser and tagger are loaded once per
-process. Missing data is an error naming the download command: there is no fallback that
-would silently change results.
+NLTK's data (WordNet, averaged_perceptron_tagger_eng) is read directly, without importing nltk:
+`import nltk` alone costs ~60-120 MB of resident memory (it pulls in scipy and scikit-learn
+when they are installed) and NLTK's WordNet reader keeps every part of speech's index (~135 MB),
+while this step needs only the noun index and exceptions (~15 MB) and the tagger's tables.
+`lexicon.py` reimplements exactly the two calls the original makes (NLTK 3.9+); the tests
+compare both against the installed NLTK on every WordNet lemma and its plural-like forms. The data is found where
+NLTK looks for it (NLTK_DATA, then the user and system paths), as folders or zips. Missing data
+is an error naming the download command: there is no fallback that would silently change
+results.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import re
-import threading
+
+from .lexicon import DOWNLOAD_COMMAND, CaptionDataMissing, Lexicon
+
+__all__ = ["DOWNLOAD_COMMAND", "CaptionDataMissing", "caption_words", "ensure_available", "objects_from_captions"]
 
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
-DOWNLOAD_COMMAND = "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng"
 _NON_WORD = re.compile(r"[^\w\s]")
-
-
-class CaptionDataMissing(RuntimeError):
-    """NLTK's WordNet or POS tagger data is not installed."""
 
 
 def caption_words(caption: str) -> list[str]:
@@ -38,69 +40,21 @@ def caption_words(caption: str) -> list[str]:
     return _NON_WORD.sub("", caption.lower().replace(" ", "\n")).splitlines()
 
 
-class _Nltk:
-    """The lemmatiser and tagger, loaded on first use, once per process."""
-
-    _lock = threading.Lock()
-    _instance: "_Nltk | None" = None
-
-    def __init__(self) -> None:
-        try:
-            import nltk
-            from nltk.stem import WordNetLemmatizer
-            from nltk.tag import PerceptronTagger
-        except ImportError as exc:  # pragma: no cover - nltk is a runtime dependency
-            raise CaptionDataMissing(f"the caption step needs the nltk package ({exc})") from None
-        missing = []
-        for resource in ("corpora/wordnet", "taggers/averaged_perceptron_tagger_eng/"):
-            try:
-                nltk.data.find(resource)
-            except LookupError:
-                try:
-                    nltk.data.find(resource.rstrip("/") + ".zip")
-                except LookupError:
-                    missing.append(resource.split("/")[1])
-        if missing:
-            raise CaptionDataMissing(
-                f"NLTK data missing: {', '.join(missing)}. Install it with `{DOWNLOAD_COMMAND}` "
-                f"or point NLTK_DATA at a folder that has it (searched: {', '.join(nltk.data.path)}). "
-                "Records with explicit objects1/objects2 lists do not need it."
-            )
-        lemmatizer = WordNetLemmatizer()
-        lemmatizer.lemmatize("warm")  # load WordNet now, not inside the first pair
-        self.lemmatize = functools.lru_cache(maxsize=65536)(lemmatizer.lemmatize)
-        tagger = PerceptronTagger()  # nltk.pos_tag's English tagger
-
-        @functools.lru_cache(maxsize=65536)
-        def tag(word: str) -> str:
-            return tagger.tag([word])[0][1]
-
-        self.tag = tag
-
-    @classmethod
-    def get(cls) -> "_Nltk":
-        if cls._instance is None:
-            with cls._lock:
-                if cls._instance is None:
-                    cls._instance = cls()
-        return cls._instance
-
-
 def ensure_available() -> None:
-    """Load NLTK's data now; raises CaptionDataMissing with the fix when it is not installed."""
-    _Nltk.get()
+    """Load the caption data now; raises CaptionDataMissing with the fix when it is not installed."""
+    Lexicon.get()
 
 
 def objects_from_captions(caption1: str, caption2: str) -> tuple[list[str], list[str]]:
     """S2: (objects1, objects2) from the two captions (see the module docstring)."""
-    nltk_ = _Nltk.get()
+    lexicon = Lexicon.get()
     only1: list[str] = []
     only2: list[str] = []
     for line in difflib.Differ().compare(caption_words(caption1), caption_words(caption2)):
         if line.startswith("+"):
-            only2.append(nltk_.lemmatize(line.replace("+ ", "")))
+            only2.append(lexicon.lemmatize(line.replace("+ ", "")))
         elif line.startswith("-"):
-            only1.append(nltk_.lemmatize(line.replace("- ", "")))
-    objects1 = [w for w in only1 if w not in only2 and nltk_.tag(w) in NOUN_TAGS]
-    objects2 = [w for w in only2 if w not in only1 and nltk_.tag(w) in NOUN_TAGS]
+            only1.append(lexicon.lemmatize(line.replace("- ", "")))
+    objects1 = [w for w in only1 if w not in only2 and lexicon.tag(w) in NOUN_TAGS]
+    objects2 = [w for w in only2 if w not in only1 and lexicon.tag(w) in NOUN_TAGS]
     return objects1, objects2

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 
 from imgdiff_onnx.captions import caption_words, objects_from_captions
+from imgdiff_onnx.lexicon import TAGGER, TAGGER_FILES, WORDNET, CaptionDataMissing, Lexicon, _Resource, nltk_data_path
 
 # (caption1, caption2, objects1, objects2). Notes on the original's edge cases, kept on purpose:
 # - several spaces in a row make empty words, and "" tags as NN, so it becomes an "object";
@@ -80,13 +83,69 @@ def test_fast_after_warm_up():
     assert per_pair < 0.01
 
 
+def _wordnet_vocabulary() -> list[str]:
+    """Every lemma of WordNet's four indexes, each also with "s" and "es" appended, every exception
+    form, and the odd words captions produce."""
+    wordnet = _Resource(WORDNET, nltk_data_path())
+    words: set[str] = set()
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in wordnet.read_text(f"index.{pos}").splitlines():
+            if line and not line.startswith(" "):
+                lemma = line.split()[0]
+                words.update((lemma, lemma + "s", lemma + "es"))
+        for line in wordnet.read_text(f"{pos}.exc").splitlines():
+            words.update(line.split()[:1])
+    words.update(["", "-", "a-b", "-ab", "1999", "12th", "3", "café", "bear\tin", "Tesla", "ÜBER", "x" * 40, "_", "__init__"])
+    return sorted(words)
+
+
+def test_lemmatize_and_tag_equal_nltk_on_every_wordnet_lemma():
+    """The reimplementation (no nltk import in the runtime) against NLTK itself, word by word."""
+    import nltk
+    from nltk.stem import WordNetLemmatizer
+
+    lexicon, lemmatizer = Lexicon.get(), WordNetLemmatizer()
+    words = _wordnet_vocabulary()
+    assert len(words) > 400_000
+    lemma_diff = [w for w in words if lexicon.lemmatize(w) != lemmatizer.lemmatize(w)]
+    assert lemma_diff == []
+    tag_diff = [w for w in words if lexicon.tag(w) != nltk.pos_tag([w])[0][1]]
+    assert tag_diff == []
+
+
+def test_reads_nltk_data_from_zips(tmp_path):
+    """nltk.downloader may leave packages zipped; NLTK reads them in place and so do we."""
+    source = {WORDNET: _Resource(WORDNET, nltk_data_path()), TAGGER: _Resource(TAGGER, nltk_data_path())}
+    for name, resource in source.items():
+        assert resource.folder is not None, "the test data is expected as folders"
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(tmp_path / f"{name}.zip", "w") as zf:
+            for f in resource.folder.iterdir():
+                zf.write(f, f"{resource.folder.name}/{f.name}")
+    zipped, plain = Lexicon([tmp_path]), Lexicon.get()
+    assert zipped._resource_kinds() == {"zip"}
+    for word in ("mice", "geese", "boxes", "churches", "us", "beside", "1999", "café", "walking"):
+        assert (zipped.lemmatize(word), zipped.tag(word)) == (plain.lemmatize(word), plain.tag(word))
+
+
+def test_corrupt_nltk_data_is_a_clear_error(tmp_path):
+    shutil.copytree(_Resource(WORDNET, nltk_data_path()).folder, tmp_path / WORDNET)
+    (tmp_path / TAGGER).mkdir(parents=True)
+    for name in TAGGER_FILES:
+        (tmp_path / TAGGER / name).write_text("{not json")
+    with pytest.raises(CaptionDataMissing, match="corrupt"):
+        Lexicon([tmp_path])
+    (tmp_path / WORDNET / "index.noun").unlink()
+    with pytest.raises(CaptionDataMissing, match="index.noun"):
+        Lexicon([tmp_path])
+
+
 def test_missing_nltk_data_names_the_download_command(tmp_path):
     code = (
-        "import nltk; nltk.data.path[:] = [r'%s'];"
         "from imgdiff_onnx.captions import objects_from_captions, CaptionDataMissing\n"
         "try:\n    objects_from_captions('a cat', 'a dog')\n"
         "except CaptionDataMissing as e:\n    print('MISSING', e)\n"
-    ) % tmp_path
+    )
     env = {"PATH": "/usr/bin:/bin", "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "MISSING" in proc.stdout, proc.stderr

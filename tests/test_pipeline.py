@@ -27,13 +27,14 @@ def engine_int8(tiny_models):
     return DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="int8", threads=2, crop_batch_size=4))
 
 
-def test_runtime_imports_no_torch(tiny_models):
+def test_runtime_imports_no_torch_and_no_nltk(tiny_models):
     code = (
         "import sys\n"
         "from imgdiff_onnx import DifferenceAreaGenerator, PairInput, OperatorParams, EngineSettings\n"
         f"g = DifferenceAreaGenerator(r'{tiny_models}', OperatorParams.from_dicts(None, {{'imgsz': 320}}, None))\n"
-        f"r = g.process(PairInput(r'{PAIR1}', r'{PAIR2}', objects1=('plane',), objects2=('boat',)))\n"
-        "heavy = [m for m in ('torch', 'transformers', 'ultralytics', 'torchvision') if m in sys.modules]\n"
+        f"r = g.process(PairInput(r'{PAIR1}', r'{PAIR2}', *{PAIR_CAPTIONS!r}))\n"
+        "assert r.objects1 == ['plane', 'sky'], r.objects1\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ultralytics', 'torchvision', 'nltk', 'sklearn', 'scipy') if m in sys.modules]\n"
         "print('HEAVY', heavy, r.boxes.shape)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
