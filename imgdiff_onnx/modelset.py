@@ -27,12 +27,15 @@ class SessionSettings:
     """onnxruntime CPU session settings, applied to every graph.
 
     threads: intra-op threads per session (0 = onnxruntime's default, all physical cores).
-    The sessions run one after another, each with all of its threads.
+    The sessions run one after another, each with all of its threads. cpu_mem_arena and
+    mem_pattern are onnxruntime's CPU memory arena and memory-pattern planning (both on by default
+    in onnxruntime).
     """
 
     threads: int = 0
     graph_optimization: str = "all"
     cpu_mem_arena: bool = True
+    mem_pattern: bool = True
 
     def __post_init__(self) -> None:
         if self.threads < 0:
@@ -49,6 +52,7 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
     options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

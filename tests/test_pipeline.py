@@ -234,12 +234,13 @@ def test_very_large_image_pair_is_processed_in_image1_pixels(engine):
     assert x1.max() > 768 or y1.max() > 512  # really in full-resolution pixels, not letterbox ones
 
 
-@pytest.mark.parametrize("arena", [False, True])
-def test_memory_arena_setting_reaches_every_session(tiny_models, arena):
-    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_arena=arena))
+@pytest.mark.parametrize("arena,pattern", [(False, False), (True, False), (False, True)])
+def test_memory_settings_reach_every_session(tiny_models, arena, pattern):
+    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_arena=arena, memory_pattern=pattern))
     sessions = [gen.clip._session, gen.blip._vision, gen.blip._itm, gen.segmenter._session]
     assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [arena] * 4
+    assert [s.get_session_options().enable_mem_pattern for s in sessions] == [pattern] * 4
 
 
-def test_memory_arena_is_off_by_default():
-    assert EngineSettings().memory_arena is False
+def test_memory_arena_and_pattern_are_off_by_default():
+    assert EngineSettings().memory_arena is False and EngineSettings().memory_pattern is False
