@@ -116,10 +116,10 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
             modelset = TorchModelSet(models, threads=threads)
             engine = DifferenceAreaGenerator(modelset, params, EngineSettings(precision="fp32", threads=threads))
         else:
-            # "onnx_int8" / "onnx_fp32", optionally "-arena" and/or "-pattern": onnxruntime's CPU
-            # memory arena / memory-pattern planning back on (both off by default)
+            # "onnx_int8" / "onnx_fp32", optionally "-arena" (onnxruntime's CPU memory arena on; off
+            # by default) and/or "-nopattern" (its memory-pattern planning off; on by default)
             precision, *variants = mode.split("_")[1].split("-")
-            settings = EngineSettings(precision=precision, threads=threads, memory_arena="arena" in variants, memory_pattern="pattern" in variants)
+            settings = EngineSettings(precision=precision, threads=threads, memory_arena="arena" in variants, memory_pattern="nopattern" not in variants)
             engine = DifferenceAreaGenerator(models, params, settings)
         run = lambda p: engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))  # noqa: E731
     cold = time.perf_counter() - started

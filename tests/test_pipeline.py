@@ -242,5 +242,5 @@ def test_memory_settings_reach_every_session(tiny_models, arena, pattern):
     assert [s.get_session_options().enable_mem_pattern for s in sessions] == [pattern] * 4
 
 
-def test_memory_arena_and_pattern_are_off_by_default():
-    assert EngineSettings().memory_arena is False and EngineSettings().memory_pattern is False
+def test_memory_defaults_arena_off_pattern_on():
+    assert EngineSettings().memory_arena is False and EngineSettings().memory_pattern is True
