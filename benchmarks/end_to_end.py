@@ -99,7 +99,7 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
 
     params = OperatorParams.from_mapping(params_dict)
     started = time.perf_counter()
-    ensure_available()  # NLTK's WordNet and tagger load once per process: part of the cold start
+    ensure_available()  # the caption data (WordNet nouns, tagger tables) loads once per process: part of the cold start
     nltk_seconds = time.perf_counter() - started
     if mode == "reference":
         import torch
@@ -165,7 +165,7 @@ def _table(summary: dict) -> str:
     row("speed-up vs reference", lambda s: f"{s['speedup_vs_reference']:.1f}x" if s.get("speedup_vs_reference") else "-")
     row("peak RSS (MB)", lambda s: f"{s['peak_rss_mb']:.0f}")
     row("cold start: models (s)", lambda s: f"{s['models_load_s']:.1f}")
-    row("cold start: models + NLTK (s)", lambda s: f"{s['cold_start_s']:.1f}")
+    row("cold start: models + caption data (s)", lambda s: f"{s['cold_start_s']:.1f}")
     row("box F1 vs reference (IoU 0.9)", lambda s: f"{s['box_f1_vs_reference']:.3f}" if s.get("box_f1_vs_reference") is not None else "-")
     return "\n".join(lines)
 

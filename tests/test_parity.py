@@ -94,10 +94,10 @@ class _TorchFastSamSession:
     def run(self, names, feed):
         import torch
 
+        assert list(names) == ["predictions", "protos"]
         with torch.no_grad():
             out = self._model(torch.from_numpy(feed["images"]))
         predictions, protos = out[0] if isinstance(out[0], (tuple, list)) else out[:2]
-        assert list(names) == ["predictions", "protos"]
         return [predictions.numpy(), protos.numpy()]
 
 
