@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+
 MODES = ("reference", "torch_engine", "onnx_fp32", "onnx_int8")  # plus "onnx_int8-arena" etc. on request
 STAGES = ("load", "captions", "pair_gate", "segment", "crop_pair_gate", "itm_image1", "itm_image2", "overlap")
 
@@ -125,15 +127,15 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
     cold = time.perf_counter() - started
     rows = []
     for p in pairs:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         r = run(p)
-        total = time.perf_counter() - t
+        total, cpu = time.perf_counter() - t, time.process_time() - cpu
         candidates = len(r.candidate_boxes) if r.candidate_boxes is not None else 0
         counts = dict(getattr(r, "counts", {}) or {})
         if mode == "reference":
             counts = {"candidates": candidates, "after_itm_image1": len(r.itm1_passed), "after_itm_both": len(r.itm_passed),
                       "after_crop_pair_gate": len(r.survivors), "kept": len(r.kept)}
-        rows.append({"key": p["key"], "seconds": total, "times": dict(r.times), "candidates": candidates, "counts": counts,
+        rows.append({"key": p["key"], "seconds": total, "cpu_seconds": cpu, "times": dict(r.times), "candidates": candidates, "counts": counts,
                      "boxes": np.asarray(r.boxes).tolist()})
     return {"mode": mode, "cold_start_s": cold, "models_load_s": cold - nltk_seconds, "peak_rss_mb": peak_rss_mb(), "pairs": rows}
 
@@ -162,6 +164,7 @@ def _table(summary: dict) -> str:
         row(f"{stage} (s/pair)", lambda s, st=stage: f"{s['stage_seconds'].get(st, 0.0):.2f}")
     row("**total (s/pair)**", lambda s: f"**{s['seconds_per_pair']:.2f}**")
     row("pairs/hour", lambda s: f"{s['pairs_per_hour']:.0f}")
+    row("CPU s/pair (cores busy)", lambda s: f"{s['cpu_seconds_per_pair']:.1f} ({s['cores_busy']:.2f})")
     row("speed-up vs reference", lambda s: f"{s['speedup_vs_reference']:.1f}x" if s.get("speedup_vs_reference") else "-")
     row("peak RSS (MB)", lambda s: f"{s['peak_rss_mb']:.0f}")
     row("cold start: models (s)", lambda s: f"{s['models_load_s']:.1f}")
@@ -202,10 +205,13 @@ def summarise(runs: list[dict], params: dict, boxes_per_image: dict) -> dict:
         rows = [row for r in rs for row in r["pairs"]]
         stage = {st: float(np.mean([row["times"].get(st, 0.0) for row in rows])) for st in STAGES}
         seconds = float(np.mean([row["seconds"] for row in rows]))
+        cpu_seconds = float(np.mean([row["cpu_seconds"] for row in rows]))
         summary["modes"][mode] = {
             "runs": len(rs),
             "seconds_per_pair": seconds,
             "pairs_per_hour": 3600.0 / seconds,
+            "cpu_seconds_per_pair": cpu_seconds,
+            "cores_busy": cpu_seconds / seconds,
             "stage_seconds": stage,
             "peak_rss_mb": float(max(r["peak_rss_mb"] for r in rs)),
             "cold_start_s": float(np.median([r["cold_start_s"] for r in rs])),
@@ -267,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     boxes_per_image = {r["key"]: r["candidates"] for r in runs[0]["pairs"]}
     summary = summarise(runs, params, boxes_per_image)
     summary["command"] = " ".join(["python", "benchmarks/end_to_end.py", *(argv if argv is not None else sys.argv[1:])])
+    summary["cpu"] = cpu_description()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    table = _table(summary)
+    table = cpu_line(summary["cpu"]) + "\n\n" + _table(summary)
     (args.out / "table.md").write_text(table + "\n")
     _chart(summary, args.out / "stages.png")
     print(table)

@@ -9,17 +9,53 @@ import sys
 from .conftest import ROOT, SHARED
 
 
-def test_end_to_end_benchmark_runs_all_four_modes(tiny_models, tmp_path):
-    out = tmp_path / "e2e"
-    cmd = [sys.executable, str(ROOT / "benchmarks/end_to_end.py"), "--models", str(tiny_models), "--out", str(out),
-           "--imgsz", "320", "--generated-pairs", "0", "--shared", str(SHARED)]
+def _run_benchmark(script: str, models, out, *args: str) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--models", str(models), "--out", str(out), "--shared", str(SHARED), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_end_to_end_benchmark_runs_all_four_modes(tiny_models, tmp_path):
+    out = tmp_path / "e2e"
+    _run_benchmark("end_to_end.py", tiny_models, out, "--imgsz", "320", "--generated-pairs", "0")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["modes"]) == {"reference", "torch_engine", "onnx_fp32", "onnx_int8"}
     for mode in summary["modes"].values():
         assert mode["seconds_per_pair"] > 0 and mode["peak_rss_mb"] > 0
+        # CPU time of the worker's threads per pair, against wall time: how many cores the mode kept busy
+        assert mode["cpu_seconds_per_pair"] > 0 and mode["cores_busy"] == mode["cpu_seconds_per_pair"] / mode["seconds_per_pair"]
     # the engine's algorithm gives the reference's boxes on the same fp32 weights
     assert summary["modes"]["onnx_fp32"]["box_f1_vs_reference"] == 1.0
     assert summary["modes"]["torch_engine"]["box_f1_vs_reference"] == 1.0
     assert (out / "table.md").read_text().count("|") > 20 and (out / "stages.png").stat().st_size > 0
+    assert summary["cpu"]["family_model"] and (out / "table.md").read_text().startswith("CPU: ")
+
+
+def test_per_model_benchmark_reports_every_model_and_column(tiny_models, tmp_path):
+    out = tmp_path / "models"
+    _run_benchmark("models.py", tiny_models, out, "--repeats", "1", "--fastsam-imgsz", "320")
+    results = json.loads((out / "models.json").read_text())
+    assert set(results["models"]) == {"clip_vision", "blip_vision", "blip_itm", "fastsam"}
+    ceiling = results["ceiling"]
+    assert min(ceiling["fp32_gmac_s"], ceiling["int8_gmac_s"], ceiling["torch_fp32_gmac_s"]) > 0
+    for graph, data in results["models"].items():
+        columns = {name.split(" b")[0] for name in data["rows"]}
+        assert columns == {"torch_fp32", "ort_fp32", "ort_int8"}, graph
+        for row in data["rows"].values():
+            assert row["samples_per_s"] > 0 and row["cores_busy"] > 0
+    table = (out / "table.md").read_text()
+    assert all(f"| {graph} |" in table for graph in results["models"])
+
+
+def test_cpu_description_reads_the_int8_instruction_sets(tmp_path):
+    from benchmarks.machine import cpu_description, cpu_line
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9R14\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    cpu = cpu_description(info)
+    assert cpu == {"model_name": "AMD EPYC 9R14", "family_model": "25/17", "avx2": True, "avx512f": True, "int8_dot_product": ["avx512_vnni"]}
+    assert cpu_line(cpu) == "CPU: AMD EPYC 9R14 (family/model 25/17), AVX-512, avx512_vnni"
+    info.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_line(cpu_description(info)) == "CPU: AMD EPYC (family/model 25/1), AVX2, no VNNI"
+    assert cpu_description(tmp_path / "absent")["int8_dot_product"] == []
