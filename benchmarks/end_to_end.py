@@ -80,12 +80,12 @@ def choose_params(models: Path, pairs: list[dict], imgsz: int, threads: int, con
 
     segment = {"imgsz": imgsz} if conf is None else {"imgsz": imgsz, "conf": conf}
     open_params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, segment, {"min_score": 0})
-    engine = DifferenceAreaGenerator(models, open_params, EngineSettings(precision="fp32", threads=threads))
+    engine = DifferenceAreaGenerator(models, open_params, EngineSettings(precision="fp32", threads=threads, diagnostics=True))
     crop, itm = [], []
     for p in pairs:
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
-        crop += r.scores.get("crop_pair", [])
-        itm += r.scores.get("itm_image1", []) + r.scores.get("itm_image2", [])
+        crop += list(r.diagnostics.get("crop_pair", {}).values())
+        itm += list(r.diagnostics.get("itm_image1", {}).values()) + list(r.diagnostics.get("itm_image2", {}).values())
     return {
         "image_pair_similarity_filter_args": {"min_score_1": -1.0, "max_score_1": 1.0, "min_score_2": -1.0, "max_score_2": _split(crop, 0.3)},
         "image_segment_mapper_args": segment,

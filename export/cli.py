@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from imgdiff_onnx import manifest as mf
-from imgdiff_onnx import samples
 from imgdiff_onnx.imageio import load_image_file
 from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch
 
 from . import blip, clip, fastsam, quantize, random_init, verify
+from .images import CalibrationImagesError, calibration_set
 from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
 
 log = logging.getLogger("imgdiff_onnx.export")
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-images",
         type=Path,
-        help="folder of images for int8 calibration and verification (default: built-in generated images)",
+        help="folder of images for int8 calibration and verification, ideally like your own data "
+        "(default: natural photographs shipped with scikit-image)",
     )
     parser.add_argument("--verify-imgsz", type=int, default=1024, help="FastSAM input size used for verification (default 1024)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -78,15 +79,6 @@ def _precisions(text: str) -> list[str]:
     if unknown or not wanted:
         raise SystemExit(f"--precision: expected a comma-separated subset of {','.join(mf.PRECISIONS)}, got {text!r}")
     return [p for p in mf.PRECISIONS if p in wanted or p == "fp32"]
-
-
-def _calibration(folder: Path | None) -> tuple[list[np.ndarray], str]:
-    if folder is None:
-        return samples.calibration_images(8), "generated (imgdiff_onnx.samples.calibration_images(8))"
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-    if not files:
-        raise SystemExit(f"--calibration-images: no images in {folder}")
-    return [load_image_file(p).rgb for p in files], f"{len(files)} images from {folder}"
 
 
 def _crops_for_calibration(images: list[np.ndarray], per_image: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -156,7 +148,8 @@ def run(args: argparse.Namespace) -> Path:
     out: Path = args.out
     precisions = _precisions(args.precision)
     _prepare_out(out, args.force)
-    calibration, calibration_note = _calibration(args.calibration_images)
+    image_set = calibration_set(args.calibration_images)
+    calibration = image_set.images
 
     random_spec = None
     if args.random_init:
@@ -217,14 +210,14 @@ def run(args: argparse.Namespace) -> Path:
     blip_norm = ImageNormalization.from_dict(preprocessing["blip"])
     blip_pixels = normalize_batch(calibration[:4], blip_norm)
     verification = {
-        "images": calibration_note,
+        "images": image_set.describe(),
         "clip_vision": verify.embeddings(clip.ClipImageTower(clip_model).eval(), paths["clip_vision"], normalize_batch(calibration, clip_norm)),
         "blip_vision": verify.embeddings(blip.BlipVision(blip_model).eval(), paths["blip_vision"], blip_pixels),
         "blip_itm": verify.itm(blip_model, tokenizer, paths["blip_vision"], paths["blip_itm"], blip_pixels),
         "fastsam": verify.fastsam(fastsam_model, paths["fastsam"], calibration, letterbox_settings, args.verify_imgsz, conf=0.05, iou=0.5),
         "tolerances": dataclasses.asdict(verify.TOLERANCES),
     }
-    verify.check(verification)
+    verify.check(verification, images=image_set.describe(), user_images=args.calibration_images is not None)
 
     manifest_graphs = {}
     for graph, by_precision in paths.items():
@@ -281,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     try:
         run(args)
-    except SourceUnavailable as exc:
+    except (SourceUnavailable, CalibrationImagesError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except verify.ParityError as exc:

@@ -168,6 +168,7 @@ def fastsam(
         "conf": conf,
         "iou": iou,
         "boxes_per_image_torch": [r["boxes_torch"] for r in per_image],
+        "fp32_box_f1_per_image": [r["fp32_box_f1"] for r in per_image],
         "fp32_vs_torch": {
             "min_box_f1": min(r["fp32_box_f1"] for r in per_image),
             "max_score_diff": max(r["fp32_max_score_diff"] for r in per_image),
@@ -187,18 +188,36 @@ def fastsam(
     return figures
 
 
-def check(verification: dict, tolerances: Tolerances = TOLERANCES) -> None:
-    """Raise ParityError when an fp32 graph is outside tolerance."""
+def check(verification: dict, tolerances: Tolerances = TOLERANCES, images: str = "", user_images: bool = False) -> None:
+    """Raise ParityError when an fp32 graph is outside tolerance, saying what was compared on what
+    and what to do about it."""
     problems = []
     for graph in ("clip_vision", "blip_vision"):
         cos = verification[graph]["fp32_vs_torch"]["min_cosine"]
         if cos < tolerances.min_cosine:
-            problems.append(f"{graph}: min cosine {cos:.6f} < {tolerances.min_cosine}")
+            problems.append(f"{graph}: embeddings of the fp32 graph vs PyTorch, min cosine {cos:.6f} < {tolerances.min_cosine}")
     diff = verification["blip_itm"]["fp32_vs_torch"]["max_prob_diff"]
     if diff > tolerances.max_itm_prob_diff:
-        problems.append(f"blip_itm: max |p_itm diff| {diff:.2e} > {tolerances.max_itm_prob_diff}")
-    f1 = verification["fastsam"]["fp32_vs_torch"]["min_box_f1"]
+        problems.append(f"blip_itm: ITM match probability of the fp32 graphs vs BlipForImageTextRetrieval, max |diff| {diff:.2e} > {tolerances.max_itm_prob_diff}")
+    fs = verification["fastsam"]
+    f1 = fs["fp32_vs_torch"]["min_box_f1"]
     if f1 < tolerances.min_box_f1:
-        problems.append(f"fastsam: box F1 {f1:.4f} < {tolerances.min_box_f1}")
+        noise = fs["fp32_input_noise_control"]["mean_box_f1"]
+        problems.append(
+            f"fastsam: boxes after full post-processing (imgsz {fs['imgsz']}, conf {fs['conf']}, iou {fs['iou']}) of the fp32 graph vs "
+            f"the PyTorch model, worst image F1 {f1:.4f} < {tolerances.min_box_f1} at IoU 0.9 (per image: "
+            f"{', '.join(f'{x:.3f}' for x in fs['fp32_box_f1_per_image'])}; the fp32 graph against itself with +-1 grey level "
+            f"of input noise: mean F1 {noise:.3f}, i.e. how chaotic this network is on these images)"
+        )
     if problems:
-        raise ParityError("fp32 ONNX graphs do not reproduce PyTorch: " + "; ".join(problems))
+        advice = (
+            "check these images are representative of your data"
+            if user_images
+            else "verify on images like your own data with --calibration-images DIR"
+        )
+        raise ParityError(
+            f"fp32 ONNX graphs do not reproduce PyTorch on {images or 'the verification images'}: "
+            + "; ".join(problems)
+            + f". To do: {advice}; a graph that fails on natural photographs is a conversion problem worth reporting "
+            "with the export's versions (manifest `versions`)."
+        )

@@ -73,6 +73,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def validate(args: argparse.Namespace) -> int:
+    from .jsonl import RunError
+    from .validate import ValidateOptions, validate as run_validate
+    from .validate_report import write_outputs, write_recommendation
+
+    if not args.input.is_file():
+        raise RunError(f"input file not found: {args.input}")
+    try:
+        options = ValidateOptions(
+            limit=args.limit,
+            min_box_f1=args.min_box_f1,
+            min_candidate_f1=args.min_candidate_f1,
+            min_saving=args.min_saving,
+            threads=args.threads,
+            crop_batch_size=args.crop_batch_size,
+            progress=not args.quiet,
+        )
+        summary = run_validate(args.models, _load_params(args.params), args.input, options)
+    except ValueError as exc:  # bad option, no readable pair, folder without both precisions
+        raise RunError(f"validate: {exc}") from None
+    paths = write_outputs(summary, args.out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    if args.write:
+        manifest = write_recommendation(args.models, summary)
+        log.info("recommended precision %s written to %s", summary["recommended_precision_text"], manifest)
+    log.info("validation written to %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def show(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -141,7 +170,11 @@ def dj_op_path(args: argparse.Namespace) -> int:
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="graphs to run (default int8)")
+    p.add_argument(
+        "--precision",
+        help="int8, fp32, or per model, e.g. fastsam=fp32,clip=int8,blip=int8 (default: the model folder's recommendation "
+        "written by `validate --write`, else fastsam=fp32,clip=int8,blip=int8)",
+    )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
     p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
@@ -166,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
     r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
+    v = sub.add_parser("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
+    v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
+    v.add_argument("--input", type=Path, required=True, help="JSONL of your pairs (as for run)")
+    v.add_argument("--out", type=Path, required=True, help="folder for validation.json, validation.md, validation.png")
+    v.add_argument("--params", type=Path, help="your thresholds: JSON or YAML with Data-Juicer's three parameter dicts")
+    v.add_argument("--limit", type=int, help="validate on the first N input lines")
+    v.add_argument("--min-box-f1", type=float, default=0.99, help="final-box F1 vs fp32 an int8 graph must keep (default 0.99)")
+    v.add_argument("--min-candidate-f1", type=float, default=0.99, help="FastSAM candidate-box F1 vs fp32 int8 must keep (default 0.99)")
+    v.add_argument("--min-saving", type=float, default=0.05, help="CPU-time saving an int8 graph must bring (default 0.05)")
+    v.add_argument("--write", action="store_true", help="store the recommended precision in the model folder's manifest")
+    v.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
+    v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
+    v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     s = sub.add_parser("show", help="draw results side by side with their boxes + index.html")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
     s.add_argument("--out", type=Path, required=True, help="folder for the PNGs and index.html")
@@ -193,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     from .jsonl import RunError
     from .manifest import ManifestError
     from .params import ParameterError
+    from .precision import PrecisionError
 
     try:
-        return {"run": run, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
-    except (RunError, ManifestError, ParameterError, FileNotFoundError) as exc:
+        return {"run": run, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
+    except (RunError, ManifestError, ParameterError, PrecisionError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

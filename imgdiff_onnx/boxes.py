@@ -219,16 +219,11 @@ def nonempty_masks(protos: np.ndarray, coefficients: np.ndarray, boxes_xyxy: np.
     return result
 
 
-def box_f1(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -> float:
-    """Agreement of two box sets: F1 of a greedy one-to-one matching at IoU >= threshold.
-
-    1.0 when both are empty.
-    """
+def box_matches(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -> int:
+    """Pairs in a greedy one-to-one matching of two box sets at IoU >= threshold (a's order)."""
     a, b = xywh_to_xyxy(np.asarray(a_xywh).reshape(-1, 4)), xywh_to_xyxy(np.asarray(b_xywh).reshape(-1, 4))
-    if len(a) == 0 and len(b) == 0:
-        return 1.0
     if len(a) == 0 or len(b) == 0:
-        return 0.0
+        return 0
     free = np.ones(len(b), dtype=bool)
     matches = 0
     for box in a:
@@ -237,4 +232,13 @@ def box_f1(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -
         if ious[j] >= iou_threshold:
             free[j] = False
             matches += 1
-    return 2.0 * matches / (len(a) + len(b))
+    return matches
+
+
+def box_f1(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -> float:
+    """Agreement of two box sets: F1 of a greedy one-to-one matching at IoU >= threshold.
+
+    1.0 when both are empty.
+    """
+    n = len(np.asarray(a_xywh).reshape(-1, 4)) + len(np.asarray(b_xywh).reshape(-1, 4))
+    return 1.0 if n == 0 else 2.0 * box_matches(a_xywh, b_xywh, iou_threshold) / n

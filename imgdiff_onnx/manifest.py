@@ -55,6 +55,17 @@ def write(folder: Path, data: dict) -> Path:
     return path
 
 
+def write_atomic(folder: Path, data: dict) -> Path:
+    """Replace the manifest in one step (a reader never sees half a file)."""
+    import os
+
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def check_files(folder: Path, data: dict, names: list[str], hashes: bool) -> None:
     """Every named file exists with the recorded size (and sha256 when `hashes`)."""
     files = data.get("files", {})

@@ -1,4 +1,4 @@
-"""A model folder (written by the export step): manifest checks and the one session factory."""
+"""A model folder (written by the export step): manifest checks, precision choice and the one session factory."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from . import manifest as mf
+from .precision import DEFAULT as DEFAULT_PRECISION
+from .precision import Precision, PrecisionError, PrecisionLike
 from .preprocess import ImageNormalization, LetterboxSettings
 
 log = logging.getLogger(__name__)
@@ -60,26 +62,74 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
 @dataclass(frozen=True)
 class GraphInfo:
     path: Path
+    precision: str
     batch_invariant: bool  # False: dynamic int8, feed one sample per call
 
 
-class ModelSet:
-    """The exported graphs of one precision, their preprocessing and the tokenizer."""
+class SessionPool:
+    """Sessions built once per (file, settings) and shared, e.g. by engines that differ only in
+    the precision of one model (`validate`)."""
 
-    def __init__(self, folder: str | os.PathLike, precision: str = "int8", verify_hashes: bool = False):
-        if precision not in mf.PRECISIONS:
-            raise ValueError(f"precision must be one of {mf.PRECISIONS}, got {precision!r}")
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[Path, SessionSettings], ort.InferenceSession] = {}
+
+    def get(self, path: Path, settings: SessionSettings) -> ort.InferenceSession:
+        key = (Path(path).resolve(), settings)
+        if key not in self._sessions:
+            self._sessions[key] = create_session(path, settings)
+        return self._sessions[key]
+
+
+def resolve_precision(requested: PrecisionLike | None, manifest: dict, folder: Path) -> tuple[Precision, str]:
+    """The precision to run and where it came from: the caller's choice, else the model folder's
+    recommendation (written by `validate --write`), else the built-in default."""
+    exported = set(manifest.get("precisions", []))
+    if requested is not None:
+        precision, origin = Precision.parse(requested), "given"
+    elif manifest.get("recommended_precision"):
+        rec = manifest["recommended_precision"]
+        try:
+            precision = Precision.parse(rec["precision"])
+        except (KeyError, TypeError, PrecisionError) as exc:
+            raise mf.ManifestError(f"{folder}: recommended_precision in {mf.MANIFEST_NAME} is not readable ({exc})") from None
+        origin = f"the model folder's recommendation ({rec.get('by', 'unknown')})"
+    elif "int8" not in exported:
+        precision, origin = Precision.uniform("fp32"), "fp32 (the folder has no int8 graphs)"
+    else:
+        precision, origin = DEFAULT_PRECISION, "built-in default"
+    missing = sorted(precision.needs() - exported)
+    if missing:
+        raise mf.ManifestError(
+            f"{folder}: precision {precision} needs {'/'.join(missing)} graphs, but the folder was exported with "
+            f"{'/'.join(sorted(exported)) or 'none'}; re-export with `--precision fp32,int8` or choose another precision"
+        )
+    return precision, origin
+
+
+class ModelSet:
+    """The exported graphs at the chosen precision of each model, their preprocessing and the tokenizer.
+
+    precision: "int8", "fp32", a per-model choice ("fastsam=fp32,clip=int8,blip=int8", a mapping
+    or a Precision), or None for the folder's recommendation, else the built-in default.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        precision: PrecisionLike | None = None,
+        verify_hashes: bool = False,
+        pool: SessionPool | None = None,
+    ):
         self.folder = Path(folder)
-        self.precision = precision
         self.manifest = mf.read(self.folder)
-        if precision not in self.manifest["precisions"]:
-            raise mf.ManifestError(f"{self.folder}: exported with {self.manifest['precisions']}, no {precision} graphs")
+        self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
         graphs = self.manifest["graphs"]
-        names = [graphs[g][precision]["file"] for g in mf.GRAPHS] + [self.manifest["tokenizer"]["file"]]
+        entries = {g: graphs[g][self.precision.for_graph(g)] for g in mf.GRAPHS}
+        names = [entries[g]["file"] for g in mf.GRAPHS] + [self.manifest["tokenizer"]["file"]]
         mf.check_files(self.folder, self.manifest, names, hashes=verify_hashes)
         self.graphs = {
-            g: GraphInfo(path=self.folder / graphs[g][precision]["file"], batch_invariant=bool(graphs[g][precision]["batch_invariant"]))
-            for g in mf.GRAPHS
+            g: GraphInfo(path=self.folder / e["file"], precision=self.precision.for_graph(g), batch_invariant=bool(e["batch_invariant"]))
+            for g, e in entries.items()
         }
         pre = self.manifest["preprocessing"]
         self.clip_norm = ImageNormalization.from_dict(pre["clip"])
@@ -87,10 +137,12 @@ class ModelSet:
         self.letterbox = LetterboxSettings.from_dict(pre["fastsam"])
         self.tokenizer_path = self.folder / self.manifest["tokenizer"]["file"]
         self.tokenizer_max_length = int(self.manifest["tokenizer"].get("max_length", 512))
+        self._pool = pool
 
     @property
     def random_init(self) -> dict | None:
         return self.manifest.get("random_init")
 
     def session(self, graph: str, settings: SessionSettings) -> ort.InferenceSession:
-        return create_session(self.graphs[graph].path, settings)
+        path = self.graphs[graph].path
+        return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)

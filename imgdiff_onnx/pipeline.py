@@ -35,6 +35,7 @@ from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder, cosine
 from .models.fastsam import FastSamSegmenter
 from .params import OperatorParams
+from .precision import Precision, PrecisionLike
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ ImageSource = str | Path | np.ndarray
 class EngineSettings:
     """How the engine runs (not what it computes).
 
-    precision: "int8" (default) or "fp32" graphs. threads: intra-op threads of every session
+    precision: which graphs run: "int8", "fp32", a per-model choice such as
+    "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
+    None (default) for the model folder's recommendation (written by `validate --write`), else
+    the built-in default, FastSAM fp32 with CLIP and BLIP int8. threads: intra-op threads of every session
     (0 = all cores). crop_batch_size: crops per model call where the graph is batch-invariant.
     jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
     PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
@@ -58,15 +62,18 @@ class EngineSettings:
     percent of FastSAM's time.
     """
 
-    precision: str = "int8"
+    precision: PrecisionLike | None = None
     threads: int = 0
     crop_batch_size: int = 16
     jpeg_roundtrip: bool = False
     verify_hashes: bool = False
     memory_arena: bool = False
     memory_pattern: bool = True
+    diagnostics: bool = False  # keep every score a gate computed, keyed by candidate window (PairResult.diagnostics)
 
     def __post_init__(self) -> None:
+        if self.precision is not None:
+            Precision.parse(self.precision)  # fail here, not at load time
         if self.crop_batch_size < 1:
             raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
 
@@ -109,7 +116,10 @@ class PairResult:
     candidate_boxes: np.ndarray | None = None  # S4 candidates (image-1 boxes then image-2 boxes)
     survivors: list[int] = field(default_factory=list)  # candidate ids passing S5 and S6
     kept: list[int] = field(default_factory=list)  # candidate ids kept by S7
-    scores: dict[str, list[float]] = field(default_factory=dict)  # every score a gate computed (diagnostics)
+    # with EngineSettings(diagnostics=True): every score a gate computed, keyed by crop window
+    # (rows r0, r1, columns c0, c1): "crop_pair" {window: cosine}, "itm_image1"/"itm_image2"
+    # {(window, word): probability}. Empty otherwise.
+    diagnostics: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +152,17 @@ def jpeg_roundtrip(rgb: np.ndarray) -> np.ndarray:
         raise ValueError("JPEG encoding failed")
     with Image.open(io.BytesIO(data.tobytes())) as image:
         return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class _WindowScores:
+    """Diagnostics sink for one crop: (window, word) -> probability."""
+
+    store: dict
+    window: tuple[int, int, int, int]
+
+    def record(self, word: str, probability: float) -> None:
+        self.store[(self.window, word)] = probability
 
 
 @dataclass
@@ -184,7 +205,9 @@ class DifferenceAreaGenerator:
         )
         self.segmenter = FastSamSegmenter(self.models.session("fastsam", sess), self.models.letterbox)
         self.load_seconds = time.perf_counter() - started
-        log.info("loaded %s graphs from %s in %.2f s", self.settings.precision, self.models.folder, self.load_seconds)
+        log.info(
+            "loaded graphs from %s in %.2f s: precision %s (%s)", self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin
+        )
         if self.models.random_init:
             log.warning("model folder %s holds RANDOM-INIT weights: boxes are meaningless", self.models.folder)
 
@@ -362,8 +385,9 @@ class DifferenceAreaGenerator:
             sims = cosine(self.clip.embed(crops1), self.clip.embed(crops2))
             lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
             decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
-            for (i, _), sim in zip(todo, sims):
-                prepared[i].result.scores.setdefault("crop_pair", []).append(float(sim))
+            if self.settings.diagnostics:
+                for (i, win), sim in zip(todo, sims):
+                    prepared[i].result.diagnostics.setdefault("crop_pair", {})[win] = float(sim)
         self._apply(prepared, decisions, "after_crop_pair_gate")
         self._timed(prepared, "crop_pair_gate", t)
 
@@ -376,12 +400,19 @@ class DifferenceAreaGenerator:
                 images = [self._crop_image(prepared[i].image1 if side == 1 else prepared[i].image2, win) for i, win in todo]
                 embeds = self.blip.encode_images(images)
                 words = [prepared[i].result.objects1 if side == 1 else prepared[i].result.objects2 for i, _ in todo]
-                passed = self._match_any(embeds, words, [prepared[i].result.scores.setdefault(f"itm_image{side}", []) for i, _ in todo])
+                sinks = [self._sink(prepared[i].result, f"itm_image{side}", win) for i, win in todo]
+                passed = self._match_any(embeds, words, sinks)
                 decisions = dict(zip(todo, passed))
             self._apply(prepared, decisions, count_name)
             self._timed(prepared, f"itm_image{side}", t)
 
-    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list[list[float]]) -> list[bool]:
+    def _sink(self, result: PairResult, name: str, window: tuple[int, int, int, int]) -> dict | None:
+        """Where _match_any records (window, word) -> probability, or None without diagnostics."""
+        if not self.settings.diagnostics:
+            return None
+        return _WindowScores(result.diagnostics.setdefault(name, {}), window)
+
+    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list["_WindowScores | None"]) -> list[bool]:
         """For each crop: does some word score inside [min_score, max_score]?
 
         Word by word over the crops still undecided; a crop stops at its first passing word.
@@ -395,7 +426,8 @@ class DifferenceAreaGenerator:
                 continue
             probs = self.blip.score(embeds[idx], word)
             for k, p in zip(idx, probs):
-                sinks[k].append(float(p))
+                if sinks[k] is not None:
+                    sinks[k].record(word, float(p))
                 if lo <= float(p) <= hi:
                     passed[k] = True
         return passed

@@ -6,7 +6,8 @@ Load it with `custom_operator_paths: [<path of this file>]` in a recipe (or
 absolute imports only, because Data-Juicer loads custom operators by file path (and ships the file
 to Ray workers as a top-level module).
 
-Same three parameter dicts and defaults as the original, plus `model_dir`, `precision`, `threads`
+Same three parameter dicts and defaults as the original, plus `model_dir`, `precision` (as `run
+--precision`), `threads`
 and `image_root`. Reads `caption1`, `caption2`, `image_path1`, `image_path2` (and optional
 `objects1`/`objects2`); writes `__dj__meta__.__dj__bbox__` as the original does (float32 centre
 xywh in image-1 pixels; one all-zero row when nothing is found) and `__dj__meta__.imgdiff_error`
@@ -35,7 +36,10 @@ from data_juicer.ops.base_op import OPERATORS, TAGGING_OPS, Mapper
 from data_juicer.utils.constant import Fields, MetaKeys
 
 from imgdiff_onnx.manifest import MANIFEST_NAME
+from imgdiff_onnx.manifest import read as read_manifest
+from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
+from imgdiff_onnx.precision import Precision
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 from imgdiff_onnx.records import RecordError, pair_from_record, process_pairs, record_key
 
@@ -75,7 +79,7 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         image_segment_mapper_args: Optional[Dict] = None,
         image_text_matching_filter_args: Optional[Dict] = None,
         model_dir: str = "",
-        precision: str = "int8",
+        precision: Optional[Any] = None,
         threads: int = 1,
         image_root: Optional[str] = None,
         *args,
@@ -89,7 +93,10 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         :param image_text_matching_filter_args: the original's dict: min_score, max_score, hf_blip.
         :param model_dir: folder written by `python -m imgdiff_onnx.export` (same path on every
             node of a Ray cluster).
-        :param precision: "int8" (default) or "fp32" graphs.
+        :param precision: "int8", "fp32", or per model ("fastsam=fp32,clip=int8,blip=int8" or a
+            mapping {fastsam: fp32, clip: int8, blip: int8}); default: the model folder's
+            recommendation (written by `python -m imgdiff_onnx validate --write`), else
+            FastSAM fp32 with CLIP and BLIP int8.
         :param threads: onnxruntime intra-op threads per process or Ray actor; also the CPUs
             this operator asks Data-Juicer for (num_cpus).
         :param image_root: folder that relative image_path1/image_path2 resolve against;
@@ -112,7 +119,10 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         self.model_dir = str(Path(model_dir).expanduser().resolve())
         if not (Path(self.model_dir) / MANIFEST_NAME).is_file():
             raise FileNotFoundError(f"{OP_NAME}: no {MANIFEST_NAME} in model_dir {self.model_dir}; export the models there first")
-        self.settings = EngineSettings(precision=precision, threads=threads)
+        # a bad precision, or one the folder was not exported with, fails here too
+        chosen = None if precision is None else Precision.parse(precision)
+        resolve_precision(chosen, read_manifest(Path(self.model_dir)), Path(self.model_dir))
+        self.settings = EngineSettings(precision=chosen, threads=threads)
         self.image_root = str(Path(image_root or os.getcwd()).expanduser().resolve())
         self._engine: DifferenceAreaGenerator | None = None
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, input_batches
 from imgdiff_onnx.manifest import MANIFEST_NAME
+from imgdiff_onnx.manifest import read as read_manifest
+from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
@@ -127,7 +129,9 @@ def run_ray(
     models = str(Path(models).resolve())
     if not (Path(models) / MANIFEST_NAME).is_file():  # before any actor tries (and dies) to load it
         raise RunError(f"no {MANIFEST_NAME} in the model folder {models}")
-    settings = dataclasses.replace(settings, threads=ray_options.threads)
+    # resolved once on the driver, so every actor runs the same precision (and a bad one fails here)
+    precision, _ = resolve_precision(settings.precision, read_manifest(Path(models)), Path(models))
+    settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
     with ResultWriter(input_path, output_path, options) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:

@@ -1,0 +1,130 @@
+"""`validate`'s outputs: validation.json, validation.md, validation.png, and the recommendation
+written into the model folder's manifest (`--write`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import manifest as mf
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _row(config: dict) -> list[str]:
+    t, f = config["timing"], config["figures"]
+    cells = [config["name"], f"{t['cpu_s_per_pair']:.2f}", f"{t['wall_s_per_pair']:.2f}", f"{t['cpu_saving_vs_fp32']:+.0%}"]
+    if f is None:
+        return cells + ["(reference)"] + [""] * 7
+    ps, cp, itm = f["pair_similarity"], f["crop_pair_similarity"], f["itm_probability"]
+    return cells + [
+        f"{ps['max_abs_delta']:.4f} / {ps['decision_flips']} of {ps['compared']}",
+        f"{f['candidates']['f1']:.3f} ({f['candidates']['count_change']:+d})",
+        f"{cp['max_abs_delta']:.4f} / {cp['decision_flips']} of {cp['compared']}",
+        f"{itm['max_abs_delta']:.4f} / {itm['decision_flips']} of {itm['compared']}",
+        f"{f['final_boxes']['f1']:.3f} (min {f['final_boxes']['min_pair_f1']:.3f})",
+        f"{f['final_boxes']['identical_pairs']} of {f['final_boxes']['compared_pairs']}",
+        str(f["status_differs"] + f["exit_reason_differs"]),
+    ]
+
+
+def markdown(summary: dict) -> str:
+    head = [
+        "run", "CPU s/pair", "wall s/pair", "CPU saving", "pair similarity max |Δ| / gate flips",
+        "candidates F1 (count change)", "crop-pair similarity max |Δ| / gate flips", "ITM probability max |Δ| / flips",
+        "final boxes F1", "pairs with identical boxes", "pairs whose status or exit differs",
+    ]  # fmt: skip
+    lines = [
+        "# Precision validation",
+        "",
+        f"- models: `{summary['models']}`" + (" (**random-init weights**: figures say nothing about real models)" if summary["random_init"] else ""),
+        f"- input: `{summary['input']}`, {summary['pairs']} pairs ({len(summary['skipped_lines'])} unreadable lines skipped, "
+        f"{summary['pair_errors']} pairs with a record error)",
+        f"- CPU: {summary['cpu']}; threads {summary['options']['threads'] or 'all'}",
+        f"- thresholds: final boxes F1 >= {summary['options']['min_box_f1']} (FastSAM also its candidates >= "
+        f"{summary['options']['min_candidate_f1']}), CPU saving >= {summary['options']['min_saving']:.0%}",
+        "",
+        "Each run is fp32 except the graph named; figures are against the fp32 run, on the inputs both runs scored "
+        "(F1 at IoU 0.9; flips = decisions that differ at your thresholds).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += ["| " + " | ".join(_row(c)) + " |" for c in summary["configs"]]
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- **{v['model']}: {v['precision']}** ({v['why']})" for v in summary["verdicts"].values()]
+    for check in summary["mix_checks"]:
+        lines.append(f"- mix {check['precision']} together: {'keeps' if check['faithful'] else 'loses'} the fp32 result ({check['why']})")
+    lines += [
+        "",
+        f"**Recommended precision: `{summary['recommended_precision_text']}`** "
+        f"(the model folder's current default: `{summary['current_default']['precision']}`, {summary['current_default']['origin']}).",
+        "",
+        f"Apply it with `run --precision {summary['recommended_precision_text']}`, or store it in the model folder with "
+        "`validate ... --write` so that runs without `--precision` use it.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: dict) -> np.ndarray:
+    """Two bar charts, one row per run: CPU s/pair and final boxes F1 (BGR image)."""
+    configs = summary["configs"]
+    row, left, bar_w, gap = 34, 230, 300, 40
+    height = 60 + row * len(configs)
+    width = left + 2 * bar_w + gap + 90
+    img = np.full((height, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, "CPU s/pair", (left, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "final boxes F1 vs fp32", (left + bar_w + gap, 30), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    top = max(c["timing"]["cpu_s_per_pair"] for c in configs) or 1.0
+    for i, c in enumerate(configs):
+        y = 45 + i * row
+        cv2.putText(img, c["name"][:28], (8, y + 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        cpu = c["timing"]["cpu_s_per_pair"]
+        cv2.rectangle(img, (left, y + 4), (left + int(bar_w * cpu / top), y + row - 8), (200, 140, 60), -1)
+        cv2.putText(img, f"{cpu:.2f}", (left + int(bar_w * cpu / top) + 4, y + 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        f1 = 1.0 if c["figures"] is None else c["figures"]["final_boxes"]["f1"]
+        x0 = left + bar_w + gap
+        colour = (80, 170, 80) if f1 >= summary["options"]["min_box_f1"] else (60, 60, 220)
+        cv2.rectangle(img, (x0, y + 4), (x0 + int(bar_w * f1), y + row - 8), colour, -1)
+        cv2.putText(img, f"{f1:.3f}", (x0 + int(bar_w * f1) + 4, y + 18), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def write_outputs(summary: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "cpu": summary.get("cpu") or cpu_name()}
+    paths = {"json": out / "validation.json", "markdown": out / "validation.md", "plot": out / "validation.png"}
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown(summary), encoding="utf-8")
+    cv2.imwrite(str(paths["plot"]), chart(summary))
+    return paths
+
+
+def write_recommendation(models: Path, summary: dict) -> Path:
+    """Store the recommended precision in the manifest (atomically), with what it rests on."""
+    data = mf.read(Path(models))
+    data["recommended_precision"] = {
+        "precision": summary["recommended_precision"],
+        "by": "validate",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": summary["input"],
+        "pairs": summary["pairs"],
+        "thresholds": {k: summary["options"][k] for k in ("min_box_f1", "min_candidate_f1", "min_saving")},
+        "cpu": summary.get("cpu") or cpu_name(),
+        "verdicts": {m: v["why"] for m, v in summary["verdicts"].items()},
+    }
+    return mf.write_atomic(Path(models), data)
