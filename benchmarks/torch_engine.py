@@ -67,7 +67,7 @@ class TorchModelSet(ModelSet):
             "blip_itm": TorchSession(blip.BlipTextItm(blip_model), ["input_ids", "attention_mask", "image_embeds"], ["itm_logits"]),
             "fastsam": TorchSession(_FastSamExport(fastsam.load(pt)), ["images"], ["predictions", "protos"]),
         }
-        self.graphs = {g: GraphInfo(path=info.path, batch_invariant=True) for g, info in self.graphs.items()}
+        self.graphs = {g: GraphInfo(path=info.path, precision="fp32", batch_invariant=True) for g, info in self.graphs.items()}
 
     def session(self, graph: str, settings: SessionSettings):
         return self._sessions[graph]

@@ -17,21 +17,53 @@ def _configure_logging(quiet: bool) -> None:
     logging.getLogger("imgdiff_onnx").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+OPERATOR_NAMES = ("imgdiff_difference_area_generator_onnx_mapper", "imgdiff_difference_area_generator_mapper")
+PARAM_GROUPS = ("image_pair_similarity_filter_args", "image_segment_mapper_args", "image_text_matching_filter_args")
+
+
 def _load_params(path: Path | None):
+    """Data-Juicer's three parameter dicts from JSON or YAML: either the dicts themselves, or a
+    Data-Juicer recipe, whose `process:` entry for this operator (or the original) gives them."""
+    from .jsonl import RunError
     from .params import OperatorParams
 
     if path is None:
         return OperatorParams()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"--params {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / json.JSONDecodeError: one line, with the position
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        raise RunError(f"--params {path}: not valid {kind}: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
-        raise SystemExit(f"--params {path}: expected a mapping with Data-Juicer's three parameter dicts")
+        raise RunError(f"--params {path}: expected a mapping with Data-Juicer's three parameter dicts, got {type(data).__name__}")
+    if "process" in data:
+        data = _operator_entry(path, data["process"])
+    for group in PARAM_GROUPS:
+        if data.get(group) is not None and not isinstance(data[group], dict):
+            raise RunError(f"--params {path}: {group} must be a mapping of parameter names to values, got {type(data[group]).__name__}")
     return OperatorParams.from_mapping(data)
+
+
+def _operator_entry(path: Path, process: object) -> dict:
+    """This operator's arguments in a Data-Juicer recipe's process list (its three dicts only)."""
+    from .jsonl import RunError
+
+    entries = [e for e in process if isinstance(e, dict)] if isinstance(process, list) else []
+    for entry in entries:
+        for name in OPERATOR_NAMES:
+            if name in entry:
+                args = entry[name] or {}
+                return {group: args.get(group) for group in PARAM_GROUPS}
+    raise RunError(f"--params {path}: a Data-Juicer recipe, but its process list has no {' or '.join(OPERATOR_NAMES)} entry")
 
 
 def _settings(args: argparse.Namespace, threads: int):
@@ -191,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts")
     r.add_argument("--limit", type=int, help="process at most the first N input lines")
     r.add_argument("--pairs-per-batch", type=int, default=4, help="pairs whose crops are scored together (default 4)")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    existing = r.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing output file (only once start-up checks pass)")
     r.add_argument("--timings", action="store_true", help="add per-stage seconds to each result line")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray actors: no ADDRESS starts a local Ray, 'auto' or host:port joins a cluster (needs the ray extra)")
@@ -240,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     from .manifest import ManifestError
     from .params import ParameterError
     from .precision import PrecisionError
+    from .lexicon import CaptionDataMissing
 
     try:
         return {"run": run, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
-    except (RunError, ManifestError, ParameterError, PrecisionError, FileNotFoundError) as exc:
+    except (RunError, ManifestError, ParameterError, PrecisionError, CaptionDataMissing, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .captions import ensure_available
 from .pipeline import DifferenceAreaGenerator
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 
@@ -96,6 +97,8 @@ class ResultWriter:
     """
 
     def __init__(self, input_path: Path, output_path: Path, options: RunOptions):
+        if options.resume and options.overwrite:
+            raise RunError("--resume and --overwrite exclude each other: continue the file, or start it again")
         if not input_path.is_file():
             raise RunError(f"input file not found: {input_path}")
         if output_path.exists() and output_path.stat().st_size > 0 and not (options.resume or options.overwrite):
@@ -143,8 +146,28 @@ class ResultWriter:
         self.close()
 
 
+def needs_captions(input_path: Path, limit: int | None) -> bool:
+    """Does any record of the input (up to `limit`) rely on the caption step (no objects1/objects2)?"""
+    for batch in input_batches(input_path, 0, limit, 1024):
+        if any(line.pair is not None and line.pair.objects1 is None for line in batch):
+            return True
+    return False
+
+
+def check_start(input_path: Path, options: RunOptions) -> None:
+    """What must hold before any output is touched: the input is a readable file, and the caption
+    data is there when some record needs it (not discovered at the first such record)."""
+    if input_path.is_dir():
+        raise RunError(f"--input {input_path} is a folder; give the JSONL file of records")
+    if not input_path.is_file():
+        raise RunError(f"input file not found: {input_path}")
+    if needs_captions(input_path, options.limit):
+        ensure_available()
+
+
 def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, options: RunOptions) -> dict[str, int]:
     """Process `input_path` into `output_path`; returns counts of ok / error lines written now."""
+    check_start(input_path, options)
     with ResultWriter(input_path, output_path, options) as writer:
         for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):
             writer.write(process_lines(engine, batch, options.timings))

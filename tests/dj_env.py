@@ -24,36 +24,45 @@ RAY_VERSION = "2.60.0"
 TORCH_VERSION = "2.14.1"
 VENV = Path(os.environ.get("IMGDIFF_DJ_VENV", Path.home() / ".cache" / "imgdiff_onnx" / f"dj-venv-{DJ_VERSION}"))
 REQUIREMENTS = [f"py-data-juicer=={DJ_VERSION}", f"ray[data]=={RAY_VERSION}", "aiohttp", f"torch=={TORCH_VERSION}"]
+# What the original operator itself imports lazily (Data-Juicer would pip-install them at run
+# time): for benchmarks/data_juicer_peer.py, in an environment of its own. transformers 4.57.1 is
+# Data-Juicer's own pin; it needs huggingface-hub < 1, which datasets 5 refuses, hence datasets 4.
+PEER_VENV = Path(os.environ.get("IMGDIFF_DJ_PEER_VENV", Path.home() / ".cache" / "imgdiff_onnx" / f"dj-peer-venv-{DJ_VERSION}"))
+PEER_REQUIREMENTS = ["transformers==4.57.1", "datasets>=4.7,<5", "huggingface-hub<1.0", "ultralytics==8.4.*", "torchvision==0.29.1", "nltk"]
 
 
 def _python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def _ready(python: Path) -> bool:
+def _ready(python: Path, peer: bool = False) -> bool:
     if not python.exists():
         return False
     probe = "import data_juicer, ray, torch, imgdiff_onnx; print(imgdiff_onnx.__file__)"
+    if peer:
+        probe = "import transformers, ultralytics, nltk; " + probe
     proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
     # the editable install must point at this checkout (CI clones elsewhere)
     return proc.returncode == 0 and proc.stdout.strip().startswith(str(ROOT))
 
 
-def ensure_dj_python(quiet: bool = True) -> Path:
-    """The python of an environment with Data-Juicer and this project; builds it if needed."""
-    if os.environ.get("IMGDIFF_DJ_PYTHON"):
+def ensure_dj_python(quiet: bool = True, peer: bool = False) -> Path:
+    """The python of an environment with Data-Juicer and this project; builds it if needed.
+    peer: the environment that can also run the original operator (benchmarks)."""
+    if os.environ.get("IMGDIFF_DJ_PYTHON") and not peer:
         return Path(os.environ["IMGDIFF_DJ_PYTHON"])
-    python = _python(VENV)
-    if _ready(python):
+    venv = PEER_VENV if peer else VENV
+    python = _python(venv)
+    if _ready(python, peer):
         return python
     if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     q = ["--quiet"] if quiet else []
-    subprocess.run([str(python), "-m", "pip", "install", *q, *REQUIREMENTS], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", *q, *REQUIREMENTS, *(PEER_REQUIREMENTS if peer else [])], check=True)
     # the runtime with its own dependencies (no extras: no transformers, optimum or ultralytics here)
     subprocess.run([str(python), "-m", "pip", "install", *q, "-e", str(ROOT)], check=True)
-    if not _ready(python):
-        raise RuntimeError(f"the Data-Juicer environment at {VENV} does not import data_juicer, ray, torch and imgdiff_onnx")
+    if not _ready(python, peer):
+        raise RuntimeError(f"the Data-Juicer environment at {venv} does not import data_juicer, ray, torch and imgdiff_onnx")
     return python
 
 

@@ -144,3 +144,64 @@ def test_demo_runs_offline_with_existing_models(tiny_models, tmp_path):
     rows = _read(tmp_path / "demo" / "results.jsonl")
     assert [r["imgdiff"]["status"] for r in rows] == ["ok", "ok"]
     assert (tmp_path / "demo" / "gallery" / "index.html").is_file()
+
+
+def _cli_env(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args], capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_params_may_be_a_data_juicer_recipe(tiny_models, dataset, tmp_path):
+    from .test_data_juicer import RECIPE
+
+    out = tmp_path / "out.jsonl"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.read_text())
+    args = _run_args(tiny_models, dataset, out, "--limit", "1")
+    args[args.index("--params") + 1] = str(recipe)
+    _cli(*args)
+    assert _read(out)[0]["imgdiff"]["status"] == "ok"
+    # the recipe's thresholds were used: the whole-pair gate 0.9-0.99 shows in the exit reason or counts
+    row = _read(out)[0]["imgdiff"]
+    sim = row["pair_similarity"]
+    assert (0.9 <= sim <= 0.99) == ("candidates" in row["counts"]), row
+    recipe_without_op = tmp_path / "other.yaml"
+    recipe_without_op.write_text("process:\n  - some_other_mapper: {}\n")
+    args[args.index("--params") + 1] = str(recipe_without_op)
+    proc = _cli(*args, check=False)
+    assert proc.returncode == 2 and "has no imgdiff_difference_area_generator_onnx_mapper" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("p.yaml", "image_segment_mapper_args: [1\n", "not valid YAML"),
+        ("p.json", '{"image_segment_mapper_args": ', "not valid JSON"),
+        ("p.yaml", "image_segment_mapper_args: 5\n", "image_segment_mapper_args must be a mapping"),
+        ("p.yaml", "- 1\n", "expected a mapping"),
+    ],
+)
+def test_bad_params_file_is_one_line(tiny_models, dataset, tmp_path, name, text, message):
+    params = tmp_path / name
+    params.write_text(text)
+    args = _run_args(tiny_models, dataset, tmp_path / "out.jsonl")
+    args[args.index("--params") + 1] = str(params)
+    proc = _cli(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert str(params) in proc.stderr
+
+
+def test_overwrite_touches_nothing_until_start_up_checks_pass(tiny_models, dataset, tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    proc = _cli_env(*_run_args(tiny_models, dataset, out, "--overwrite"), env={"NLTK_DATA": str(tmp_path / "nothing"), "HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "NLTK data missing" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == "precious\n"
+
+
+def test_input_folder_and_resume_with_overwrite_are_refused(tiny_models, dataset, tmp_path):
+    args = _run_args(tiny_models, dataset, tmp_path / "out.jsonl")
+    args[args.index("--input") + 1] = str(dataset.parent)
+    proc = _cli(*args, check=False)
+    assert proc.returncode == 2 and "is a folder; give the JSONL file" in proc.stderr
+    proc = _cli(*_run_args(tiny_models, dataset, tmp_path / "out.jsonl", "--resume", "--overwrite"), check=False)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, input_batches
+from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches
 from imgdiff_onnx.manifest import MANIFEST_NAME
 from imgdiff_onnx.manifest import read as read_manifest
 from imgdiff_onnx.modelset import resolve_precision
@@ -132,6 +132,7 @@ def run_ray(
     # resolved once on the driver, so every actor runs the same precision (and a bad one fails here)
     precision, _ = resolve_precision(settings.precision, read_manifest(Path(models)), Path(models))
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
+    check_start(input_path, options)
     with ResultWriter(input_path, output_path, options) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
