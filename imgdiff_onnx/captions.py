@@ -25,12 +25,12 @@ results.
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from .lexicon import DOWNLOAD_COMMAND, CaptionDataMissing, Lexicon
+from .worddiff import WordDiffTooComplex, differ_lines
 
-__all__ = ["DOWNLOAD_COMMAND", "CaptionDataMissing", "caption_words", "ensure_available", "objects_from_captions"]
+__all__ = ["DOWNLOAD_COMMAND", "CaptionDataMissing", "WordDiffTooComplex", "caption_words", "ensure_available", "objects_from_captions"]
 
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -51,7 +51,8 @@ def objects_from_captions(caption1: str, caption2: str) -> tuple[list[str], list
     lexicon = Lexicon.get()
     only1: list[str] = []
     only2: list[str] = []
-    for line in difflib.Differ().compare(caption_words(caption1), caption_words(caption2)):
+    # difflib.Differ().compare's lines, computed in bounded time (worddiff.py)
+    for line in differ_lines(caption_words(caption1), caption_words(caption2)):
         if line.startswith("+"):
             only2.append(lexicon.lemmatize(line.replace("+ ", "")))
         elif line.startswith("-"):

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import boxes as bx
-from .captions import objects_from_captions
+from .captions import WordDiffTooComplex, objects_from_captions
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
 from .modelset import ModelSet, SessionSettings
 from .models.blip import BlipMatcher
@@ -283,7 +283,10 @@ class DifferenceAreaGenerator:
                 raise PairError(pair.key, f"{name} is missing (give captions, or objects1 and objects2)")
             if not isinstance(caption, str):
                 raise PairError(pair.key, f"{name} must be a string, got {type(caption).__name__}")
-        return objects_from_captions(pair.caption1, pair.caption2)
+        try:
+            return objects_from_captions(pair.caption1, pair.caption2)
+        except WordDiffTooComplex as exc:
+            raise PairError(pair.key, str(exc)) from None
 
     def _prepare(self, pair: PairInput) -> _Prepared:
         times: dict[str, float] = {}
