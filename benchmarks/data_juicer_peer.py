@@ -54,6 +54,42 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def _dj_checkpoints(models: Path, work: Path) -> tuple[Path, Path]:
+    """Copies of the export's CLIP and BLIP folders that transformers 4.57 (Data-Juicer's pin)
+    reads: the same weights and image-processor values, processors saved by 4.57 itself. The
+    random-init export saves them with transformers 5, whose processor files 4.57 cannot load (and
+    its CLIP folder has no tokenizer, which Data-Juicer's AutoProcessor wants; the pair filter
+    only feeds it images, so a minimal one serves)."""
+    import shutil
+
+    from transformers import BertTokenizer, BlipImageProcessor, BlipProcessor, CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+
+    clip_src, blip_src = models / "torch" / "clip", models / "torch" / "blip"
+    clip_dst, blip_dst = work / "dj_clip", work / "dj_blip"
+    for src, dst in ((clip_src, clip_dst), (blip_src, blip_dst)):
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(src / name, dst / name)
+
+    def image_args(config: dict, cls) -> dict:
+        import inspect
+
+        known = set(inspect.signature(cls.__init__).parameters)
+        return {k: v for k, v in config.items() if k in known}
+
+    clip_cfg = json.loads((clip_src / "preprocessor_config.json").read_text())
+    (work / "clip_vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
+    (work / "clip_merges.txt").write_text("#version: 0.2\n")
+    clip_tok = CLIPTokenizer(str(work / "clip_vocab.json"), str(work / "clip_merges.txt"))
+    CLIPProcessor(CLIPImageProcessor(**image_args(clip_cfg, CLIPImageProcessor)), clip_tok).save_pretrained(clip_dst)
+    blip_cfg = json.loads((blip_src / "processor_config.json").read_text())["image_processor"]
+    vocab = json.loads((blip_src / "tokenizer.json").read_text())["model"]["vocab"]
+    (work / "blip_vocab.txt").write_text("".join(w + "\n" for w, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    blip_tok = BertTokenizer(str(work / "blip_vocab.txt"), do_lower_case=True, model_max_length=512)
+    BlipProcessor(BlipImageProcessor(**image_args(blip_cfg, BlipImageProcessor)), blip_tok).save_pretrained(blip_dst)
+    return clip_dst, blip_dst
+
+
 def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> dict:
     """Runs inside Data-Juicer's environment: the original operator, pair by pair."""
     import torch
@@ -62,10 +98,11 @@ def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> di
     from data_juicer.ops.mapper.imgdiff_difference_area_generator_mapper import Difference_Area_Generator_Mapper
     from data_juicer.utils.constant import Fields, MetaKeys
 
+    clip_dir, blip_dir = _dj_checkpoints(models, Path.cwd())
     started = time.perf_counter()
     args = {k: dict(v) for k, v in params.items()}
-    args["image_pair_similarity_filter_args"]["hf_clip"] = str(models / "torch" / "clip")
-    args["image_text_matching_filter_args"]["hf_blip"] = str(models / "torch" / "blip")
+    args["image_pair_similarity_filter_args"]["hf_clip"] = str(clip_dir)
+    args["image_text_matching_filter_args"]["hf_blip"] = str(blip_dir)
     args["image_segment_mapper_args"]["model_path"] = str(models / "torch" / "fastsam.pt")
     op = Difference_Area_Generator_Mapper(**args, accelerator="cpu")
     load = time.perf_counter() - started

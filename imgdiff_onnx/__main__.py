@@ -67,9 +67,18 @@ def _operator_entry(path: Path, process: object) -> dict:
 
 
 def _settings(args: argparse.Namespace, threads: int):
+    from .jsonl import RunError
+    from .precision import PrecisionError
     from .pipeline import EngineSettings
 
-    return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
+    if threads < 0:
+        raise RunError(f"--threads must be 0 (all cores) or more, got {threads}")
+    try:
+        return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
+    except PrecisionError:
+        raise
+    except ValueError as exc:
+        raise RunError(f"--{str(exc).split(' ')[0].replace('_', '-')}: {exc}") from None
 
 
 def _engine(models: Path, params, args: argparse.Namespace):
@@ -79,19 +88,21 @@ def _engine(models: Path, params, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .jsonl import RunOptions, run as run_jsonl
+    from .jsonl import RunError, RunOptions, run as run_jsonl
 
-    options = RunOptions(
-        limit=args.limit,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        pairs_per_batch=args.pairs_per_batch,
-        timings=args.timings,
-        progress=not args.quiet,
-    )
+    try:
+        options = RunOptions(
+            limit=args.limit,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            pairs_per_batch=args.pairs_per_batch,
+            timings=args.timings,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     if args.ray is not None:
         from .adapters.ray_run import RayOptions, run_ray
-        from .jsonl import RunError
 
         threads = args.threads or 1  # per actor; 0 ("all cores") would oversubscribe
         try:

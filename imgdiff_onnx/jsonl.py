@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .captions import ensure_available
+from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator
+from .runfile import OutputInUse, OutputLock, RunIdentity, line_digest, models_digest, params_text, sidecar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,16 @@ class RunOptions:
     timings: bool = False  # include per-stage seconds in the output (makes output non-deterministic)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be 1 or more, got {self.limit}")
+        if self.pairs_per_batch < 1:
+            raise ValueError(f"--pairs-per-batch must be 1 or more, got {self.pairs_per_batch}")
 
-def _completed_lines(output: Path) -> int:
-    """Complete lines already in `output`; a torn last line (crash mid-write) is cut off."""
+
+def _completed_lines(output: Path, input_path: Path) -> int:
+    """Complete lines already in `output`, each checked against its input line (number and digest);
+    a torn last line (crash mid-write) is cut off."""
     if not output.exists():
         return 0
     data = output.read_bytes()
@@ -56,13 +65,19 @@ def _completed_lines(output: Path) -> int:
             handle.truncate(cut)
         data = data[:cut]
     lines = data.splitlines()
+    with open(input_path, encoding="utf-8", errors="replace") as handle:
+        digests = [line_digest(text.strip()) for text, _ in zip(handle, range(len(lines)))]
     for i, raw in enumerate(lines, start=1):
         try:
-            number = json.loads(raw)[RESULT_KEY]["line"]
+            fields = json.loads(raw)[RESULT_KEY]
+            number, digest = fields["line"], fields.get("input_digest")
         except (ValueError, KeyError, TypeError):
             raise RunError(f"{output}: line {i} is not a result line of this tool; refusing to resume into it") from None
         if number != i:
             raise RunError(f"{output}: line {i} holds the result of input line {number}; not a prefix of one run")
+        if i > len(digests) or digest != digests[i - 1]:
+            raise RunError(f"{output}: line {i} is the result of another input line {i} than {input_path}'s (the input changed?); "
+                           "resume only with the input that started the file")  # fmt: skip
     return len(lines)
 
 
@@ -96,23 +111,51 @@ class ResultWriter:
     input lines are already done (`done`) and how many there are to do in all (`total`).
     """
 
-    def __init__(self, input_path: Path, output_path: Path, options: RunOptions):
+    def __init__(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None):
         if options.resume and options.overwrite:
             raise RunError("--resume and --overwrite exclude each other: continue the file, or start it again")
         if not input_path.is_file():
             raise RunError(f"input file not found: {input_path}")
-        if output_path.exists() and output_path.stat().st_size > 0 and not (options.resume or options.overwrite):
+        try:
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"--output {output_path}: cannot create its folder ({exc.strerror or exc})") from None
+        try:
+            self._lock = OutputLock(output_path).acquire()  # before anything reads or changes the file
+        except OutputInUse as exc:
+            raise RunError(str(exc)) from None
+        except OSError as exc:
+            raise RunError(f"--output {output_path}: cannot create its lock file ({exc.strerror or exc})") from None
+        try:
+            self._open(input_path, output_path, options, identity)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None) -> None:
+        started = output_path.exists() and output_path.stat().st_size > 0
+        if started and not (options.resume or options.overwrite):
             raise RunError(f"{output_path} exists; pass --resume to continue it or --overwrite to start again")
+        if started and options.resume and identity is not None:
+            recorded = RunIdentity.read(output_path)
+            if recorded is None:
+                raise RunError(f"{output_path}: no record of the run that wrote it ({sidecar(output_path, 'run.json').name}), so a "
+                               "resume cannot be checked; start again with --overwrite or write to another --output")  # fmt: skip
+            differ = identity.differences(recorded)
+            if differ:
+                raise RunError(f"{output_path} was written by a run with other {', '.join(differ)}; resume with the same "
+                               "settings, or start again with --overwrite")  # fmt: skip
         if options.overwrite and output_path.exists():
             output_path.unlink()
-        self.done = _completed_lines(output_path) if options.resume else 0
+        self.done = _completed_lines(output_path, input_path) if options.resume else 0
         total = count_lines(input_path)
         self.total = total if options.limit is None else min(total, options.limit)
         if self.done > self.total:
             raise RunError(f"{output_path} has {self.done} results but the input has only {self.total} lines to process")
         if self.done:
             log.info("resuming after %d completed lines", self.done)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
+        if identity is not None and self.done == 0:
+            identity.write(output_path)
         self.stats = {"ok": 0, "error": 0}
         self._bar = None
         if options.progress and sys.stderr.isatty():
@@ -138,6 +181,7 @@ class ResultWriter:
         self._out.close()
         if self._bar is not None:
             self._bar.close()
+        self._lock.release()
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -165,10 +209,23 @@ def check_start(input_path: Path, options: RunOptions) -> None:
         ensure_available()
 
 
+def run_identity(input_path: Path, manifest: dict, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions) -> RunIdentity:
+    """What must be the same for a resumed run to continue a results file."""
+    return RunIdentity(
+        input=str(input_path.resolve()),
+        models=models_digest(manifest),
+        precision=precision,
+        params=params_text(params.to_dicts()),
+        jpeg_roundtrip=jpeg,
+        timings=options.timings,
+    )
+
+
 def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, options: RunOptions) -> dict[str, int]:
     """Process `input_path` into `output_path`; returns counts of ok / error lines written now."""
     check_start(input_path, options)
-    with ResultWriter(input_path, output_path, options) as writer:
+    identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, engine.settings.jpeg_roundtrip, options)
+    with ResultWriter(input_path, output_path, options, identity) as writer:
         for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):
             writer.write(process_lines(engine, batch, options.timings))
     return writer.stats

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .pipeline import DifferenceAreaGenerator, PairFailure, PairInput, PairResult
+from .runfile import line_digest
 
 RESULT_KEY = "imgdiff"
 
@@ -60,9 +61,16 @@ class InputLine:
     record: dict | None
     pair: PairInput | None
     error: str | None
+    digest: str = ""  # of the input line's text: lets --resume check the processed prefix line by line
 
 
 def parse_line(number: int, text: str, base: Path) -> InputLine:
+    line = _parse(number, text, base)
+    line.digest = line_digest(text)
+    return line
+
+
+def _parse(number: int, text: str, base: Path) -> InputLine:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -76,7 +84,7 @@ def parse_line(number: int, text: str, base: Path) -> InputLine:
 
 
 def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> dict[str, Any]:
-    fields: dict[str, Any] = {"line": line.number}
+    fields: dict[str, Any] = {"line": line.number, "input_digest": line.digest}
     if line.pair is not None:
         fields["image_path1_resolved"] = str(line.pair.image1)
         fields["image_path2_resolved"] = str(line.pair.image2)
@@ -111,7 +119,7 @@ class OutputLine:
 
 def error_output(line: InputLine, message: str) -> OutputLine:
     """A record that could not be processed for a reason outside the record (e.g. its worker died)."""
-    failed = InputLine(line.number, line.record, line.pair, message)
+    failed = InputLine(line.number, line.record, line.pair, message, line.digest)
     return OutputLine(output_line(failed, None, False), message)
 
 

@@ -108,7 +108,8 @@ def test_resume_refuses_a_foreign_file(tiny_models, dataset, tmp_path):
     out = tmp_path / "foreign.jsonl"
     out.write_text('{"something": 1}\n')
     proc = _cli(*_run_args(tiny_models, dataset, out, "--resume"), check=False)
-    assert proc.returncode == 2 and "not a result line" in proc.stderr
+    assert proc.returncode == 2 and "no record of the run that wrote it" in proc.stderr
+    assert out.read_text() == '{"something": 1}\n'  # untouched
 
 
 def test_unknown_parameter_key_is_an_error(tiny_models, dataset, tmp_path):
@@ -205,3 +206,82 @@ def test_input_folder_and_resume_with_overwrite_are_refused(tiny_models, dataset
     assert proc.returncode == 2 and "is a folder; give the JSONL file" in proc.stderr
     proc = _cli(*_run_args(tiny_models, dataset, tmp_path / "out.jsonl", "--resume", "--overwrite"), check=False)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_file(tiny_models, dataset, tmp_path):
+    from imgdiff_onnx.runfile import OutputLock
+
+    out = tmp_path / "out.jsonl"
+    lock = OutputLock(out).acquire()  # as a live run would
+    try:
+        proc = _cli(*_run_args(tiny_models, dataset, out, "--limit", "2"), check=False)
+        assert proc.returncode == 2 and f"{out} is being written by another run (pid {os.getpid()})" in proc.stderr
+        assert not out.exists()
+    finally:
+        lock.release()
+    _cli(*_run_args(tiny_models, dataset, out, "--limit", "2"))  # released: the run goes ahead
+    assert len(_read(out)) == 2
+    assert not (tmp_path / ".out.jsonl.lock").exists()  # a finished run leaves no lock file
+
+
+def test_concurrent_resume_is_refused_and_the_first_run_finishes_intact(tiny_models, dataset, tmp_path):
+    full = tmp_path / "full.jsonl"
+    _cli(*_run_args(tiny_models, dataset, full, "--pairs-per-batch", "1"))
+    out = tmp_path / "out.jsonl"
+    first = subprocess.Popen([sys.executable, "-m", "imgdiff_onnx", *_run_args(tiny_models, dataset, out, "--pairs-per-batch", "1")])
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
+        time.sleep(0.05)
+    second = _cli(*_run_args(tiny_models, dataset, out, "--pairs-per-batch", "1", "--resume"), check=False)
+    assert first.wait(timeout=600) == 0
+    assert second.returncode == 2 and "is being written by another run" in second.stderr
+    assert out.read_text() == full.read_text()
+
+
+def test_resume_checks_it_continues_the_same_run(tiny_models, dataset, tmp_path):
+    full = tmp_path / "full.jsonl"
+    _cli(*_run_args(tiny_models, dataset, full))
+    out = tmp_path / "out.jsonl"
+    _cli(*_run_args(tiny_models, dataset, out, "--limit", "4"))
+    other_params = tmp_path / "other.json"
+    other_params.write_text(json.dumps({**PARAMS, "image_text_matching_filter_args": {"min_score": 0.5}}))
+    args = _run_args(tiny_models, dataset, out, "--resume")
+    args[args.index("--params") + 1] = str(other_params)
+    proc = _cli(*args, check=False)
+    assert proc.returncode == 2 and "written by a run with other params" in proc.stderr
+    proc = _cli(*_run_args(tiny_models, dataset, out, "--resume", "--precision", "fp32"), check=False)
+    assert proc.returncode == 2 and "other precision" in proc.stderr
+    proc = _cli(*_run_args(tiny_models, dataset, out, "--resume", "--timings"), check=False)
+    assert proc.returncode == 2 and "other timings" in proc.stderr
+    # the same input file edited under the results: line 3 no longer matches
+    original = dataset.read_text()
+    lines = original.splitlines()
+    lines[2] = lines[2].replace('"id": "b"', '"id": "B"')
+    dataset.write_text("\n".join(lines) + "\n")
+    proc = _cli(*_run_args(tiny_models, dataset, out, "--resume"), check=False)
+    assert proc.returncode == 2 and "line 3 is the result of another input line 3" in proc.stderr
+    dataset.write_text(original)
+    assert len(_read(out)) == 4  # nothing was touched by the refused resumes
+    # settings that do not change results may differ
+    args = _run_args(tiny_models, dataset, out, "--resume", "--pairs-per-batch", "3", "--crop-batch-size", "2")
+    args[args.index("--threads") + 1] = "2"
+    _cli(*args)
+    assert out.read_text() == full.read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--threads", "-3"), "--threads must be 0 (all cores) or more, got -3"),
+        (("--crop-batch-size", "0"), "--crop-batch-size: crop_batch_size must be >= 1, got 0"),
+        (("--pairs-per-batch", "0"), "--pairs-per-batch must be 1 or more, got 0"),
+        (("--limit", "0"), "--limit must be 1 or more, got 0"),
+    ],
+)
+def test_bad_numbers_are_one_line(tiny_models, dataset, tmp_path, extra, message):
+    args = _run_args(tiny_models, dataset, tmp_path / "out.jsonl")
+    if extra[0] == "--threads":
+        args[args.index("--threads") + 1] = extra[1]
+        extra = ()
+    proc = _cli(*args, *extra, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches
+from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
 from imgdiff_onnx.manifest import MANIFEST_NAME
 from imgdiff_onnx.manifest import read as read_manifest
 from imgdiff_onnx.modelset import resolve_precision
@@ -133,7 +133,9 @@ def run_ray(
     precision, _ = resolve_precision(settings.precision, read_manifest(Path(models)), Path(models))
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
     check_start(input_path, options)
-    with ResultWriter(input_path, output_path, options) as writer:
+    manifest = read_manifest(Path(models))
+    identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options)
+    with ResultWriter(input_path, output_path, options, identity) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(address=ray_options.address, num_cpus=ray_options.num_cpus if ray_options.address is None else None,
