@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--imgsz", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from the list")
+    parser.add_argument("--recipes", default=";".join(RECIPES), help="';'-separated names from RECIPES")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         noise.append(box_f1(ref, boxes(fp32, noisy, x.original_shape)))
     rows.append({"recipe": "fp32 + 1 grey level of noise (control)", "mean_f1": float(np.mean(noise)), "min_f1": float(np.min(noise)),
                  "s_per_image": fp32_seconds, "boxes": [len(r) for r in reference]})  # fmt: skip
-    for name in (n.strip() for n in args.recipes.split(",")):
+    for name in (n.strip() for n in args.recipes.split(";")):
         dst = args.out / f"fastsam.{name.replace(' ', '_').replace(',', '').replace('+', 'and').replace('(', '').replace(')', '')}.onnx"
         seconds = quantize(src, dst, RECIPES[name], calibration)
         session = create_session(dst, settings)

@@ -65,9 +65,9 @@ def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
 
 
-def _expected(models: Path, folder: Path, params: dict) -> dict[str, list]:
+def _expected(models: Path, folder: Path, params: dict, precision=None) -> dict[str, list]:
     """The engine's own boxes for every record (the marker where the operator writes one)."""
-    engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), EngineSettings(threads=1))
+    engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), EngineSettings(precision=precision, threads=1))
     out = {}
     for record in _records(folder):
         try:
@@ -161,6 +161,16 @@ def test_ray_executor_image_root_from_another_directory(dj_python, tiny_models, 
     _assert_matches(_read_output(recipe), expected_open, _records(dataset))
 
 
+def test_precision_per_model_from_the_recipe(dj_python, tiny_models, dataset, tmp_path):
+    # YAML mapping form; FastSAM int8 gives other candidates than the default's fp32 FastSAM
+    precision = {"fastsam": "int8", "clip": "fp32", "blip": "int8"}
+    recipe = _recipe(tmp_path / "recipe.yaml", dataset, tiny_models, "default", {**OPEN_GATES, "threads": 1, "precision": precision}, np=1)
+    _dj(dj_python, recipe, cwd=dataset)
+    expected = _expected(tiny_models, dataset, OPEN_GATES, precision)
+    assert expected != _expected(tiny_models, dataset, OPEN_GATES)  # the choice matters on these records
+    _assert_matches(_read_output(recipe), expected, _records(dataset))
+
+
 def test_shipped_recipe_runs_with_img_diff_thresholds(dj_python, tiny_models, dataset, tmp_path):
     shipped = yaml.safe_load(RECIPE.read_text())
     op_args = shipped["process"][0][OP]
@@ -178,6 +188,7 @@ def test_shipped_recipe_runs_with_img_diff_thresholds(dj_python, tiny_models, da
         ({"image_text_matching_filter_args": {"min_scor": 0.4}}, "unknown key(s) ['min_scor']"),
         ({"model_dir": "/nonexistent/models"}, "no manifest.json in model_dir /nonexistent/models"),
         ({"threads": 0}, "threads must be an integer >= 1"),
+        ({"precision": "fastsam=int4"}, "fastsam must be fp32 or int8"),
     ],
 )
 def test_bad_recipe_fails_before_processing_with_a_clear_message(dj_python, tiny_models, dataset, tmp_path, op_args, message):

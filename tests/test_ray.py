@@ -38,6 +38,15 @@ def test_ray_run_writes_the_same_file_as_the_single_process_run(tiny_models, dat
     assert sum(r["imgdiff"]["status"] == "ok" for r in _read(out)) == 9  # the 3 bad lines stay errors
 
 
+def test_ray_run_takes_a_per_model_precision(tiny_models, dataset, tmp_path):  # noqa: F811
+    single, ray = tmp_path / "single.jsonl", tmp_path / "ray.jsonl"
+    _cli_env(*_run_args(tiny_models, dataset, single, "--pairs-per-batch", "2", "--precision", "int8,clip=fp32"))
+    _cli_env(*_run_args(tiny_models, dataset, ray, *RAY_2X1, "--precision", "int8,clip=fp32"))
+    assert ray.read_text() == single.read_text()
+    proc = _cli_env(*_run_args(tiny_models, dataset, tmp_path / "bad.jsonl", *RAY_2X1, "--precision", "clip=int4"), check=False)
+    assert proc.returncode == 2 and "clip must be fp32 or int8" in proc.stderr
+
+
 def test_ray_run_resumes_like_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811
     out = tmp_path / "ray.jsonl"
     _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--limit", "5"))
