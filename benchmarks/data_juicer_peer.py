@@ -44,7 +44,6 @@ GATES = {
         "image_text_matching_filter_args": {"min_score": 0.4, "max_score": 1.0},
     },
 }
-WORKER_ENV = {"OMP_NUM_THREADS": None}  # left as the machine sets it, for both sides
 
 
 def peak_rss_mb() -> float:

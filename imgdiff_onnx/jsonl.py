@@ -46,6 +46,8 @@ class RunOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: continue the file, or start it again")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be 1 or more, got {self.limit}")
         if self.pairs_per_batch < 1:
@@ -107,15 +109,12 @@ def input_batches(path: Path, skip: int, limit: int | None, batch_size: int) -> 
 class ResultWriter:
     """Appends result lines in input order, fsync'ed per batch, with counts and a progress bar.
 
-    Opening checks the output against the options (refuse / resume / overwrite) and tells how many
-    input lines are already done (`done`) and how many there are to do in all (`total`).
+    Opening (after `check_start`) locks the output, checks it against the options (refuse /
+    resume / overwrite) and tells how many input lines are already done (`done`) and how many
+    there are to do in all (`total`).
     """
 
     def __init__(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None):
-        if options.resume and options.overwrite:
-            raise RunError("--resume and --overwrite exclude each other: continue the file, or start it again")
-        if not input_path.is_file():
-            raise RunError(f"input file not found: {input_path}")
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

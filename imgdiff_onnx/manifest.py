@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
@@ -50,15 +51,7 @@ def read(folder: Path) -> dict:
 
 
 def write(folder: Path, data: dict) -> Path:
-    path = Path(folder) / MANIFEST_NAME
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return path
-
-
-def write_atomic(folder: Path, data: dict) -> Path:
-    """Replace the manifest in one step (a reader never sees half a file)."""
-    import os
-
+    """Write (or replace) the manifest in one step: a reader never sees half a file."""
     path = Path(folder) / MANIFEST_NAME
     tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

@@ -409,7 +409,7 @@ class DifferenceAreaGenerator:
             self._apply(prepared, decisions, count_name)
             self._timed(prepared, f"itm_image{side}", t)
 
-    def _sink(self, result: PairResult, name: str, window: tuple[int, int, int, int]) -> dict | None:
+    def _sink(self, result: PairResult, name: str, window: tuple[int, int, int, int]) -> _WindowScores | None:
         """Where _match_any records (window, word) -> probability, or None without diagnostics."""
         if not self.settings.diagnostics:
             return None

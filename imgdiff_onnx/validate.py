@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as bx
+from .jsonl import input_batches
 from .manifest import read as read_manifest
 from .modelset import ModelSet, SessionPool, resolve_precision
 from .params import OperatorParams
@@ -220,8 +221,6 @@ def recommend(
 
 def read_pairs(input_path: Path, limit: int | None) -> tuple[list[PairInput], list[str]]:
     """The input's pairs, and the errors of lines that are not records (skipped, reported)."""
-    from .jsonl import input_batches
-
     pairs, errors = [], []
     for batch in input_batches(input_path, 0, limit, 256):
         for line in batch:

@@ -127,4 +127,4 @@ def write_recommendation(models: Path, summary: dict) -> Path:
         "cpu": summary.get("cpu") or cpu_name(),
         "verdicts": {m: v["why"] for m, v in summary["verdicts"].items()},
     }
-    return mf.write_atomic(Path(models), data)
+    return mf.write(Path(models), data)

@@ -130,10 +130,10 @@ def run_ray(
     if not (Path(models) / MANIFEST_NAME).is_file():  # before any actor tries (and dies) to load it
         raise RunError(f"no {MANIFEST_NAME} in the model folder {models}")
     # resolved once on the driver, so every actor runs the same precision (and a bad one fails here)
-    precision, _ = resolve_precision(settings.precision, read_manifest(Path(models)), Path(models))
+    manifest = read_manifest(Path(models))
+    precision, _ = resolve_precision(settings.precision, manifest, Path(models))
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
     check_start(input_path, options)
-    manifest = read_manifest(Path(models))
     identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options)
     with ResultWriter(input_path, output_path, options, identity) as writer:
         started_ray = not ray.is_initialized()
