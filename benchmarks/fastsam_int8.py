@@ -64,7 +64,8 @@ def quantize(src: Path, dst: Path, recipe: tuple, calibration: list[np.ndarray])
         str(src), str(dst), _FeedReader("images", calibration), quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
         calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=_float_nodes(src, scope),
-        extra_options={"CalibMovingAverage": False},
+        # histogram methods keep every activation of every sample until the end: one image at a time
+        extra_options={"CalibMovingAverage": False, **({"CalibStridedMinMax": 1} if method != "MinMax" else {})},
     )  # fmt: skip
     return time.perf_counter() - started
 
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         noise.append(box_f1(ref, boxes(fp32, noisy, x.original_shape)))
     rows.append({"recipe": "fp32 + 1 grey level of noise (control)", "mean_f1": float(np.mean(noise)), "min_f1": float(np.min(noise)),
                  "s_per_image": fp32_seconds, "boxes": [len(r) for r in reference]})  # fmt: skip
+    print(rows[-1], flush=True)
+    partial = args.out / "rows.jsonl"  # one line per finished row: a run killed later keeps what it measured
+    partial.write_text(json.dumps(rows[-1]) + "\n")
     for name in (n.strip() for n in args.recipes.split(";")):
         dst = args.out / f"fastsam.{name.replace(' ', '_').replace(',', '').replace('+', 'and').replace('(', '').replace(')', '')}.onnx"
         seconds = quantize(src, dst, RECIPES[name], calibration)
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                      "boxes": [len(g) for g in got], "quantize_seconds": seconds})  # fmt: skip
         dst.unlink()
         print(rows[-1], flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
     cpu = cpu_description()
     lines = [cpu_line(cpu), "", f"imgsz {args.imgsz}, held-out images: {', '.join(p.name for p in held_out)}; calibration: {calib.describe()}", "",
              f"fp32 graph: {fp32_seconds:.2f} s/image, boxes per image {rows[0]['boxes']}", "",

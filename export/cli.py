@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
             "against PyTorch, and write a model folder with manifest.json for the imgdiff_onnx runtime."
         ),
     )
+    from imgdiff_onnx import __version__
+
+    parser.add_argument("--version", action="version", version=f"imgdiff_onnx {__version__} (export)")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (created; must be empty unless --force)")
     parser.add_argument("--clip", default=DEFAULT_CLIP, help=f"CLIP: hub id or local Hugging Face folder (default {DEFAULT_CLIP})")
     parser.add_argument("--blip", default=DEFAULT_BLIP, help=f"BLIP ITM: hub id or local Hugging Face folder (default {DEFAULT_BLIP})")

@@ -66,11 +66,20 @@ class _FeedReader:
 
     def __init__(self, name: str, samples: list[np.ndarray]):
         self._name = name
+        self._all = samples
         self._samples = iter(samples)
 
     def get_next(self):
         sample = next(self._samples, None)
         return None if sample is None else {self._name: sample}
+
+    # With extra_options={"CalibStridedMinMax": k}, quantize_static calibrates k samples at a time
+    # (any method: histograms accumulate across strides), so memory holds k samples' activations.
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._samples = iter(self._all[start_index:end_index])
 
 
 def quantize_transformer_static(src: Path, dst: Path, input_name: str, calibration: list[np.ndarray]) -> dict:

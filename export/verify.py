@@ -61,9 +61,10 @@ def _embedding_figures(expected: np.ndarray, actual: np.ndarray) -> dict:
     }
 
 
-def _run_one_by_one(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """First output, sample by sample: how the runtime feeds dynamically quantized graphs."""
-    return run_batched(session, session.get_outputs()[0].name, feeds, batch_size=1, batch_invariant=False)
+def _run_one_by_one(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """First output of the graph at `path`, sample by sample: how the runtime feeds dynamically quantized graphs."""
+    session = _session(path)
+    return run_batched(session, path.name, session.get_outputs()[0].name, feeds, batch_size=1, batch_invariant=False)
 
 
 def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np.ndarray) -> dict:
@@ -73,7 +74,7 @@ def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np
     fp32 = _session(paths["fp32"]).run(None, {"pixel_values": pixels})[0]
     figures = {"fp32_vs_torch": _embedding_figures(expected, fp32)}
     if "int8" in paths:
-        int8 = _run_one_by_one(_session(paths["int8"]), {"pixel_values": pixels})
+        int8 = _run_one_by_one(paths["int8"], {"pixel_values": pixels})
         figures["int8_vs_fp32"] = _embedding_figures(fp32, int8)
     return figures
 
@@ -97,14 +98,12 @@ def itm(blip_model: torch.nn.Module, tokenizer, vision_paths: dict[str, Path], i
     expected = _softmax_match(logits)
 
     def onnx_probs(precision: str) -> np.ndarray:
-        vision = _session(vision_paths[precision])
-        text = _session(itm_paths[precision])
         if precision == "int8":
-            embeds = _run_one_by_one(vision, {"pixel_values": pixels})
-            out = _run_one_by_one(text, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})
-        else:
-            embeds = vision.run(None, {"pixel_values": pixels})[0]
-            out = text.run(None, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})[0]
+            embeds = _run_one_by_one(vision_paths[precision], {"pixel_values": pixels})
+            out = _run_one_by_one(itm_paths[precision], {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})
+            return _softmax_match(out)
+        embeds = _session(vision_paths[precision]).run(None, {"pixel_values": pixels})[0]
+        out = _session(itm_paths[precision]).run(None, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})[0]
         return _softmax_match(out)
 
     fp32 = onnx_probs("fp32")

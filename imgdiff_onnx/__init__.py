@@ -4,6 +4,7 @@ Public API: DifferenceAreaGenerator (the engine), its inputs and results, and th
 """
 
 from .captions import CaptionDataMissing, objects_from_captions
+from .errors import CaptionDataError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
 from .manifest import ManifestError
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairError, PairFailure, PairInput, PairResult
@@ -11,10 +12,14 @@ from .pipeline import DifferenceAreaGenerator, EngineSettings, PairError, PairFa
 __version__ = "0.1.0"
 
 __all__ = [
+    "CaptionDataError",
     "CaptionDataMissing",
     "DifferenceAreaGenerator",
     "EngineSettings",
+    "ImgDiffError",
     "ManifestError",
+    "ModelFolderError",
+    "ModelRunError",
     "OperatorParams",
     "PairError",
     "PairFailure",
@@ -22,6 +27,8 @@ __all__ = [
     "PairResult",
     "PairSimilarityArgs",
     "ParameterError",
+    "RecordErrorBase",
+    "RunError",
     "SegmentArgs",
     "TextMatchingArgs",
     "objects_from_captions",

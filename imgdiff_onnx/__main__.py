@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def _settings(args: argparse.Namespace, threads: int):
     if threads < 0:
         raise RunError(f"--threads must be 0 (all cores) or more, got {threads}")
     try:
-        return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip)
+        return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip,
+                              model_check=args.model_check)
     except PrecisionError:
         raise
     except ValueError as exc:
@@ -220,14 +222,25 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
     p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
+    p.add_argument("--model-check", choices=("once", "always", "size"), default="once",
+                   help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="python -m imgdiff_onnx", description="Img-Diff difference areas on onnxruntime.")
+    parser.add_argument("--version", action="version", version=f"imgdiff_onnx {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help=f"show tracebacks instead of one-line errors (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="process a JSONL dataset of pairs (resumable)")
+
+    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)  # type: ignore[arg-type]
+
+    r = command("run", help="process a JSONL dataset of pairs (resumable)")
     r.add_argument("--models", type=Path, required=True, help="model folder written by the export step")
     r.add_argument("--input", type=Path, required=True, help="JSONL: caption1, caption2, image_path1, image_path2 (+ objects1/2)")
     r.add_argument("--output", type=Path, required=True, help="JSONL results, one line per input line, in order")
@@ -243,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
     r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
-    v = sub.add_parser("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
+    v = command("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
     v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
     v.add_argument("--input", type=Path, required=True, help="JSONL of your pairs (as for run)")
     v.add_argument("--out", type=Path, required=True, help="folder for validation.json, validation.md, validation.png")
@@ -256,20 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
     v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
-    s = sub.add_parser("show", help="draw results side by side with their boxes + index.html")
+    s = command("show", help="draw results side by side with their boxes + index.html")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
     s.add_argument("--out", type=Path, required=True, help="folder for the PNGs and index.html")
     s.add_argument("--limit", type=int, help="draw at most the first N lines")
     s.add_argument("--quiet", action="store_true")
-    d = sub.add_parser("demo", help="offline demo: random-init models, generated sample pairs, results and gallery")
+    d = command("demo", help="offline demo: random-init models, generated sample pairs, results and gallery")
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     d.add_argument("--models", type=Path, help="use this model folder instead of exporting one")
     d.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-init model size to export (default tiny)")
     d.add_argument("--pairs", type=int, default=4, help="number of generated sample pairs (default 4)")
     _engine_options(d)
-    sub.add_parser("dj-op-path", help="print the Data-Juicer operator file for custom_operator_paths")
+    command("dj-op-path", help="print the Data-Juicer operator file for custom_operator_paths")
     sub.add_parser("export", help="the export step (same as python -m imgdiff_onnx.export; needs the export extra)", add_help=False)
     return parser
+
+
+DEBUG_ENV = "IMGDIFF_ONNX_DEBUG"  # set to 1 for tracebacks instead of one-line errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,15 +296,23 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "quiet", False))
-    from .jsonl import RunError
-    from .manifest import ManifestError
-    from .params import ParameterError
-    from .precision import PrecisionError
-    from .lexicon import CaptionDataMissing
+    from .errors import ImgDiffError
+    from .signals import Interrupted
 
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return {"run": run, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
-    except (RunError, ManifestError, ParameterError, PrecisionError, CaptionDataMissing, FileNotFoundError) as exc:
+    except Interrupted as exc:
+        print(f"{exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: every result line written so far is kept; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    except (ImgDiffError, FileNotFoundError) as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

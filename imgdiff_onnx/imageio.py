@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import RecordErrorBase
+
 # Larger images are refused with a clear error (Pillow's decompression-bomb guard is raised
 # to this limit; it can be changed with IMGDIFF_MAX_IMAGE_PIXELS).
 MAX_IMAGE_PIXELS = int(os.environ.get("IMGDIFF_MAX_IMAGE_PIXELS", 100_000_000))
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(RecordErrorBase):
     """An image file is missing, unreadable, truncated or not an image."""
 
 

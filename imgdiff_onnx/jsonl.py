@@ -22,18 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .captions import ensure_available
+from .errors import RunError
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator
-from .runfile import OutputInUse, OutputLock, RunIdentity, line_digest, models_digest, params_text, sidecar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
+from .runfile import OutputInUse, OutputLock, RunIdentity, line_digest, models_digest, params_text, sidecar
+from .signals import GracefulStop, Interrupted
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RESULT_KEY", "ResultWriter", "RunError", "RunOptions", "input_batches", "run"]
-
-
-class RunError(RuntimeError):
-    """The run cannot start or continue (not a per-record problem)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +174,14 @@ class ResultWriter:
         if self._bar is not None:
             self._bar.update(len(lines))
 
+    @property
+    def written(self) -> int:
+        """Input lines whose results are in the file (resumed ones included)."""
+        return self.done + self.stats["ok"] + self.stats["error"]
+
+    def interrupted(self, signum: int) -> Interrupted:
+        return Interrupted(signum, self.written, self.total, str(self._out.name))
+
     def close(self) -> None:
         self._out.close()
         if self._bar is not None:
@@ -224,7 +230,9 @@ def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, op
     """Process `input_path` into `output_path`; returns counts of ok / error lines written now."""
     check_start(input_path, options)
     identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, engine.settings.jpeg_roundtrip, options)
-    with ResultWriter(input_path, output_path, options, identity) as writer:
+    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
         for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):
             writer.write(process_lines(engine, batch, options.timings))
+            if stop.signum is not None:
+                raise writer.interrupted(stop.signum)
     return writer.stats

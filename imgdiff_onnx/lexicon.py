@@ -22,6 +22,8 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
+from .errors import CaptionDataError
+
 DOWNLOAD_COMMAND = "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng"
 WORDNET = "corpora/wordnet"
 TAGGER = "taggers/averaged_perceptron_tagger_eng"
@@ -33,7 +35,7 @@ START = ("-START-", "-START2-")
 END = ("-END-", "-END2-")
 
 
-class CaptionDataMissing(RuntimeError):
+class CaptionDataMissing(CaptionDataError):
     """NLTK's WordNet or POS tagger data is not installed (or cannot be read)."""
 
 

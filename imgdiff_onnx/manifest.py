@@ -6,10 +6,13 @@ on one layout. Standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
+
+from . import integrity
+from .errors import ModelFolderError
+from .integrity import ModelCheck, sha256  # noqa: F401 - sha256 re-exported for the export side
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "imgdiff-onnx-models/1"
@@ -22,16 +25,7 @@ def graph_file(graph: str, precision: str) -> str:
     return f"{graph}.{precision}.onnx"
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class ManifestError(RuntimeError):
-    """The model folder is missing, incomplete, or does not match its manifest."""
+ManifestError = ModelFolderError  # the model folder is missing, incomplete, or does not match its manifest
 
 
 def read(folder: Path) -> dict:
@@ -59,17 +53,6 @@ def write(folder: Path, data: dict) -> Path:
     return path
 
 
-def check_files(folder: Path, data: dict, names: list[str], hashes: bool) -> None:
-    """Every named file exists with the recorded size (and sha256 when `hashes`)."""
-    files = data.get("files", {})
-    for name in names:
-        entry = files.get(name)
-        if entry is None:
-            raise ManifestError(f"{folder}: {name} is not listed in {MANIFEST_NAME}")
-        path = Path(folder) / name
-        if not path.is_file():
-            raise ManifestError(f"{folder}: {name} is listed in {MANIFEST_NAME} but missing")
-        if path.stat().st_size != entry["bytes"]:
-            raise ManifestError(f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']} (file changed?)")
-        if hashes and sha256(path) != entry["sha256"]:
-            raise ManifestError(f"{path}: sha256 differs from {MANIFEST_NAME} (file changed or corrupt)")
+def check_files(folder: Path, data: dict, names: list[str], check: ModelCheck = "once") -> None:
+    """Every named file exists with the recorded size and, unless check="size", sha256 (see integrity.py)."""
+    integrity.check_files(folder, data.get("files", {}), names, check, MANIFEST_NAME)

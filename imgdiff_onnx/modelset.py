@@ -10,6 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from . import manifest as mf
+from .integrity import ModelCheck
 from .precision import DEFAULT as DEFAULT_PRECISION
 from .precision import Precision, PrecisionError, PrecisionLike
 from .preprocess import ImageNormalization, LetterboxSettings
@@ -117,7 +118,7 @@ class ModelSet:
         self,
         folder: str | os.PathLike,
         precision: PrecisionLike | None = None,
-        verify_hashes: bool = False,
+        model_check: ModelCheck = "once",
         pool: SessionPool | None = None,
     ):
         self.folder = Path(folder)
@@ -126,7 +127,7 @@ class ModelSet:
         graphs = self.manifest["graphs"]
         entries = {g: graphs[g][self.precision.for_graph(g)] for g in mf.GRAPHS}
         names = [entries[g]["file"] for g in mf.GRAPHS] + [self.manifest["tokenizer"]["file"]]
-        mf.check_files(self.folder, self.manifest, names, hashes=verify_hashes)
+        mf.check_files(self.folder, self.manifest, names, model_check)
         self.graphs = {
             g: GraphInfo(path=self.folder / e["file"], precision=self.precision.for_graph(g), batch_invariant=bool(e["batch_invariant"]))
             for g, e in entries.items()

@@ -12,9 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
-class ParameterError(ValueError):
-    """A parameter dict has an unknown key or an invalid value."""
+from .errors import ParameterError  # re-exported: the class callers of this module catch
 
 
 def _build(cls, group: str, values: Mapping[str, Any] | None):

@@ -29,7 +29,9 @@ from PIL import Image
 
 from . import boxes as bx
 from .captions import WordDiffTooComplex, objects_from_captions
+from .errors import ModelRunError, RecordErrorBase
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
+from .integrity import MODEL_CHECKS, ModelCheck
 from .modelset import ModelSet, SessionSettings
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder, cosine
@@ -49,7 +51,10 @@ class EngineSettings:
     precision: which graphs run: "int8", "fp32", a per-model choice such as
     "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
     None (default) for the model folder's recommendation (written by `validate --write`), else
-    the built-in default, FastSAM fp32 with CLIP and BLIP int8. threads: intra-op threads of every session
+    the built-in default, FastSAM fp32 with CLIP and BLIP int8. model_check: "once" (default)
+    checks each model file's sha256 against the manifest the first time and trusts it while its
+    size and mtime stay the same; "always" hashes at every load; "size" compares sizes only (see
+    imgdiff_onnx.integrity). threads: intra-op threads of every session
     (0 = all cores). crop_batch_size: crops per model call where the graph is batch-invariant.
     jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
     PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
@@ -66,7 +71,7 @@ class EngineSettings:
     threads: int = 0
     crop_batch_size: int = 16
     jpeg_roundtrip: bool = False
-    verify_hashes: bool = False
+    model_check: ModelCheck = "once"
     memory_arena: bool = False
     memory_pattern: bool = True
     diagnostics: bool = False  # keep every score a gate computed, keyed by candidate window (PairResult.diagnostics)
@@ -76,6 +81,8 @@ class EngineSettings:
             Precision.parse(self.precision)  # fail here, not at load time
         if self.crop_batch_size < 1:
             raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
+        if self.model_check not in MODEL_CHECKS:
+            raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class PairInput:
     key: str = ""
 
 
-class PairError(ValueError):
+class PairError(RecordErrorBase):
     """A record cannot be processed (bad image, missing caption, same path twice...)."""
 
     def __init__(self, key: str, message: str):
@@ -189,7 +196,7 @@ class DifferenceAreaGenerator:
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
         started = time.perf_counter()
-        self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.verify_hashes)
+        self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         sess = SessionSettings(threads=self.settings.threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
         g = self.models.graphs
         self.clip = ClipImageEncoder(self.models.session("clip_vision", sess), self.models.clip_norm, g["clip_vision"].batch_invariant, self.settings.crop_batch_size)
@@ -256,9 +263,28 @@ class DifferenceAreaGenerator:
                 prepared.append(self._prepare(pair))
             except PairError as exc:
                 prepared.append(PairFailure(key=pair.key, error=exc.message))
+            except ModelRunError as exc:
+                prepared.append(PairFailure(key=pair.key, error=str(exc)))
         ready = [p for p in prepared if isinstance(p, _Prepared)]
-        self._score(ready)
-        return [p if isinstance(p, PairFailure) else self._finish(p) for p in prepared]
+        failed = self._score_isolating(ready)
+        return [p if isinstance(p, PairFailure) else failed.get(id(p)) or self._finish(p) for p in prepared]
+
+    def _score_isolating(self, ready: list[_Prepared]) -> dict[int, PairFailure]:
+        """Score the batch's crops together; if onnxruntime fails, score each pair alone, so that
+        only the pair it fails on becomes an error (keyed by id() of its _Prepared)."""
+        saved = [(p.passed, dict(p.result.counts), dict(p.result.times), {k: dict(v) for k, v in p.result.diagnostics.items()}) for p in ready]
+        try:
+            self._score(ready)
+            return {}
+        except ModelRunError as exc:
+            if len(ready) == 1:
+                return {id(ready[0]): PairFailure(key=ready[0].result.key, error=str(exc))}
+            log.warning("%s; scoring the %d pairs of the batch one by one", exc, len(ready))
+        failed = {}
+        for p, (passed, counts, times, diagnostics) in zip(ready, saved):
+            p.passed, p.result.counts, p.result.times, p.result.diagnostics = passed, counts, times, diagnostics
+            failed.update(self._score_isolating([p]))
+        return failed
 
     def _load(self, source: ImageSource, key: str, which: str) -> LoadedImage:
         try:

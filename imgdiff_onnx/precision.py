@@ -23,14 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
+from .errors import ParameterError
 from .manifest import PRECISIONS
+
 MODELS = ("clip", "blip", "fastsam")
 # which exported graphs each model runs
 MODEL_GRAPHS = {"clip": ("clip_vision",), "blip": ("blip_vision", "blip_itm"), "fastsam": ("fastsam",)}
 GRAPH_MODEL = {graph: model for model, graphs in MODEL_GRAPHS.items() for graph in graphs}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ParameterError):
     """A precision choice that cannot be parsed or served."""
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import RecordErrorBase
 from .pipeline import DifferenceAreaGenerator, PairFailure, PairInput, PairResult
 from .runfile import line_digest
 
 RESULT_KEY = "imgdiff"
 
 
-class RecordError(ValueError):
+class RecordError(RecordErrorBase):
     """A record is malformed (missing or mistyped field); the message names the record."""
 
 

@@ -20,8 +20,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .errors import RunError
 
-class OutputInUse(RuntimeError):
+
+class OutputInUse(RunError):
     """Another live process holds the results file."""
 
 

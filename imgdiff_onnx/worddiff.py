@@ -24,11 +24,13 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
+from .errors import RecordErrorBase
+
 BEST_RATIO, CUTOFF = 0.74, 0.75  # difflib.Differ._fancy_replace's constants
 DEFAULT_BUDGET = 5_000_000  # position look-ups in synch-point searches (about a few seconds at most)
 
 
-class WordDiffTooComplex(ValueError):
+class WordDiffTooComplex(RecordErrorBase):
     """The captions' difference would take more than the work budget to compute exactly."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ PAIR_CAPTIONS = ("A plane in the sky flying alone.", "A boat in the ocean sailin
 
 # The exact caption step needs NLTK data; the product never reads ../shared, the tests do.
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
+# Model verification stamps go to a folder of this test session, not the user's cache.
+os.environ["IMGDIFF_ONNX_CACHE"] = tempfile.mkdtemp(prefix="imgdiff-test-cache-")
 sys.path.insert(0, str(ROOT))  # benchmarks.reference
 
 

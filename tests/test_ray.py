@@ -84,3 +84,24 @@ def test_more_actor_threads_than_granted_cpus_is_refused(tiny_models, dataset, t
 def test_missing_model_folder_is_refused_before_any_actor_starts(dataset, tmp_path):  # noqa: F811
     proc = _cli_env(*_run_args(tmp_path / "nomodels", dataset, tmp_path / "ray.jsonl", "--ray", "--ray-num-cpus", "2"), check=False)
     assert proc.returncode == 2 and "no manifest.json in the model folder" in proc.stderr
+
+
+def test_sigterm_stops_a_ray_run_cleanly_and_resume_completes_it(tiny_models, dataset, single, tmp_path):  # noqa: F811
+    import signal
+    import time
+
+    out = tmp_path / "ray.jsonl"
+    args = [sys.executable, "-m", "imgdiff_onnx", *_run_args(tiny_models, dataset, out, *RAY_2X1)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 143, stderr[-3000:]
+    n = out.read_bytes().count(b"\n")
+    assert f"stopped by SIGTERM: {n} of 12 input lines are in {out}" in stderr
+    assert single.read_text().startswith(out.read_text())
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--resume"))
+    assert out.read_text() == single.read_text()

@@ -33,6 +33,7 @@ from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
+from imgdiff_onnx.signals import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,12 @@ def _grant_check(ray: Any, options: RayOptions) -> None:
         )
 
 
+def _room_for_one_more(ray: Any, retired: list[bool], threads: int) -> bool:
+    """Can the cluster host the live actors plus a replacement for the one that died?"""
+    live = retired.count(False)  # the dead actor's slot included: its replacement
+    return int(ray.cluster_resources().get("CPU", 0)) >= live * threads
+
+
 def run_ray(
     models: str | Path,
     params: OperatorParams,
@@ -135,11 +142,12 @@ def run_ray(
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
     check_start(input_path, options)
     identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options)
-    with ResultWriter(input_path, output_path, options, identity) as writer:
+    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(address=ray_options.address, num_cpus=ray_options.num_cpus if ray_options.address is None else None,
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
+            stop.install()  # Ray's core worker replaces the SIGTERM handler
         try:
             _grant_check(ray, ray_options)
             actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(EngineWorker)
@@ -152,6 +160,7 @@ def run_ray(
             generation = [0] * len(actors)  # bumped when a slot gets a fresh actor
             busy = [0] * len(actors)
             alone = [False] * len(actors)  # running a retry, which gets its actor to itself
+            retired = [False] * len(actors)  # its actor died and the cluster has no CPUs left for a new one
             queue: deque[_Unit] = deque()
             batches: dict[int, _Batch] = {}
             pending: dict[Any, tuple[_Unit, int, int]] = {}  # call -> (unit, slot, generation)
@@ -176,7 +185,7 @@ def run_ray(
                 # A retry runs alone on its actor, so that a record that crashes again cannot take
                 # an innocent record down with it.
                 for slot in range(len(actors)):
-                    while queue and not alone[slot] and busy[slot] < in_flight:
+                    while queue and not retired[slot] and not alone[slot] and busy[slot] < in_flight:
                         if queue[0].retry and busy[slot] > 0:
                             break
                         unit = queue.popleft()
@@ -206,12 +215,20 @@ def run_ray(
                     died = isinstance(exc, RayActorError)
                     reason = "its worker died" if died else f"its worker raised {type(exc.cause).__name__ if exc.cause else 'an error'}"
                     if died and current:
-                        log.warning("actor %d died; starting a new one", slot)
                         ray.kill(actors[slot], no_restart=True)
-                        actors[slot] = new_actor()
                         generation[slot] += 1
                         busy[slot] = 0  # its other calls fail too and come back here as stale
                         alone[slot] = False
+                        if _room_for_one_more(ray, retired, ray_options.threads):
+                            log.warning("actor %d died; starting a new one", slot)
+                            actors[slot] = new_actor()
+                        else:  # a node left the cluster: go on with the actors that still have CPUs
+                            log.warning("actor %d died and the cluster has no free CPUs for a new one (a node lost?); going on with %d actor(s)",
+                                        slot, retired.count(False) - 1)  # fmt: skip
+                            retired[slot] = True
+                            if all(retired):
+                                raise RunError("every Ray actor died and the cluster has no CPUs left for new ones; "
+                                               "the results written so far are kept: restart with --resume")  # fmt: skip
                     if unit.retry:
                         line = unit.lines[0]
                         key = line.pair.key if line.pair is not None else f"line {line.number}"
@@ -223,9 +240,18 @@ def run_ray(
                 for line, out in zip(unit.lines, outputs):
                     batches[unit.seq].outputs[line.number] = out
                 flush_ready()
-                refill()
+                if stop.signum is None:
+                    refill()
+                elif any(not u.retry for u in queue):
+                    # stopping: batches not yet sent are dropped (not read as done: the output stays
+                    # a prefix); retries finish the batches already in flight
+                    kept = [u for u in queue if u.retry]
+                    queue.clear()
+                    queue.extend(kept)
                 dispatch()
             flush_ready()
+            if stop.signum is not None:
+                raise writer.interrupted(stop.signum)
             if batches:
                 raise RunError(f"internal error: {len(batches)} batches were never completed")  # pragma: no cover
         finally:

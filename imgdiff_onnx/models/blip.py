@@ -45,7 +45,7 @@ class BlipMatcher:
         """(N, tokens, hidden) image embeddings for N uint8 RGB images."""
         def run(chunk: list[np.ndarray]) -> np.ndarray:
             pixels = normalize_batch(chunk, self._norm)
-            return run_batched(self._vision, "image_embeds", {"pixel_values": pixels}, self.batch_size, self._vision_invariant)
+            return run_batched(self._vision, "blip_vision", "image_embeds", {"pixel_values": pixels}, self.batch_size, self._vision_invariant)
 
         return map_in_chunks(images, self.batch_size, run)
 
@@ -61,6 +61,7 @@ class BlipMatcher:
         mask = np.ones_like(ids)
         logits = run_batched(
             self._itm,
+            "blip_itm",
             "itm_logits",
             {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds},
             self.batch_size,

@@ -27,6 +27,6 @@ class ClipImageEncoder:
         """(N, D) features for N uint8 RGB images."""
         def run(chunk: list[np.ndarray]) -> np.ndarray:
             pixels = normalize_batch(chunk, self._norm)
-            return run_batched(self._session, "image_embeds", {"pixel_values": pixels}, self.batch_size, self._batch_invariant)
+            return run_batched(self._session, "clip_vision", "image_embeds", {"pixel_values": pixels}, self.batch_size, self._batch_invariant)
 
         return map_in_chunks(images, self.batch_size, run)

@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from .. import boxes as bx
 from ..preprocess import LetterboxSettings, letterbox
+from .batching import run_graph
 
 MAX_NMS = 30000  # Ultralytics: at most this many candidates enter NMS (highest scores)
 
@@ -67,5 +68,5 @@ class FastSamSegmenter:
 
     def segment(self, bgr: np.ndarray, imgsz: int, conf: float, iou: float, max_det: int = 300) -> Detections:
         boxed = letterbox(bgr, predictor_imgsz(imgsz, self._settings.stride), self._settings)
-        predictions, protos = self._session.run(["predictions", "protos"], {"images": boxed.tensor})
+        predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": boxed.tensor})
         return postprocess(predictions[0], protos[0], boxed.tensor.shape[2:], boxed.original_shape, conf, iou, max_det)

@@ -1,0 +1,50 @@
+"""The package's errors: one base class, one subclass per kind of problem.
+
+Callers that only want "did imgdiff_onnx refuse something" catch `ImgDiffError`; the command
+lines do, and print its message as one line. The kinds:
+
+- `RecordErrorBase`: one record (pair) cannot be processed; a dataset run writes it as that
+  record's error line and goes on.
+- `ModelFolderError`: the model folder is missing, incomplete or changed.
+- `ParameterError`: a setting or operator parameter is invalid.
+- `CaptionDataError`: the NLTK data the caption step needs is not installed.
+- `RunError`: a dataset run cannot start or continue (input, output, lock, resume).
+- `ModelRunError`: onnxruntime failed while running a graph; names the graph.
+
+Standard library only, so every module can import it.
+"""
+
+from __future__ import annotations
+
+
+class ImgDiffError(Exception):
+    """Base class of every error imgdiff_onnx raises on purpose."""
+
+
+class RecordErrorBase(ImgDiffError, ValueError):
+    """One record cannot be processed; the others can."""
+
+
+class ModelFolderError(ImgDiffError, RuntimeError):
+    """The model folder is missing, incomplete, or does not match its manifest."""
+
+
+class ParameterError(ImgDiffError, ValueError):
+    """An operator parameter or engine setting is invalid."""
+
+
+class CaptionDataError(ImgDiffError, RuntimeError):
+    """The caption step's NLTK data is not installed."""
+
+
+class RunError(ImgDiffError, RuntimeError):
+    """A dataset run cannot start or continue (not a per-record problem)."""
+
+
+class ModelRunError(ImgDiffError, RuntimeError):
+    """onnxruntime failed while running `graph`."""
+
+    def __init__(self, graph: str, detail: str):
+        super().__init__(f"onnxruntime failed in the {graph} graph: {detail}")
+        self.graph = graph
+        self.detail = detail

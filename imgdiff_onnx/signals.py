@@ -1,0 +1,65 @@
+"""Stopping a dataset run cleanly: Ctrl-C (SIGINT) or SIGTERM ask the run to stop after the batch
+in flight is written; a second signal stops at once. Either way every line
+already written stays, and `--resume` continues after it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from .errors import RunError
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(RunError):
+    """The run stopped on a signal after writing `done` of `total` lines to `output`."""
+
+    def __init__(self, signum: int, done: int, total: int, output: str):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name}: {done} of {total} input lines are in {output}; "
+            "run the same command with --resume (instead of --overwrite) to continue"
+        )
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class GracefulStop:
+    """Context manager: while active, the first SIGINT/SIGTERM sets `signum` (the run checks it
+    between batches); a second one has the signal's usual effect (SIGINT: KeyboardInterrupt;
+    SIGTERM: the process ends at once; the lock dies with it and --resume drops a torn line). Outside the main thread (where
+    Python cannot install handlers) it does nothing and the signals keep their default effect."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # the second: the signal's own effect (KeyboardInterrupt for SIGINT)
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        log.warning("%s received: stopping after the batch in flight is written (send it again to stop at once)", signal.Signals(signum).name)
+
+    def install(self) -> None:
+        """(Re)install the handlers: call again after a library that installs its own (ray.init
+        does, for SIGTERM) so that the run still stops cleanly."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                previous = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, previous)
+
+    def __enter__(self) -> "GracefulStop":
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
