@@ -26,11 +26,13 @@ results.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .lexicon import DOWNLOAD_COMMAND, CaptionDataMissing, Lexicon
 from .worddiff import WordDiffTooComplex, differ_lines
 
-__all__ = ["DOWNLOAD_COMMAND", "CaptionDataMissing", "WordDiffTooComplex", "caption_words", "ensure_available", "objects_from_captions"]
+__all__ = ["DOWNLOAD_COMMAND", "CaptionDataMissing", "CaptionDifference", "WordDiffTooComplex", "caption_difference", "caption_words",
+           "ensure_available", "objects_from_captions"]
 
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
 _NON_WORD = re.compile(r"[^\w\s]")
@@ -46,8 +48,42 @@ def ensure_available() -> None:
     Lexicon.get()
 
 
-def objects_from_captions(caption1: str, caption2: str) -> tuple[list[str], list[str]]:
-    """S2: (objects1, objects2) from the two captions (see the module docstring)."""
+@dataclass(frozen=True)
+class CaptionDifference:
+    """S2's working: the lemmas only in caption 1 / only in caption 2 (difflib order, duplicates
+    kept), each with its single-word POS tag, and the object words chosen from them."""
+
+    only1: tuple[tuple[str, str], ...]
+    only2: tuple[tuple[str, str], ...]
+
+    @property
+    def objects1(self) -> list[str]:
+        lemmas2 = {w for w, _ in self.only2}
+        return [w for w, tag in self.only1 if w not in lemmas2 and tag in NOUN_TAGS]
+
+    @property
+    def objects2(self) -> list[str]:
+        lemmas1 = {w for w, _ in self.only1}
+        return [w for w, tag in self.only2 if w not in lemmas1 and tag in NOUN_TAGS]
+
+    def why_no_objects(self, side: int) -> str:
+        """In words a user understands: why caption `side` gave no object word."""
+        own, other = (self.only1, self.only2) if side == 1 else (self.only2, self.only1)
+        if not own:
+            return f"no object words in caption {side}: it has no word that caption {3 - side} lacks (only nouns that differ are compared)"
+        others = {w for w, _ in other}
+        shown = ", ".join(f"'{w}' ({'also in the other caption' if w in others else TAG_NAMES.get(tag, tag)})" for w, tag in own[:8])
+        more = f" and {len(own) - 8} more" if len(own) > 8 else ""
+        return f"no object words in caption {side}: its differing words {shown}{more} are not nouns found only in it"
+
+
+TAG_NAMES = {"JJ": "adjective", "JJR": "adjective", "JJS": "adjective", "VB": "verb", "VBD": "verb", "VBG": "verb", "VBN": "verb",
+             "VBP": "verb", "VBZ": "verb", "RB": "adverb", "RBR": "adverb", "RBS": "adverb", "IN": "preposition", "DT": "determiner",
+             "CD": "number", "PRP": "pronoun", "CC": "conjunction", "TO": "'to'", "MD": "modal verb"}  # fmt: skip
+
+
+def caption_difference(caption1: str, caption2: str) -> CaptionDifference:
+    """S2's working (see the module docstring); `.objects1`/`.objects2` are the object words."""
     lexicon = Lexicon.get()
     only1: list[str] = []
     only2: list[str] = []
@@ -57,6 +93,10 @@ def objects_from_captions(caption1: str, caption2: str) -> tuple[list[str], list
             only2.append(lexicon.lemmatize(line.replace("+ ", "")))
         elif line.startswith("-"):
             only1.append(lexicon.lemmatize(line.replace("- ", "")))
-    objects1 = [w for w in only1 if w not in only2 and lexicon.tag(w) in NOUN_TAGS]
-    objects2 = [w for w in only2 if w not in only1 and lexicon.tag(w) in NOUN_TAGS]
-    return objects1, objects2
+    return CaptionDifference(tuple((w, lexicon.tag(w)) for w in only1), tuple((w, lexicon.tag(w)) for w in only2))
+
+
+def objects_from_captions(caption1: str, caption2: str) -> tuple[list[str], list[str]]:
+    """S2: (objects1, objects2) from the two captions (see the module docstring)."""
+    diff = caption_difference(caption1, caption2)
+    return diff.objects1, diff.objects2

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from . import boxes as bx
-from .captions import WordDiffTooComplex, objects_from_captions
+from .captions import CaptionDifference, WordDiffTooComplex, caption_difference
 from .errors import ModelRunError, RecordErrorBase
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
 from .integrity import MODEL_CHECKS, ModelCheck
@@ -36,12 +36,12 @@ from .modelset import ModelSet, SessionSettings
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder, cosine
 from .models.fastsam import FastSamSegmenter
+from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .params import OperatorParams
 from .precision import Precision, PrecisionLike
 
 log = logging.getLogger(__name__)
 
-ImageSource = str | Path | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -83,61 +83,6 @@ class EngineSettings:
             raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
         if self.model_check not in MODEL_CHECKS:
             raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
-
-
-@dataclass(frozen=True)
-class PairInput:
-    """One record. Images are paths or uint8 arrays (RGB, grey or RGBA).
-
-    objects1/objects2, when given, replace the caption step (captions may then be None).
-    """
-
-    image1: ImageSource
-    image2: ImageSource
-    caption1: str | None = None
-    caption2: str | None = None
-    objects1: tuple[str, ...] | None = None
-    objects2: tuple[str, ...] | None = None
-    key: str = ""
-
-
-class PairError(RecordErrorBase):
-    """A record cannot be processed (bad image, missing caption, same path twice...)."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-        self.message = message
-
-
-@dataclass
-class PairResult:
-    key: str
-    boxes: np.ndarray  # float32 (K, 4), centre xywh in image-1 pixels
-    objects1: list[str]
-    objects2: list[str]
-    pair_similarity: float | None
-    exit_reason: str | None  # why the pair stopped early, None if it went through every stage
-    counts: dict[str, int] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=dict)
-    candidate_boxes: np.ndarray | None = None  # S4 candidates (image-1 boxes then image-2 boxes)
-    survivors: list[int] = field(default_factory=list)  # candidate ids passing S5 and S6
-    kept: list[int] = field(default_factory=list)  # candidate ids kept by S7
-    # with EngineSettings(diagnostics=True): every score a gate computed, keyed by crop window
-    # (rows r0, r1, columns c0, c1): "crop_pair" {window: cosine}, "itm_image1"/"itm_image2"
-    # {(window, word): probability}. Empty otherwise.
-    diagnostics: dict[str, dict] = field(default_factory=dict)
-
-
-@dataclass
-class PairFailure:
-    """What process_many yields for a record that failed; the run goes on."""
-
-    key: str
-    error: str
-
-
-EMPTY_BOXES = np.zeros((0, 4), dtype=np.float32)
 
 
 def crop_window(box_xywh: np.ndarray) -> tuple[int, int, int, int]:
@@ -182,6 +127,8 @@ class _Prepared:
     image1: np.ndarray | None = None
     image2: np.ndarray | None = None  # resized to image 1 (D1)
     passed: np.ndarray | None = None  # per candidate, updated by each gate
+    # per crop window: "crop_similarity", and "word1"/"itm1", "word2"/"itm2" once a word passed
+    evidence: dict[tuple[int, int, int, int], dict] = field(default_factory=dict)
 
 
 class DifferenceAreaGenerator:
@@ -296,21 +243,22 @@ class DifferenceAreaGenerator:
         except ImageLoadError as exc:
             raise PairError(key, f"{which}: {exc}") from None
 
-    def _objects(self, pair: PairInput) -> tuple[list[str], list[str]]:
+    def _objects(self, pair: PairInput) -> tuple[list[str], list[str], CaptionDifference | None]:
         if pair.objects1 is not None or pair.objects2 is not None:
             if pair.objects1 is None or pair.objects2 is None:
                 raise PairError(pair.key, "objects1 and objects2 must be given together")
             for name, words in (("objects1", pair.objects1), ("objects2", pair.objects2)):
                 if not all(isinstance(w, str) for w in words):
                     raise PairError(pair.key, f"{name} must be a list of strings")
-            return list(pair.objects1), list(pair.objects2)
+            return list(pair.objects1), list(pair.objects2), None
         for name, caption in (("caption1", pair.caption1), ("caption2", pair.caption2)):
             if caption is None:
                 raise PairError(pair.key, f"{name} is missing (give captions, or objects1 and objects2)")
             if not isinstance(caption, str):
                 raise PairError(pair.key, f"{name} must be a string, got {type(caption).__name__}")
         try:
-            return objects_from_captions(pair.caption1, pair.caption2)
+            diff = caption_difference(pair.caption1, pair.caption2)
+            return diff.objects1, diff.objects2, diff
         except WordDiffTooComplex as exc:
             raise PairError(pair.key, str(exc)) from None
 
@@ -320,16 +268,18 @@ class DifferenceAreaGenerator:
         if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)):
             if Path(pair.image1).resolve() == Path(pair.image2).resolve():
                 raise PairError(pair.key, f"image_path1 and image_path2 are the same file ({pair.image1})")
-        objects1, objects2 = self._objects(pair)
+        objects1, objects2, diff = self._objects(pair)
         times["captions"] = time.perf_counter() - t
         t = time.perf_counter()
         img1 = self._load(pair.image1, pair.key, "image 1")
         img2 = self._load(pair.image2, pair.key, "image 2")
         times["load"] = time.perf_counter() - t
-        result = PairResult(pair.key, EMPTY_BOXES, objects1, objects2, None, None, times=times)
+        paths = (str(pair.image1), str(pair.image2)) if not isinstance(pair.image1, np.ndarray) and not isinstance(pair.image2, np.ndarray) else None
+        result = PairResult(pair.key, EMPTY_BOXES, objects1, objects2, None, None, times=times, image_paths=paths)
         prepared = _Prepared(result=result)
         if not objects1 or not objects2:
-            result.exit_reason = "no object words in " + ("caption 1" if not objects1 else "caption 2")
+            side = 1 if not objects1 else 2
+            result.exit_reason = diff.why_no_objects(side) if diff is not None else f"no object words in objects{side}"
             return prepared
 
         # S1 whole-pair gate
@@ -414,6 +364,8 @@ class DifferenceAreaGenerator:
             sims = cosine(self.clip.embed(crops1), self.clip.embed(crops2))
             lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
             decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
+            for (i, win), sim in zip(todo, sims):
+                prepared[i].evidence.setdefault(win, {})["crop_similarity"] = float(sim)
             if self.settings.diagnostics:
                 for (i, win), sim in zip(todo, sims):
                     prepared[i].result.diagnostics.setdefault("crop_pair", {})[win] = float(sim)
@@ -430,8 +382,11 @@ class DifferenceAreaGenerator:
                 embeds = self.blip.encode_images(images)
                 words = [prepared[i].result.objects1 if side == 1 else prepared[i].result.objects2 for i, _ in todo]
                 sinks = [self._sink(prepared[i].result, f"itm_image{side}", win) for i, win in todo]
-                passed = self._match_any(embeds, words, sinks)
-                decisions = dict(zip(todo, passed))
+                matches = self._match_any(embeds, words, sinks)
+                for (i, win), match in zip(todo, matches):
+                    if match is not None:
+                        prepared[i].evidence[win][f"word{side}"], prepared[i].evidence[win][f"itm{side}"] = match
+                decisions = {key: match is not None for key, match in zip(todo, matches)}
             self._apply(prepared, decisions, count_name)
             self._timed(prepared, f"itm_image{side}", t)
 
@@ -441,25 +396,30 @@ class DifferenceAreaGenerator:
             return None
         return _WindowScores(result.diagnostics.setdefault(name, {}), window)
 
-    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list["_WindowScores | None"]) -> list[bool]:
-        """For each crop: does some word score inside [min_score, max_score]?
+    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list["_WindowScores | None"]) -> list[tuple[str, float] | None]:
+        """For each crop: the first of its words (in its list's order) whose probability lies in
+        [min_score, max_score], with that probability; None if no word passes.
 
-        Word by word over the crops still undecided; a crop stops at its first passing word.
+        In rounds: round r tries the r-th word of every crop still undecided, one ITM call per
+        distinct word, so each crop tries its words in its own order and stops at the first that
+        passes, as the original does, whatever other pairs share the batch.
         """
         lo, hi = self.params.matching.min_score, self.params.matching.max_score
-        passed = [False] * len(embeds)
-        all_words = list(dict.fromkeys(w for words in words_per_crop for w in words))
-        for word in all_words:
-            idx = [k for k, words in enumerate(words_per_crop) if not passed[k] and word in words]
-            if not idx:
-                continue
-            probs = self.blip.score(embeds[idx], word)
-            for k, p in zip(idx, probs):
-                if sinks[k] is not None:
-                    sinks[k].record(word, float(p))
-                if lo <= float(p) <= hi:
-                    passed[k] = True
-        return passed
+        matched: list[tuple[str, float] | None] = [None] * len(embeds)
+        rounds = max((len(words) for words in words_per_crop), default=0)
+        for r in range(rounds):
+            by_word: dict[str, list[int]] = {}
+            for k, words in enumerate(words_per_crop):
+                if matched[k] is None and r < len(words) and words[r] not in words[:r]:  # a repeated word cannot pass now
+                    by_word.setdefault(words[r], []).append(k)
+            for word, idx in by_word.items():
+                probs = self.blip.score(embeds[idx], word)
+                for k, p in zip(idx, probs):
+                    if sinks[k] is not None:
+                        sinks[k].record(word, float(p))
+                    if lo <= float(p) <= hi:
+                        matched[k] = (word, float(p))
+        return matched
 
     def _finish(self, prepared: _Prepared) -> PairResult:
         result = prepared.result
@@ -472,6 +432,11 @@ class DifferenceAreaGenerator:
         result.survivors = survivors
         result.kept = [survivors[k] for k in kept_local]
         result.boxes = result.candidate_boxes[result.kept].astype(np.float32).reshape(-1, 4)
+        boxes1 = result.counts.get("boxes1", 0)
+        result.evidence = []
+        for k in result.kept:
+            e = prepared.evidence[prepared.windows[k]]
+            result.evidence.append(BoxEvidence(k, 1 if k < boxes1 else 2, e["word1"], e["itm1"], e["word2"], e["itm2"], e["crop_similarity"]))
         result.counts["kept"] = len(result.kept)
         result.times["overlap"] = time.perf_counter() - t
         return result

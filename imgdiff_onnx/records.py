@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import RecordErrorBase
 from .pipeline import DifferenceAreaGenerator, PairFailure, PairInput, PairResult
 from .runfile import line_digest
@@ -92,17 +90,7 @@ def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, tim
     if outcome is None or isinstance(outcome, PairFailure):
         fields.update(status="error", error=line.error if outcome is None else outcome.error, boxes=[])
         return fields
-    fields.update(
-        status="ok",
-        boxes=[[round(float(v), 4) for v in box] for box in np.asarray(outcome.boxes, dtype=np.float32)],
-        objects1=outcome.objects1,
-        objects2=outcome.objects2,
-        pair_similarity=None if outcome.pair_similarity is None else round(outcome.pair_similarity, 6),
-        exit_reason=outcome.exit_reason,
-        counts=outcome.counts,
-    )
-    if timings:
-        fields["times"] = {k: round(v, 4) for k, v in outcome.times.items()}
+    fields.update(outcome.to_dict(timings=timings))
     return fields
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -244,3 +245,98 @@ def test_memory_settings_reach_every_session(tiny_models, arena, pattern):
 
 def test_memory_defaults_arena_off_pattern_on():
     assert EngineSettings().memory_arena is False and EngineSettings().memory_pattern is True
+
+
+# ---- result objects and per-box evidence -------------------------------------------------------
+
+
+def _open_engine(tiny_models, diagnostics: bool = False) -> DifferenceAreaGenerator:
+    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1}, {"imgsz": 320}, {"min_score": 0.0})
+    return DifferenceAreaGenerator(tiny_models, params, EngineSettings(precision="fp32", threads=1, diagnostics=diagnostics))
+
+
+def _evidence_pairs():
+    a, b, c = (str(DATA / p) for p in ("pairs/img_pair_1.jpg", "pairs/img_pair_2.jpg", "images/cat.jpg"))
+    return [
+        PairInput(a, b, objects1=("plane", "sky"), objects2=("boat", "ocean"), key="p1"),
+        PairInput(c, b, objects1=("sky", "cat"), objects2=("ocean",), key="p2"),
+        PairInput(b, a, objects1=("boat",), objects2=("sky", "plane"), key="p3"),
+    ]
+
+
+def test_each_box_carries_the_evidence_that_kept_it(tiny_models):
+    engine = _open_engine(tiny_models, diagnostics=True)
+    results = list(engine.process_many(_evidence_pairs(), pairs_per_batch=3))
+    checked = 0
+    for pair, r in zip(_evidence_pairs(), results):
+        assert len(r.evidence) == len(r.boxes) == len(r.kept)
+        for k, e in zip(r.kept, r.evidence):
+            win = crop_window(r.candidate_boxes[k])
+            assert e.candidate == k and e.source == (1 if k < r.counts["boxes1"] else 2)
+            np.testing.assert_array_equal(r.candidate_boxes[e.candidate], r.boxes[r.evidence.index(e)])
+            assert e.crop_similarity == r.diagnostics["crop_pair"][win]
+            for side, word, prob, objects in ((1, e.word1, e.itm1, pair.objects1), (2, e.word2, e.itm2, pair.objects2)):
+                scores = r.diagnostics[f"itm_image{side}"]
+                assert prob == scores[(win, word)]
+                # the first word of the list that passes (min_score 0: the very first word)
+                assert word == objects[0]
+            checked += 1
+    assert checked > 0, "no box kept: the test checks nothing"
+
+
+def test_results_do_not_depend_on_which_pairs_share_a_batch(tiny_models):
+    engine = _open_engine(tiny_models)
+    together = list(engine.process_many(_evidence_pairs(), pairs_per_batch=3))
+    alone = list(engine.process_many(_evidence_pairs(), pairs_per_batch=1))
+    assert together == alone
+    assert [r.to_json() for r in together] == [r.to_json() for r in alone]
+
+
+def test_first_passing_word_is_taken_in_each_crops_own_order(tiny_models):
+    # min_score between the two words' probabilities: the crop's later word passes
+    engine = _open_engine(tiny_models, diagnostics=True)
+    r = engine.process(_evidence_pairs()[0])
+    assert r.evidence
+    scores = r.diagnostics["itm_image1"]
+    win = crop_window(r.candidate_boxes[r.kept[0]])
+    p_plane, p_sky = scores[(win, "plane")], scores.get((win, "sky"))
+    assert p_sky is None  # stopped at "plane", the first word, which passed
+    threshold = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1}, {"imgsz": 320}, {"min_score": float(p_plane) + 1e-6, "max_score": 1.0})
+    strict = DifferenceAreaGenerator(tiny_models, threshold, EngineSettings(precision="fp32", threads=1, diagnostics=True)).process(_evidence_pairs()[0])
+    for k, e in zip(strict.kept, strict.evidence):
+        w = crop_window(strict.candidate_boxes[k])
+        tried = [word for word in ("plane", "sky") if (w, word) in strict.diagnostics["itm_image1"]]
+        assert tried[-1] == e.word1 and tried == ["plane", "sky"][: len(tried)]
+        assert e.itm1 >= threshold.matching.min_score
+
+
+def test_pair_result_repr_dict_json_equality_and_plot(tiny_models):
+    import json as _json
+
+    engine = _open_engine(tiny_models)
+    r = engine.process(_evidence_pairs()[0])
+    text = repr(r)
+    assert len(text) < 300 and text.startswith("PairResult(key='p1', boxes=") and "candidates" in text
+    d = r.to_dict()
+    assert d["status"] == "ok" and len(d["boxes"]) == len(d["evidence"]) == len(r.boxes)
+    assert _json.loads(r.to_json()) == d
+    if d["evidence"]:
+        assert set(d["evidence"][0]) == {"candidate", "source", "word1", "itm1", "word2", "itm2", "crop_similarity"}
+    again = engine.process(_evidence_pairs()[0])
+    assert r == again and not (r != again)
+    again.boxes = again.boxes + 1
+    assert r != again
+    picture = r.plot()
+    h, w = cv2.imread(str(DATA / "pairs/img_pair_1.jpg")).shape[:2]
+    assert picture.shape == (h, 2 * w + 8, 3) and picture.dtype == np.uint8
+
+
+def test_no_object_words_says_which_words_were_compared(tiny_models):
+    engine = _open_engine(tiny_models)
+    a, b = str(DATA / "pairs/img_pair_1.jpg"), str(DATA / "pairs/img_pair_2.jpg")
+    r = engine.process(PairInput(a, b, "A red car on the road.", "A blue car on the road.", key="colours"))
+    assert r.objects1 == [] and r.exit_reason == (
+        "no object words in caption 1: its differing words 'red' (adjective) are not nouns found only in it"
+    )
+    r = engine.process(PairInput(a, b, "A cat.", "A cat.", key="same"))
+    assert r.exit_reason == "no object words in caption 1: it has no word that caption 2 lacks (only nouns that differ are compared)"
