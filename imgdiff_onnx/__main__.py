@@ -150,13 +150,13 @@ def validate(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    index = write_report(args.input, args.out, args.limit)
-    print(f"gallery: {index}")
+    index = write_report(args.input, args.out, args.limit, single_file=args.single_file, progress=not args.quiet)
+    print(f"report: {index}")
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Export random-init models if needed, make sample pairs, run them, draw the gallery."""
+    """Export random-init models if needed, make sample pairs, run them, write the report."""
     import cv2
 
     from . import samples
@@ -199,8 +199,8 @@ def demo(args: argparse.Namespace) -> int:
     engine = _engine(models, params, args)
     results = out / "results.jsonl"
     stats = run_jsonl(engine, dataset, results, RunOptions(overwrite=True, progress=not args.quiet))
-    index = write_report(results, out / "gallery")
-    print(f"models:  {models}\ndataset: {dataset}\nresults: {results} ({stats['ok']} ok, {stats['error']} errors)\ngallery: {index}")
+    index = write_report(results, out / "report", progress=not args.quiet)
+    print(f"models:  {models}\ndataset: {dataset}\nresults: {results} ({stats['ok']} ok, {stats['error']} errors)\nreport:  {index}")
     print(
         "NOTE: these models have RANDOM weights (no pretrained weights can be downloaded here): the boxes are "
         "meaningless; the demo shows the pipeline working end to end, not detection quality."
@@ -269,12 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
     v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
-    s = command("show", help="draw results side by side with their boxes + index.html")
+    s = command("show", help="a report to review a results file: index.html with both images, numbered boxes, filters")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
-    s.add_argument("--out", type=Path, required=True, help="folder for the PNGs and index.html")
-    s.add_argument("--limit", type=int, help="draw at most the first N lines")
+    s.add_argument("--out", type=Path, required=True, help="folder for index.html and its scaled pictures (img/)")
+    s.add_argument("--limit", type=int, help="show at most the first N result lines")
+    s.add_argument("--single-file", action="store_true", help="put the pictures inside index.html (for sharing small reports)")
     s.add_argument("--quiet", action="store_true")
-    d = command("demo", help="offline demo: random-init models, generated sample pairs, results and gallery")
+    d = command("demo", help="offline demo: random-init models, generated sample pairs, results and report")
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     d.add_argument("--models", type=Path, help="use this model folder instead of exporting one")
     d.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-init model size to export (default tiny)")

@@ -1,78 +1,289 @@
-"""The visual report: each pair side by side with its boxes, and an index.html gallery."""
+"""The review report of a results file: `python -m imgdiff_onnx show --input results.jsonl --out DIR`.
+
+DIR/index.html is one page with everything inline (styles, script, the results as JSON; nothing
+fetched from the network): a summary (pairs by status and exit reason, boxes per pair, histograms
+of the ITM probabilities and crop-pair similarities of the kept boxes), filters and sorting (status,
+exit reason, box count), paging, and per pair both images side by side with the same numbered,
+coloured boxes (drawn by the page over the pictures) and a legend row per box: the matched words,
+their probabilities, the crop-pair similarity. The pictures are JPEGs scaled for the page in
+DIR/img/ (so a 10,000-pair report stays light), or inside the page with `--single-file`.
+
+The page's state lives in its address (#status=error&sort=boxes-desc&page=3): links to a view can
+be shared, and the browser test drives the page through it.
+"""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
+import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from .drawing import GAP, PALETTE, side_by_side
+from .errors import RunError
 from .imageio import ImageLoadError, load_image_file
-from .jsonl import RESULT_KEY
+from .records import RESULT_KEY
 
 log = logging.getLogger(__name__)
 
-BOX_COLOUR = (0, 0, 255)  # BGR red
-GAP = 8  # pixels between the two images
+THUMB_WIDTH = 420  # pixels per image in the page
+JPEG_QUALITY = 85
 
 
-def draw_pair(image1: np.ndarray, image2: np.ndarray, boxes_xywh: list[list[float]], thickness: int = 2) -> np.ndarray:
-    """BGR canvas: image 1 | image 2 (resized to image 1, as the engine sees it), boxes on both."""
-    h, w = image1.shape[:2]
-    if image2.shape[:2] != (h, w):
-        image2 = cv2.resize(image2, (w, h), interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((h, 2 * w + GAP, 3), 255, np.uint8)
-    canvas[:, :w] = image1[:, :, ::-1]
-    canvas[:, w + GAP :] = image2[:, :, ::-1]
-    for cx, cy, bw, bh in boxes_xywh:
-        x1, y1, x2, y2 = int(round(cx - bw / 2)), int(round(cy - bh / 2)), int(round(cx + bw / 2)), int(round(cy + bh / 2))
-        for offset in (0, w + GAP):
-            for t in range(thickness):  # drawn inside the box: the outline's outer edge is the box edge
-                cv2.rectangle(canvas, (x1 + offset + t, y1 + t), (x2 - 1 + offset - t, y2 - 1 - t), BOX_COLOUR, 1)
-    return canvas
-
-
-def write_report(results: Path, out: Path, limit: int | None = None) -> Path:
-    """PNG per ok record plus index.html; returns the index path."""
-    out.mkdir(parents=True, exist_ok=True)
-    cards = []
-    with open(results, encoding="utf-8") as handle:
-        for i, text in enumerate(handle, start=1):
-            if limit is not None and i > limit:
+def read_results(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
+    """(line number, record) of every result line; refuses a file that is not a results file."""
+    if not path.is_file():
+        raise RunError(f"--input {path}: no such results file")
+    rows: list[tuple[int, dict]] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            if limit is not None and len(rows) >= limit:
                 break
+            if not text.strip():
+                continue
             try:
                 record = json.loads(text)
                 result = record[RESULT_KEY]
+                ok = isinstance(result, dict) and "status" in result and "line" in result
             except (ValueError, KeyError, TypeError):
-                log.warning("%s line %d: not a result line, skipped", results, i)
+                ok = False
+            if not ok:
+                if not rows:
+                    raise RunError(f"{path} is not a results file of `run`: line {number} has no '{RESULT_KEY}' result "
+                                   "(give the --output file of `python -m imgdiff_onnx run`)")  # fmt: skip
+                log.warning("%s line %d: not a result line (torn or edited?), skipped", path, number)
                 continue
-            title = html.escape(str(record.get("id", f"line {result.get('line', i)}")))
-            if result.get("status") != "ok":
-                cards.append(f"<div class='card'><h3>{title}</h3><p class='err'>error: {html.escape(str(result.get('error')))}</p></div>")
-                continue
+            rows.append((number, record))
+    if not rows:
+        raise RunError(f"{path} is empty: no results to show")
+    return rows
+
+
+def _thumbnail(result: dict, width: int) -> tuple[np.ndarray, float]:
+    """Both images side by side scaled so that each is at most `width` wide; and the scale."""
+    img1 = load_image_file(result["image_path1_resolved"]).rgb
+    img2 = load_image_file(result["image_path2_resolved"]).rgb
+    h, w = img1.shape[:2]
+    img2 = cv2.resize(img2, (w, h), interpolation=cv2.INTER_AREA) if img2.shape[:2] != (h, w) else img2
+    scale = min(1.0, width / w)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img1, img2 = (cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in (img1, img2))
+    return side_by_side(img1, img2), scale
+
+
+def _entry(number: int, record: dict) -> dict[str, Any]:
+    result = record[RESULT_KEY]
+    boxes = result.get("boxes") or []
+    return {
+        "n": result.get("line", number),
+        "id": str(record.get("id", f"line {result.get('line', number)}")),
+        "status": result.get("status"),
+        "error": result.get("error"),
+        "reason": result.get("exit_reason"),
+        "captions": [record.get("caption1"), record.get("caption2")],
+        "objects": [result.get("objects1"), result.get("objects2")],
+        "similarity": result.get("pair_similarity"),
+        "counts": result.get("counts") or {},
+        "boxes": boxes,
+        "evidence": result.get("evidence") or [],
+    }
+
+
+def write_report(results: Path, out: Path, limit: int | None = None, single_file: bool = False, thumb_width: int = THUMB_WIDTH,
+                 progress: bool = True) -> Path:  # fmt: skip
+    """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path."""
+    rows = read_results(Path(results), limit)
+    out.mkdir(parents=True, exist_ok=True)
+    images = out / "img"
+    if images.exists():
+        shutil.rmtree(images)  # pictures of an earlier report of another file must not linger
+    if not single_file:
+        images.mkdir()
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows), unit="pair", desc="report", dynamic_ncols=True)
+    entries = []
+    for number, record in rows:
+        entry = _entry(number, record)
+        result = record[RESULT_KEY]
+        if entry["status"] == "ok":
             try:
-                img1 = load_image_file(result["image_path1_resolved"]).rgb
-                img2 = load_image_file(result["image_path2_resolved"]).rgb
+                picture, scale = _thumbnail(result, thumb_width)
             except (ImageLoadError, KeyError) as exc:
-                cards.append(f"<div class='card'><h3>{title}</h3><p class='err'>cannot draw: {html.escape(str(exc))}</p></div>")
-                continue
-            name = f"pair_{i:06d}.png"
-            cv2.imwrite(str(out / name), draw_pair(img1, img2, result["boxes"]))
-            caption = html.escape(f"{record.get('caption1', '')} | {record.get('caption2', '')}")
-            detail = html.escape(
-                f"{len(result['boxes'])} boxes; objects {result.get('objects1')} / {result.get('objects2')}; "
-                f"pair similarity {result.get('pair_similarity')}; {result.get('exit_reason') or ''} counts {result.get('counts')}"
-            )
-            cards.append(f"<div class='card'><h3>{title}</h3><img src='{name}' loading='lazy'><p>{caption}</p><p class='small'>{detail}</p></div>")
+                entry["picture_error"] = f"cannot draw: {exc}"
+            else:
+                ok, jpeg = cv2.imencode(".jpg", picture[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                assert ok
+                if single_file:
+                    entry["img"] = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")
+                else:
+                    name = f"{entry['n']:07d}.jpg"
+                    (images / name).write_bytes(jpeg.tobytes())
+                    entry["img"] = f"img/{name}"
+                h = picture.shape[0]
+                w = (picture.shape[1] - GAP) // 2
+                entry.update(w=w, h=h, scale=scale)
+        entries.append(entry)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     index = out / "index.html"
-    index.write_text(
-        "<!doctype html><meta charset='utf-8'><title>imgdiff_onnx results</title>"
-        "<style>body{font-family:sans-serif;margin:1em}.card{margin:1em 0;border-bottom:1px solid #ccc}"
-        "img{max-width:100%}.small{font-size:80%;color:#555}.err{color:#b00}</style>"
-        f"<h1>imgdiff_onnx results</h1><p>{html.escape(str(results))}</p>" + "\n".join(cards),
-        encoding="utf-8",
-    )
+    index.write_text(_page(str(results), entries), encoding="utf-8")
     return index
+
+
+def _page(source: str, entries: list[dict]) -> str:
+    data = json.dumps({"source": source, "gap": GAP, "palette": ["#%02x%02x%02x" % c for c in PALETTE], "pairs": entries},
+                      ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")  # fmt: skip
+    return PAGE.replace("__TITLE__", html.escape(Path(source).name)).replace("__DATA__", data)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>imgdiff_onnx: __TITLE__</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{padding:.6em 1em;background:#263238;color:#fff}header h1{font-size:1.2em;margin:0}
+main{padding:0 1em 2em}section{margin:1em 0}
+.summary{display:flex;flex-wrap:wrap;gap:1.5em}.summary>div{background:#fff;border:1px solid #ddd;padding:.6em .8em;border-radius:4px}
+.summary h2{font-size:1em;margin:.2em 0 .4em}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;font-size:90%}
+th{border-bottom:1px solid #ccc}.num{text-align:right}
+.controls{position:sticky;top:0;background:#fafafa;padding:.5em 0;border-bottom:1px solid #ddd;z-index:2}
+.controls label{margin-right:1em}.pager button{margin:0 .2em}
+.card{background:#fff;border:1px solid #ddd;border-radius:4px;margin:1em 0;padding:.6em .8em}
+.card h3{font-size:1em;margin:.1em 0 .4em}.status-error h3{color:#b00020}.meta{font-size:85%;color:#555;margin:.3em 0}
+.pic{position:relative;display:inline-block;line-height:0}.pic img{display:block}.pic svg{position:absolute;left:0;top:0}
+.swatch{display:inline-block;width:1.6em;text-align:center;color:#fff;font-weight:bold;border-radius:3px}
+.err{color:#b00020}.reason{color:#8a6d00}
+</style></head>
+<body><header><h1>imgdiff_onnx results: __TITLE__</h1></header>
+<main>
+<section class="summary" id="summary"></section>
+<section class="controls" id="controls">
+<label>status <select id="f-status"><option value="all">all</option><option value="ok">ok</option><option value="error">error</option></select></label>
+<label>exit reason <select id="f-reason"><option value="all">all</option></select></label>
+<label>boxes &ge; <input id="f-minboxes" type="number" min="0" value="0" style="width:4em"></label>
+<label>sort <select id="f-sort"><option value="line">input order</option><option value="boxes-desc">most boxes</option><option value="boxes-asc">fewest boxes</option></select></label>
+<label>per page <select id="f-per"><option>10</option><option selected>25</option><option>100</option></select></label>
+<span class="pager" id="pager"></span> <span id="shown"></span>
+</section>
+<section id="cards"></section>
+</main>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const DATA = JSON.parse(document.getElementById("data").textContent);
+const PAIRS = DATA.pairs, PAL = DATA.palette;
+const colour = k => PAL[(k - 1) % PAL.length];
+const esc = s => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+const reasonKey = p => p.status !== "ok" ? "(error)" : (p.reason ? p.reason.split(":")[0].replace(/[-0-9.]+/g, "#") : "(all stages)");
+const DEFAULTS = {status: "all", reason: "all", minboxes: "0", sort: "line", per: "25", page: "1"};
+
+function state() {
+  const s = Object.assign({}, DEFAULTS);
+  for (const part of location.hash.replace(/^#/, "").split("&")) {
+    if (!part) continue;
+    const [k, v] = part.split("=");
+    if (k in s) s[k] = decodeURIComponent(v || "");
+  }
+  return s;
+}
+function setState(changes) {
+  const s = Object.assign(state(), changes);
+  location.hash = Object.keys(s).filter(k => s[k] !== DEFAULTS[k]).map(k => k + "=" + encodeURIComponent(s[k])).join("&");
+}
+
+function histogram(values, bins, lo, hi, title) {
+  const counts = new Array(bins).fill(0);
+  for (const v of values) counts[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / (hi - lo) * bins)))]++;
+  const max = Math.max(1, ...counts), W = 220, H = 70, bw = W / bins;
+  let bars = counts.map((c, i) => `<rect x="${i * bw + 0.5}" y="${H - c / max * H}" width="${bw - 1}" height="${c / max * H}" fill="#546e7a"><title>${(lo + i * (hi - lo) / bins).toFixed(2)}: ${c}</title></rect>`).join("");
+  return `<div><h2>${esc(title)}</h2><svg class="hist" width="${W}" height="${H + 14}">${bars}<text x="0" y="${H + 12}" font-size="10">${lo}</text><text x="${W - 14}" y="${H + 12}" font-size="10">${hi}</text></svg><div class="meta">${values.length} values</div></div>`;
+}
+
+function summary() {
+  const byStatus = {}, byReason = {}, boxCounts = [], itm = [], sims = [];
+  for (const p of PAIRS) {
+    byStatus[p.status] = (byStatus[p.status] || 0) + 1;
+    const r = reasonKey(p); byReason[r] = (byReason[r] || 0) + 1;
+    if (p.status === "ok") boxCounts.push(p.boxes.length);
+    for (const e of p.evidence) { itm.push(e.itm1, e.itm2); sims.push(e.crop_similarity); }
+  }
+  const rows = o => Object.entries(o).sort((a, b) => b[1] - a[1]).map(([k, v]) => `<tr><td>${esc(k)}</td><td class="num">${v}</td></tr>`).join("");
+  const total = boxCounts.reduce((a, b) => a + b, 0);
+  document.getElementById("summary").innerHTML =
+    `<div><h2>pairs by status</h2><table id="by-status">${rows(byStatus)}<tr><th>all</th><th class="num">${PAIRS.length}</th></tr></table></div>` +
+    `<div><h2>exit reasons</h2><table id="by-reason">${rows(byReason)}</table></div>` +
+    `<div><h2>boxes</h2><table><tr><td>total</td><td class="num" id="total-boxes">${total}</td></tr><tr><td>pairs with boxes</td><td class="num">${boxCounts.filter(n => n > 0).length}</td></tr><tr><td>most in one pair</td><td class="num">${boxCounts.length ? Math.max(...boxCounts) : 0}</td></tr></table></div>` +
+    histogram(boxCounts, 10, 0, Math.max(10, ...boxCounts), "boxes per pair") +
+    histogram(itm, 10, 0, 1, "ITM probability of kept boxes") +
+    histogram(sims, 10, -1, 1, "crop-pair similarity of kept boxes");
+  const reasons = document.getElementById("f-reason");
+  for (const r of Object.keys(byReason).sort()) reasons.insertAdjacentHTML("beforeend", `<option value="${esc(r)}">${esc(r)}</option>`);
+}
+
+function card(p) {
+  let body = "";
+  if (p.status !== "ok") {
+    body = `<p class="err">error: ${esc(p.error)}</p>`;
+  } else {
+    if (p.img) {
+      const s = p.scale, off = p.w + DATA.gap;
+      let rects = "";
+      p.boxes.forEach((b, i) => {
+        const k = i + 1, x = (b[0] - b[2] / 2) * s, y = (b[1] - b[3] / 2) * s, w = b[2] * s, h = b[3] * s;
+        for (const dx of [0, off]) {
+          rects += `<g class="box" data-k="${k}"><rect x="${x + dx + 1}" y="${y + 1}" width="${Math.max(1, w - 2)}" height="${Math.max(1, h - 2)}" fill="none" stroke="${colour(k)}" stroke-width="2"/>` +
+                   `<rect x="${x + dx}" y="${y}" width="${String(k).length * 7 + 6}" height="13" fill="${colour(k)}"/><text x="${x + dx + 3}" y="${y + 10}" font-size="11" font-weight="bold" fill="#000">${k}</text></g>`;
+        }
+      });
+      body += `<div class="pic"><img src="${p.img}" width="${2 * p.w + DATA.gap}" height="${p.h}" alt="pair ${esc(p.id)}"><svg width="${2 * p.w + DATA.gap}" height="${p.h}">${rects}</svg></div>`;
+    } else if (p.picture_error) {
+      body += `<p class="err">${esc(p.picture_error)}</p>`;
+    }
+    body += `<p class="meta">${esc(p.captions[0])} | ${esc(p.captions[1])}</p>`;
+    body += `<p class="meta">object words: ${esc((p.objects[0] || []).join(", ") || "none")} | ${esc((p.objects[1] || []).join(", ") || "none")}; pair similarity ${p.similarity === null ? "-" : p.similarity.toFixed(4)}; ${p.boxes.length} of ${p.counts.candidates || 0} candidates kept</p>`;
+    if (p.reason) body += `<p class="meta reason">stopped: ${esc(p.reason)}</p>`;
+    if (p.evidence.length) {
+      body += `<table class="legend"><tr><th>#</th><th>found in</th><th>image 1 word</th><th class="num">ITM</th><th>image 2 word</th><th class="num">ITM</th><th class="num">crop similarity</th></tr>` +
+        p.evidence.map((e, i) => `<tr><td><span class="swatch" style="background:${colour(i + 1)}">${i + 1}</span></td><td>image ${e.source}</td><td>${esc(e.word1)}</td><td class="num">${e.itm1.toFixed(3)}</td><td>${esc(e.word2)}</td><td class="num">${e.itm2.toFixed(3)}</td><td class="num">${e.crop_similarity.toFixed(3)}</td></tr>`).join("") + `</table>`;
+    }
+  }
+  return `<div class="card status-${esc(p.status)}" data-line="${p.n}" data-boxes="${p.boxes.length}"><h3>${esc(p.id)} <span class="meta">line ${p.n}, ${esc(p.status)}</span></h3>${body}</div>`;
+}
+
+function render() {
+  const s = state();
+  for (const k of ["status", "reason", "minboxes", "sort", "per"]) document.getElementById("f-" + k).value = s[k];
+  const min = Number(s.minboxes) || 0;
+  let rows = PAIRS.filter(p => (s.status === "all" || p.status === s.status) && (s.reason === "all" || reasonKey(p) === s.reason) && p.boxes.length >= min);
+  if (s.sort === "boxes-desc") rows = rows.slice().sort((a, b) => b.boxes.length - a.boxes.length || a.n - b.n);
+  if (s.sort === "boxes-asc") rows = rows.slice().sort((a, b) => a.boxes.length - b.boxes.length || a.n - b.n);
+  const per = Number(s.per) || 25, pages = Math.max(1, Math.ceil(rows.length / per)), page = Math.min(pages, Math.max(1, Number(s.page) || 1));
+  document.getElementById("cards").innerHTML = rows.slice((page - 1) * per, page * per).map(card).join("");
+  document.getElementById("shown").textContent = `${rows.length} of ${PAIRS.length} pairs`;
+  document.getElementById("pager").innerHTML = `<button id="prev" ${page <= 1 ? "disabled" : ""}>&lt;</button> page <b id="page">${page}</b> of <b id="pages">${pages}</b> <button id="next" ${page >= pages ? "disabled" : ""}>&gt;</button>`;
+  document.getElementById("prev").onclick = () => setState({page: String(page - 1)});
+  document.getElementById("next").onclick = () => setState({page: String(page + 1)});
+}
+
+summary();
+for (const k of ["status", "reason", "minboxes", "sort", "per"]) {
+  document.getElementById("f-" + k).addEventListener("change", ev => setState({[k]: ev.target.value, page: "1"}));
+}
+window.addEventListener("hashchange", render);
+render();
+document.body.dataset.ready = "1";
+</script></body></html>
+"""

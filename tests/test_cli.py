@@ -1,4 +1,4 @@
-"""Dataset runs from the command line: JSONL in/out, bad lines, SIGKILL + resume, show, demo."""
+"""Dataset runs from the command line: JSONL in/out, bad lines, SIGKILL + resume, drawing, demo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from imgdiff_onnx.report import BOX_COLOUR, GAP
+from imgdiff_onnx.drawing import GAP, colour, draw_pair
 
 from .conftest import DATA, PAIR_CAPTIONS
 
@@ -118,25 +118,20 @@ def test_unknown_parameter_key_is_an_error(tiny_models, dataset, tmp_path):
     assert proc.returncode == 2 and "imgsize" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_show_draws_boxes_where_the_results_say(tmp_path):
+def test_boxes_are_drawn_where_the_results_say_in_their_numbered_colour():
     img = np.full((100, 160, 3), 30, np.uint8)
-    cv2.imwrite(str(tmp_path / "a.png"), img)
-    cv2.imwrite(str(tmp_path / "b.png"), cv2.resize(img, (80, 50)))  # other size: drawn in image 1's frame
-    box = [80.0, 50.0, 40.0, 20.0]  # x 60..100, y 40..60
-    row = {"id": "p", "imgdiff": {"line": 1, "status": "ok", "boxes": [box], "image_path1_resolved": str(tmp_path / "a.png"),
-                                  "image_path2_resolved": str(tmp_path / "b.png")}}
-    results = tmp_path / "r.jsonl"
-    results.write_text(json.dumps(row) + "\n" + json.dumps({"id": "q", "imgdiff": {"line": 2, "status": "error", "error": "boom"}}) + "\n")
-    _cli("show", "--input", str(results), "--out", str(tmp_path / "g"))
-    png = cv2.imread(str(tmp_path / "g" / "pair_000001.png"))
-    assert png.shape == (100, 2 * 160 + GAP, 3)
-    red = np.all(png == np.array(BOX_COLOUR, np.uint8), axis=2)
-    ys, xs = np.nonzero(red[:, :160])
-    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (60, 99, 40, 59)
-    ys2, xs2 = np.nonzero(red[:, 160 + GAP :])
-    assert (xs2.min(), xs2.max(), ys2.min(), ys2.max()) == (60, 99, 40, 59)
-    index = (tmp_path / "g" / "index.html").read_text()
-    assert "pair_000001.png" in index and "boom" in index
+    other = cv2.resize(img, (80, 50))  # other size: drawn in image 1's frame
+    boxes = [[80.0, 50.0, 40.0, 20.0], [30.0, 30.0, 20.0, 20.0]]  # box 1: x 60..100, y 40..60
+    canvas = draw_pair(img, other, boxes, numbers=False, thickness=2)
+    assert canvas.shape == (100, 2 * 160 + GAP, 3)
+    for k, (x0, x1, y0, y1) in ((1, (60, 99, 40, 59)), (2, (20, 39, 20, 39))):
+        mask = np.all(canvas == np.array(colour(k), np.uint8), axis=2)
+        for side in (mask[:, :160], mask[:, 160 + GAP :]):
+            ys, xs = np.nonzero(side)
+            assert (xs.min(), xs.max(), ys.min(), ys.max()) == (x0, x1, y0, y1)
+    assert colour(1) != colour(2)
+    numbered = draw_pair(img, other, boxes)
+    assert np.all(numbered[41:45, 61:66] == np.array(colour(1), np.uint8), axis=2).any()  # the number's tag
 
 
 def test_demo_runs_offline_with_existing_models(tiny_models, tmp_path):
@@ -144,7 +139,7 @@ def test_demo_runs_offline_with_existing_models(tiny_models, tmp_path):
     assert "RANDOM weights" in env_free.stdout
     rows = _read(tmp_path / "demo" / "results.jsonl")
     assert [r["imgdiff"]["status"] for r in rows] == ["ok", "ok"]
-    assert (tmp_path / "demo" / "gallery" / "index.html").is_file()
+    assert (tmp_path / "demo" / "report" / "index.html").is_file()
 
 
 def _cli_env(*args: str, env: dict) -> subprocess.CompletedProcess:
