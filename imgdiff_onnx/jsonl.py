@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from .captions import ensure_available
 from .errors import RunError
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator
+from .progress import ProgressBar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 from .runfile import OutputInUse, OutputLock, RunIdentity, line_digest, models_digest, params_text, sidecar
 from .signals import GracefulStop, Interrupted
@@ -154,11 +154,7 @@ class ResultWriter:
         if identity is not None and self.done == 0:
             identity.write(output_path)
         self.stats = {"ok": 0, "error": 0}
-        self._bar = None
-        if options.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, initial=self.done, unit="pair", dynamic_ncols=True)
+        self._bar = ProgressBar(self.total, options.progress, initial=self.done)
         self._out = open(output_path, "a", encoding="utf-8")
 
     def write(self, lines: list[OutputLine]) -> None:
@@ -171,8 +167,7 @@ class ResultWriter:
             self._out.write(line.text + "\n")
         self._out.flush()
         os.fsync(self._out.fileno())
-        if self._bar is not None:
-            self._bar.update(len(lines))
+        self._bar.update(len(lines))
 
     @property
     def written(self) -> int:
@@ -184,8 +179,7 @@ class ResultWriter:
 
     def close(self) -> None:
         self._out.close()
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
         self._lock.release()
 
     def __enter__(self) -> "ResultWriter":

@@ -19,7 +19,6 @@ import html
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import numpy as np
 from .drawing import GAP, PALETTE, side_by_side
 from .errors import RunError
 from .imageio import ImageLoadError, load_image_file
+from .progress import ProgressBar
 from .records import RESULT_KEY
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,7 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
         shutil.rmtree(images)  # pictures of an earlier report of another file must not linger
     if not single_file:
         images.mkdir()
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(rows), unit="pair", desc="report", dynamic_ncols=True)
+    bar = ProgressBar(len(rows), progress, desc="report")
     entries = []
     for number, record in rows:
         entry = _entry(number, record)
@@ -134,10 +130,8 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
                 w = (picture.shape[1] - GAP) // 2
                 entry.update(w=w, h=h, scale=scale)
         entries.append(entry)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     index = out / "index.html"
     index.write_text(_page(str(results), entries), encoding="utf-8")
     return index

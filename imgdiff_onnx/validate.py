@@ -17,7 +17,6 @@ FastSAM also the candidates) and saves CPU time; otherwise fp32.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .modelset import ModelSet, SessionPool, resolve_precision
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 from .precision import MODELS, Precision
+from .progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +241,12 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         raise ValueError(f"{input_path}: no readable pairs to validate" + (f" ({bad_lines[0]})" if bad_lines else ""))
     pool = SessionPool()
     planned = ["fp32"] + [f"{m} int8" for m in MODELS]
-    bar = _progress(options, len(pairs) * len(planned))
-    tick = bar.update if bar is not None else None
+    bar = ProgressBar(len(pairs) * len(planned), options.progress, unit="pair-run")
 
     def run(name: str, precision: Precision) -> ConfigRun:
-        if bar is not None:
-            bar.set_description(name)
+        bar.describe(name)
         log.info("validate: running %d pairs with %s", len(pairs), precision)
-        return run_config(name, Path(models), precision, params, pairs, options, pool, tick)
+        return run_config(name, Path(models), precision, params, pairs, options, pool, bar.update)
 
     try:
         reference = run("fp32", FP32)
@@ -262,8 +260,7 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         mixes: dict[str, tuple[ConfigRun, dict, dict]] = {}
 
         def check(mix: Precision) -> tuple[bool, str]:
-            if bar is not None:
-                bar.total += len(pairs)
+            bar.grow(len(pairs))
             mix_run = run(f"mix {mix}", mix)
             mix_figures = compare(reference, mix_run, params)
             mixes[str(mix)] = (mix_run, mix_figures, timing(mix_run, reference, len(pairs)))
@@ -271,8 +268,7 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
 
         recommended, mix_checks = recommend(verdicts, figures, check)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     configs = [{"name": "fp32", "precision": "fp32", "figures": None, "timing": timing(reference, reference, len(pairs))}]
     configs += [{"name": f"{m} int8", "precision": str(single_int8(m)), "figures": figures[m], "timing": times[m]} for m in MODELS]
     configs += [{"name": f"mix {k}", "precision": k, "figures": f, "timing": t} for k, (_, f, t) in mixes.items()]
@@ -293,11 +289,3 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         "current_default": {"precision": str(current), "origin": origin},
         "random_init": bool(manifest.get("random_init")),
     }
-
-
-def _progress(options: ValidateOptions, total: int):
-    if not options.progress or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="pair-run", dynamic_ncols=True)

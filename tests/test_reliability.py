@@ -4,6 +4,7 @@ files are checked against the manifest, errors form one family, the CLI prints o
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -258,3 +259,32 @@ def test_version_on_both_command_lines():
     assert _cli("--version").stdout.strip() == f"imgdiff_onnx {__version__}"
     proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_warnings_print_above_the_progress_bar_not_inside_it(monkeypatch):
+    import io
+    import logging
+
+    from imgdiff_onnx.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    logger = logging.getLogger("imgdiff_onnx.test_progress")
+    handler = logging.StreamHandler(term)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        bar = ProgressBar(4, True)
+        bar.update(1)
+        logger.warning("p7: image 2: image not found")
+        bar.update(3)
+        bar.close()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = re.split(r"[\r\n]", term.getvalue())
+    assert "WARNING p7: image 2: image not found" in lines  # a line of its own, not glued to the bar
+    assert any("4/4" in line for line in lines)
