@@ -1,7 +1,8 @@
 """Soak: a long dataset run, sampling the process's resident memory and open file descriptors.
 
 `python -m imgdiff_onnx run` on --pairs records (generated pairs cycled, each record its own id,
-explicit object words so no NLTK data is needed; gates open so every pair reaches every stage),
+explicit object words so no NLTK data is needed; gates open so every pair reaches every stage;
+FastSAM conf 0.5 keeps it to ~20 candidates a pair),
 as a subprocess; once a second this script reads /proc/PID/status (VmRSS) and /proc/PID/fd and
 the number of result lines written. A leak shows as memory or descriptors growing with the lines
 written; the summary gives both at 10%, 50% and 100% of the run and the growth over its second
@@ -28,7 +29,7 @@ from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 
 OPEN_PARAMS = {
     "image_pair_similarity_filter_args": {"min_score_1": -1, "min_score_2": -1},
-    "image_segment_mapper_args": {"imgsz": 320},
+    "image_segment_mapper_args": {"imgsz": 320, "conf": 0.5},  # ~20 candidates per pair with tiny random weights
     "image_text_matching_filter_args": {"min_score": 0},
 }
 

@@ -105,3 +105,22 @@ def test_sigterm_stops_a_ray_run_cleanly_and_resume_completes_it(tiny_models, da
     assert single.read_text().startswith(out.read_text())
     _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--resume"))
     assert out.read_text() == single.read_text()
+
+
+def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
+    from imgdiff_onnx.adapters.ray_run import _room_for_one_more
+
+    class FakeRay:
+        def __init__(self, cpus: int):
+            self.cpus = cpus
+
+        def cluster_resources(self) -> dict:
+            return {"CPU": float(self.cpus)}
+
+    # 2 actors x 1 thread; one died. Both nodes alive (2 CPUs): replace it.
+    assert _room_for_one_more(FakeRay(2), [False, False], threads=1)
+    # its node left (1 CPU): a replacement would never be scheduled, so the slot retires
+    assert not _room_for_one_more(FakeRay(1), [False, False], threads=1)
+    # one slot already retired: the last live actor died, 1 CPU left: replace it
+    assert _room_for_one_more(FakeRay(1), [True, False], threads=1)
+    assert not _room_for_one_more(FakeRay(3), [False, False], threads=2)
