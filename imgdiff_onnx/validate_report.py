@@ -82,7 +82,7 @@ def markdown(summary: dict) -> str:
 def chart(summary: dict) -> np.ndarray:
     """Two bar charts, one row per run: CPU s/pair and final boxes F1 (BGR image)."""
     configs = summary["configs"]
-    row, left, bar_w, gap = 34, 230, 300, 40
+    row, left, bar_w, gap = 34, 230, 300, 110  # the gap holds the longest bar's label
     height = 60 + row * len(configs)
     width = left + 2 * bar_w + gap + 90
     img = np.full((height, width, 3), 255, np.uint8)
