@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
-from benchmarks.soak import dataset  # noqa: E402
+from benchmarks.soak import dataset, tiny_models  # noqa: E402
 
 
 def _run_cmd(models: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -46,7 +46,8 @@ def node_loss(models: Path, work: Path, pairs: int, cpus_per_node: int, kill_aft
         actors = 2 * cpus_per_node
         cmd = _run_cmd(models, data, out, "--ray", cluster.address, "--actors", str(actors), "--pairs-per-batch", "2")
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        log = open(work / "run.stderr", "w+")  # a file, not a pipe: an undrained pipe would block the run
+        proc = subprocess.Popen(cmd, stderr=log, text=True)
         lines_at_kill = None
         while proc.poll() is None:
             lines = out.read_bytes().count(b"\n") if out.exists() else 0
@@ -54,7 +55,9 @@ def node_loss(models: Path, work: Path, pairs: int, cpus_per_node: int, kill_aft
                 cluster.remove_node(second, allow_graceful=False)
                 lines_at_kill, killed_at = lines, time.perf_counter() - started
             time.sleep(0.05)
-        stderr = proc.stderr.read() if proc.stderr else ""
+        log.seek(0)
+        stderr = log.read()
+        log.close()
         seconds = time.perf_counter() - started
     finally:
         cluster.shutdown()
@@ -83,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=0.25, help="fraction of lines written when the second node is killed")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    models = args.models
-    if models is None:
-        models = args.out / "models-tiny"
-        if not (models / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", "--random-init", "tiny", "--out", str(models), "--force", "--quiet"], check=True)
+    models = args.models or tiny_models(args.out / "models-tiny")
     with tempfile.TemporaryDirectory(prefix="node-loss-") as tmp:
         result = node_loss(models, Path(tmp), args.pairs, args.cpus_per_node, args.kill_after)
     result["cpu"] = cpu_description()

@@ -53,6 +53,13 @@ def dataset(work: Path, pairs: int, distinct: int = 16) -> Path:
     return work / "pairs.jsonl"
 
 
+def tiny_models(folder: Path) -> Path:
+    """Tiny random-init models in `folder`, exported unless already there."""
+    if not (folder / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", "--random-init", "tiny", "--out", str(folder), "--force", "--quiet"], check=True)
+    return folder
+
+
 def _status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -76,7 +83,8 @@ def soak(models: Path, work: Path, pairs: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "imgdiff_onnx", "run", "--models", str(models), "--input", str(data), "--output", str(out),
            "--params", str(work / "params.json"), "--overwrite", "--quiet", *extra]  # fmt: skip
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    log = open(work / "run.stderr", "w+")  # a file, not a pipe: an undrained pipe would block the run
+    proc = subprocess.Popen(cmd, stderr=log, text=True)
     samples = []
     while proc.poll() is None:
         s = sample(proc.pid, out)
@@ -84,7 +92,9 @@ def soak(models: Path, work: Path, pairs: int, extra: list[str]) -> dict:
             s["t"] -= started
             samples.append(s)
         time.sleep(1.0)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    log.seek(0)
+    stderr = log.read()
+    log.close()
     if proc.returncode != 0:
         raise SystemExit(f"the run failed ({proc.returncode}):\n{stderr[-3000:]}")
     written = out.read_bytes().count(b"\n")
@@ -120,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    models = args.models
-    if models is None:
-        models = args.out / "models-tiny"
-        if not (models / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", "--random-init", "tiny", "--out", str(models), "--force", "--quiet"], check=True)
+    models = args.models or tiny_models(args.out / "models-tiny")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         result = soak(models, Path(tmp), args.pairs, ["--threads", str(args.threads)])
     result["summary"] = summary(result)

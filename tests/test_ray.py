@@ -124,3 +124,15 @@ def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
     # one slot already retired: the last live actor died, 1 CPU left: replace it
     assert _room_for_one_more(FakeRay(1), [True, False], threads=1)
     assert not _room_for_one_more(FakeRay(3), [False, False], threads=2)
+
+
+def test_losing_a_node_mid_run_gives_the_uninterrupted_output(tiny_models, tmp_path):
+    # Ray's two-node simulator on this machine: the second raylet (and its actor) is killed once a
+    # quarter of the lines are written; the run must go on with the survivor, line for line equal.
+    from benchmarks.ray_node_loss import node_loss
+
+    result = node_loss(tiny_models, tmp_path, pairs=24, cpus_per_node=1, kill_after=0.25)
+    assert result["lines_at_kill"] is not None and result["lines_at_kill"] < 24, "the node was not killed mid-run"
+    assert result["exit_status"] == 0 and result["lines_written"] == 24
+    assert result["identical_to_uninterrupted_run"]
+    assert any("died" in w for w in result["warnings"])

@@ -161,6 +161,8 @@ def run_ray(
             busy = [0] * len(actors)
             alone = [False] * len(actors)  # running a retry, which gets its actor to itself
             retired = [False] * len(actors)  # its actor died and the cluster has no CPUs left for a new one
+            started = [True] * len(actors)  # a replacement gets work only once it runs: after a node
+            starting: dict[Any, tuple[int, int]] = {}  # loss it may wait for CPUs that never come back
             queue: deque[_Unit] = deque()
             batches: dict[int, _Batch] = {}
             pending: dict[Any, tuple[_Unit, int, int]] = {}  # call -> (unit, slot, generation)
@@ -185,7 +187,7 @@ def run_ray(
                 # A retry runs alone on its actor, so that a record that crashes again cannot take
                 # an innocent record down with it.
                 for slot in range(len(actors)):
-                    while queue and not retired[slot] and not alone[slot] and busy[slot] < in_flight:
+                    while queue and started[slot] and not retired[slot] and not alone[slot] and busy[slot] < in_flight:
                         if queue[0].retry and busy[slot] > 0:
                             break
                         unit = queue.popleft()
@@ -202,8 +204,15 @@ def run_ray(
 
             refill()
             dispatch()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+            while pending or (queue and starting):
+                if not pending:
+                    log.warning("waiting for Ray to start %d replacement actor(s): the cluster has no free CPUs for them yet", len(starting))
+                ready, _ = ray.wait(list(pending) + list(starting), num_returns=1)
+                if ready[0] in starting:  # a replacement actor is up: give it work
+                    slot, gen = starting.pop(ready[0])
+                    started[slot] = started[slot] or gen == generation[slot]
+                    dispatch()
+                    continue
                 unit, slot, gen = pending.pop(ready[0])
                 current = gen == generation[slot]
                 if current:
@@ -222,6 +231,8 @@ def run_ray(
                         if _room_for_one_more(ray, retired, ray_options.threads):
                             log.warning("actor %d died; starting a new one", slot)
                             actors[slot] = new_actor()
+                            started[slot] = False
+                            starting[actors[slot].__ray_ready__.remote()] = (slot, generation[slot])
                         else:  # a node left the cluster: go on with the actors that still have CPUs
                             log.warning("actor %d died and the cluster has no free CPUs for a new one (a node lost?); going on with %d actor(s)",
                                         slot, retired.count(False) - 1)  # fmt: skip
