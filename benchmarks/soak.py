@@ -105,21 +105,43 @@ def at_fraction(samples: list[dict], total: int, fraction: float) -> dict:
     """The first sample at or after `fraction` of the lines written (the last one for 1.0)."""
     if fraction >= 1.0:
         return samples[-1]
-    return next(s for s in samples if s["lines"] >= fraction * total)
+    return next((s for s in samples if s["lines"] >= fraction * total), samples[-1])
 
 
 def summary(result: dict) -> dict:
     s, n = result["samples"], result["pairs"]
     at = {f: at_fraction(s, n, f) for f in (0.1, 0.5, 1.0)}
-    half, end = at[0.5], at[1.0]
-    per100 = (end["rss_mb"] - half["rss_mb"]) / max(1, end["lines"] - half["lines"]) * 100
+    import numpy as np
+
+    # least-squares slope of RSS against lines written, after the first 10% (warm-up): a leak is a
+    # steady rise, while a single sample moves by tens of MB as buffers are freed and reused
+    later = [x for x in s if x["lines"] >= at[0.1]["lines"]]
+    slope = float(np.polyfit([x["lines"] for x in later], [x["rss_mb"] for x in later], 1)[0]) * 100 if len(later) > 2 else 0.0
     return {
         "rss_mb": {str(f): round(v["rss_mb"], 1) for f, v in at.items()},
         "fds": {str(f): v["fds"] for f, v in at.items()},
         "fds_range_after_10pct": [min(x["fds"] for x in s if x["lines"] >= at[0.1]["lines"]), max(x["fds"] for x in s)],
-        "rss_growth_mb_per_100_pairs_second_half": round(per100, 2),
+        "rss_slope_mb_per_100_pairs": round(slope, 2),
+        "rss_range_after_10pct_mb": [round(min(x["rss_mb"] for x in later), 1), round(max(x["rss_mb"] for x in later), 1)],
         "peak_rss_mb": round(max(x["rss_mb"] for x in s), 1),
     }
+
+
+def write_table(result: dict, out: Path) -> str:
+    sm = result["summary"]
+    lines = [
+        cpu_line(result["cpu"]), "",
+        f"{result['lines_written']} result lines in {result['seconds']:.0f} s ({len(result['samples'])} samples, one a second)", "",
+        "| | 10% | 50% | 100% |", "|---|---|---|---|",
+        f"| RSS (MB) | {sm['rss_mb']['0.1']} | {sm['rss_mb']['0.5']} | {sm['rss_mb']['1.0']} |",
+        f"| open file descriptors | {sm['fds']['0.1']} | {sm['fds']['0.5']} | {sm['fds']['1.0']} |", "",
+        f"After the first 10%: RSS slope {sm['rss_slope_mb_per_100_pairs']} MB per 100 pairs (least squares), range "
+        f"{sm['rss_range_after_10pct_mb'][0]}-{sm['rss_range_after_10pct_mb'][1]} MB; descriptors "
+        f"{sm['fds_range_after_10pct'][0]}-{sm['fds_range_after_10pct'][1]}; peak RSS {sm['peak_rss_mb']} MB",
+    ]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,18 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summary(result)
     result["cpu"] = cpu_description()
     (args.out / "soak.json").write_text(json.dumps(result, indent=1))
-    sm = result["summary"]
-    lines = [
-        cpu_line(result["cpu"]), "",
-        f"{result['lines_written']} result lines in {result['seconds']:.0f} s ({len(result['samples'])} samples, one a second)", "",
-        "| | 10% | 50% | 100% |", "|---|---|---|---|",
-        f"| RSS (MB) | {sm['rss_mb']['0.1']} | {sm['rss_mb']['0.5']} | {sm['rss_mb']['1.0']} |",
-        f"| open file descriptors | {sm['fds']['0.1']} | {sm['fds']['0.5']} | {sm['fds']['1.0']} |", "",
-        f"RSS growth over the second half: {sm['rss_growth_mb_per_100_pairs_second_half']} MB per 100 pairs; "
-        f"descriptors after 10%: {sm['fds_range_after_10pct'][0]}-{sm['fds_range_after_10pct'][1]}; peak RSS {sm['peak_rss_mb']} MB",
-    ]  # fmt: skip
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = write_table(result, args.out)
+    print(table)
     return 0
 
 

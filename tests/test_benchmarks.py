@@ -59,3 +59,15 @@ def test_cpu_description_reads_the_int8_instruction_sets(tmp_path):
     info.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu avx2\n")
     assert cpu_line(cpu_description(info)) == "CPU: AMD EPYC (family/model 25/1), AVX2, no VNNI"
     assert cpu_description(tmp_path / "absent")["int8_dot_product"] == []
+
+
+def test_soak_benchmark_samples_memory_and_descriptors(tiny_models, tmp_path):
+    out = tmp_path / "soak"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--models", str(tiny_models), "--out", str(out), "--pairs", "12", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "soak.json").read_text())
+    assert result["lines_written"] == 12 and result["samples"]
+    assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in result["samples"])
+    assert set(result["summary"]["rss_mb"]) == {"0.1", "0.5", "1.0"}
+    assert "RSS slope" in (out / "table.md").read_text()
