@@ -6,12 +6,14 @@ Public API: DifferenceAreaGenerator (the engine), its inputs and results, and th
 from .captions import CaptionDataMissing, objects_from_captions
 from .errors import CaptionDataError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
 from .manifest import ManifestError
+from .pairs import BoxEvidence
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairError, PairFailure, PairInput, PairResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoxEvidence",
     "CaptionDataError",
     "CaptionDataMissing",
     "DifferenceAreaGenerator",
