@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.imageio import load_image_file
 from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> Path:
     files = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME):
         rel = path.relative_to(out).as_posix()
-        files[rel] = {"bytes": path.stat().st_size, "sha256": mf.sha256(path)}
+        files[rel] = {"bytes": path.stat().st_size, "sha256": integrity.sha256(path)}
     data = {
         "format": mf.FORMAT,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

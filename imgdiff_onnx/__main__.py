@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .integrity import MODEL_CHECKS
+
 log = logging.getLogger("imgdiff_onnx")
 
 
@@ -222,7 +224,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
     p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
-    p.add_argument("--model-check", choices=("once", "always", "size"), default="once",
+    p.add_argument("--model-check", choices=MODEL_CHECKS, default="once",
                    help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import integrity
 from .errors import ModelFolderError
-from .integrity import ModelCheck, sha256  # noqa: F401 - sha256 re-exported for the export side
+from .integrity import ModelCheck
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "imgdiff-onnx-models/1"

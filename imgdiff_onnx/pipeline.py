@@ -43,7 +43,6 @@ from .precision import Precision, PrecisionLike
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class EngineSettings:
     """How the engine runs (not what it computes).
@@ -219,7 +218,9 @@ class DifferenceAreaGenerator:
     def _score_isolating(self, ready: list[_Prepared]) -> dict[int, PairFailure]:
         """Score the batch's crops together; if onnxruntime fails, score each pair alone, so that
         only the pair it fails on becomes an error (keyed by id() of its _Prepared)."""
-        saved = [(p.passed, dict(p.result.counts), dict(p.result.times), {k: dict(v) for k, v in p.result.diagnostics.items()}) for p in ready]
+        # what _score changes, to start each pair again from where the batch started
+        saved = [(p.passed, dict(p.result.counts), dict(p.result.times), {k: dict(v) for k, v in p.result.diagnostics.items()},
+                  {k: dict(v) for k, v in p.evidence.items()}) for p in ready]  # fmt: skip
         try:
             self._score(ready)
             return {}
@@ -228,8 +229,8 @@ class DifferenceAreaGenerator:
                 return {id(ready[0]): PairFailure(key=ready[0].result.key, error=str(exc))}
             log.warning("%s; scoring the %d pairs of the batch one by one", exc, len(ready))
         failed = {}
-        for p, (passed, counts, times, diagnostics) in zip(ready, saved):
-            p.passed, p.result.counts, p.result.times, p.result.diagnostics = passed, counts, times, diagnostics
+        for p, (passed, counts, times, diagnostics, evidence) in zip(ready, saved):
+            p.passed, p.result.counts, p.result.times, p.result.diagnostics, p.evidence = passed, counts, times, diagnostics, evidence
             failed.update(self._score_isolating([p]))
         return failed
 
@@ -366,8 +367,7 @@ class DifferenceAreaGenerator:
             decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
             for (i, win), sim in zip(todo, sims):
                 prepared[i].evidence.setdefault(win, {})["crop_similarity"] = float(sim)
-            if self.settings.diagnostics:
-                for (i, win), sim in zip(todo, sims):
+                if self.settings.diagnostics:
                     prepared[i].result.diagnostics.setdefault("crop_pair", {})[win] = float(sim)
         self._apply(prepared, decisions, "after_crop_pair_gate")
         self._timed(prepared, "crop_pair_gate", t)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx_export.sources import SourceUnavailable, resolve_hf, resolve_ultralytics
 
@@ -31,7 +32,7 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
             assert entry["file"] == f"{graph}.{precision}.onnx"
             assert entry["inputs"] and entry["outputs"]
             listed = data["files"][entry["file"]]
-            assert listed["sha256"] == mf.sha256(tiny_models / entry["file"])
+            assert listed["sha256"] == integrity.sha256(tiny_models / entry["file"])
     assert [i["name"] for i in data["graphs"]["blip_itm"]["fp32"]["inputs"]] == ["input_ids", "attention_mask", "image_embeds"]
     assert data["graphs"]["fastsam"]["fp32"]["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
     assert data["graphs"]["clip_vision"]["int8"]["batch_invariant"] is True  # static QDQ
