@@ -8,7 +8,9 @@ from .errors import CaptionDataError, ImgDiffError, ModelFolderError, ModelRunEr
 from .manifest import ManifestError
 from .pairs import BoxEvidence
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
-from .pipeline import DifferenceAreaGenerator, EngineSettings, PairError, PairFailure, PairInput, PairResult
+from .pairs import PairError, PairFailure, PairInput, PairResult
+from .pipeline import DifferenceAreaGenerator
+from .settings import EngineSettings
 
 __version__ = "0.1.0"
 

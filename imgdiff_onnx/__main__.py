@@ -72,13 +72,14 @@ def _operator_entry(path: Path, process: object) -> dict:
 def _settings(args: argparse.Namespace, threads: int):
     from .jsonl import RunError
     from .precision import PrecisionError
-    from .pipeline import EngineSettings
+    from .settings import EngineSettings
 
-    if threads < 0:
-        raise RunError(f"--threads must be 0 (all cores) or more, got {threads}")
+    for name, value in (("threads", threads), ("workers", args.workers)):
+        if value < 0:
+            raise RunError(f"--{name} must be 0 (automatic) or more, got {value}")
     try:
-        return EngineSettings(precision=args.precision, threads=threads, crop_batch_size=args.crop_batch_size, jpeg_roundtrip=args.jpeg_roundtrip,
-                              model_check=args.model_check)
+        return EngineSettings(precision=args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
+                              jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check)
     except PrecisionError:
         raise
     except ValueError as exc:
@@ -222,7 +223,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="int8, fp32, or per model, e.g. fastsam=fp32,clip=int8,blip=int8 (default: the model folder's recommendation "
         "written by `validate --write`, else fastsam=fp32,clip=int8,blip=int8)",
     )
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="model calls run at once (0 = one per core, or 1 when --threads is given); cores used = workers x threads")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model call (0 = 1 per worker, or cores / --workers)")
     p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     p.add_argument("--model-check", choices=MODEL_CHECKS, default="once",
                    help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
@@ -268,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-candidate-f1", type=float, default=0.99, help="FastSAM candidate-box F1 vs fp32 int8 must keep (default 0.99)")
     v.add_argument("--min-saving", type=float, default=0.05, help="CPU-time saving an int8 graph must bring (default 0.05)")
     v.add_argument("--write", action="store_true", help="store the recommended precision in the model folder's manifest")
-    v.add_argument("--threads", type=int, default=0, help="intra-op threads per session (0 = all cores)")
+    v.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model call (0 = one model call per core at once; N = one call at a time on N threads)")
     v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     s = command("show", help="a report to review a results file: index.html with both images, numbered boxes, filters")

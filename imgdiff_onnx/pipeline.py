@@ -3,7 +3,7 @@
 Plan per batch of pairs:
   prepare each pair:  images -> S2 objects (exit if either list is empty) -> S1 CLIP pair gate
                       (exit outside the interval) -> image 2 resized to image 1 (D1) ->
-                      S3 FastSAM on both -> S4 candidates and crop windows
+                      S3 FastSAM on both -> S4 candidates and crop windows (a CandidateLedger)
   score all pairs together, cheapest rejection first, each unique crop once:
       S6 CLIP crop-pair gate  (2 x CLIP per unique window)
       S5 BLIP on crop 1       (only S6 survivors; one vision pass per crop, words reuse it,
@@ -12,169 +12,91 @@ Plan per batch of pairs:
   finish each pair:   S7 greedy overlap removal in candidate order -> S8 boxes.
 S5 (two sides) and S6 are ANDed tests of the same candidate, so this order gives the set the
 original's order gives.
+
+On several workers (imgdiff_onnx.parallel) each worker takes whole pairs of the batch, one thread
+each, as separate processes would; a pair alone (`process`, or a batch of one) spreads its own
+model calls over the workers instead. Results do not depend on either (tested).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from . import boxes as bx
-from .captions import CaptionDifference, WordDiffTooComplex, caption_difference
-from .errors import ModelRunError, RecordErrorBase
+from .captions import CaptionDifference
+from .errors import ModelRunError
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
-from .integrity import MODEL_CHECKS, ModelCheck
-from .modelset import ModelSet, SessionSettings
-from .models.blip import BlipMatcher
-from .models.clip import ClipImageEncoder, cosine
-from .models.fastsam import FastSamSegmenter
+from .modelset import Components, ModelSet, SessionSettings
+from .models.clip import cosine
 from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
+from .parallel import Workers
 from .params import OperatorParams
-from .precision import Precision, PrecisionLike
+from .settings import EngineSettings
+from .stages.crops import Window, crop, crop_window, jpeg_roundtrip, nonempty
+from .stages.ledger import CandidateLedger
+from .stages.matching import first_matching_words
+from .stages.objects import pair_objects
+
+__all__ = ["DifferenceAreaGenerator", "EngineSettings", "PairError", "PairFailure", "PairInput", "PairResult", "crop_window"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """How the engine runs (not what it computes).
-
-    precision: which graphs run: "int8", "fp32", a per-model choice such as
-    "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
-    None (default) for the model folder's recommendation (written by `validate --write`), else
-    the built-in default, FastSAM fp32 with CLIP and BLIP int8. model_check: "once" (default)
-    checks each model file's sha256 against the manifest the first time and trusts it while its
-    size and mtime stay the same; "always" hashes at every load; "size" compares sizes only (see
-    imgdiff_onnx.integrity). threads: intra-op threads of every session
-    (0 = all cores). crop_batch_size: crops per model call where the graph is batch-invariant.
-    jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
-    PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
-    memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse).
-    Off by default: measured ~200 MB lower peak RSS for the int8 engine at the same speed
-    (within run-to-run noise); see the README's memory figures.
-    memory_pattern: onnxruntime's memory-pattern planning (one block sized for a run's
-    activations). On by default, as in onnxruntime: off lowers int8 FastSAM's own peak at 1024 px
-    by ~95 MB but the engine's end-to-end peak not at all (measured 1017 vs 1013 MB), for a few
-    percent of FastSAM's time.
-    """
-
-    precision: PrecisionLike | None = None
-    threads: int = 0
-    crop_batch_size: int = 16
-    jpeg_roundtrip: bool = False
-    model_check: ModelCheck = "once"
-    memory_arena: bool = False
-    memory_pattern: bool = True
-    diagnostics: bool = False  # keep every score a gate computed, keyed by candidate window (PairResult.diagnostics)
-
-    def __post_init__(self) -> None:
-        if self.precision is not None:
-            Precision.parse(self.precision)  # fail here, not at load time
-        if self.crop_batch_size < 1:
-            raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
-        if self.model_check not in MODEL_CHECKS:
-            raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
-
-
-def crop_window(box_xywh: np.ndarray) -> tuple[int, int, int, int]:
-    """S4: rows int(cy - h/2) : int(cy + h/2), columns int(cx - w/2) : int(cx + w/2), float32 math."""
-    cx, cy, w, h = (np.float32(v) for v in box_xywh)
-    two = np.float32(2)
-    return int(cy - h / two), int(cy + h / two), int(cx - w / two), int(cx + w / two)
-
-
-def _crop(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
-    r0, r1, c0, c1 = window
-    return image[r0:r1, c0:c1]  # Python slice semantics, as the original
-
-
-def jpeg_roundtrip(rgb: np.ndarray) -> np.ndarray:
-    """D2 compatibility: OpenCV JPEG (quality 95) then PIL decode to RGB, as Data-Juicer's cache."""
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    with Image.open(io.BytesIO(data.tobytes())) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 @dataclass
-class _WindowScores:
-    """Diagnostics sink for one crop: (window, word) -> probability."""
-
-    store: dict
-    window: tuple[int, int, int, int]
-
-    def record(self, word: str, probability: float) -> None:
-        self.store[(self.window, word)] = probability
-
-
-@dataclass
-class _Prepared:
-    """A pair after S1-S4, waiting for crop scoring."""
+class _Pair:
+    """A pair between S1-S4 and S7. `ledger` is None when the pair exited before crop scoring
+    (result.exit_reason says why): then there is nothing to score or finish."""
 
     result: PairResult
-    windows: list[tuple[int, int, int, int]] = field(default_factory=list)  # per candidate
-    valid: np.ndarray | None = None  # per candidate: non-degenerate crop (D4)
-    image1: np.ndarray | None = None
-    image2: np.ndarray | None = None  # resized to image 1 (D1)
-    passed: np.ndarray | None = None  # per candidate, updated by each gate
-    # per crop window: "crop_similarity", and "word1"/"itm1", "word2"/"itm2" once a word passed
-    evidence: dict[tuple[int, int, int, int], dict] = field(default_factory=dict)
+    ledger: CandidateLedger | None = None
+    image1: np.ndarray | None = None  # RGB
+    image2: np.ndarray | None = None  # RGB, resized to image 1 (D1)
 
 
 class DifferenceAreaGenerator:
     """The Img-Diff difference-area operator on onnxruntime.
+
+    models: a model folder (or a ModelSet); params: what the operator computes (the original's
+    arguments); settings: how it runs; components: the three models, when not built from the
+    folder (tests and the PyTorch reference engine inject their own).
 
     >>> gen = DifferenceAreaGenerator("models/")                                 # doctest: +SKIP
     >>> result = gen.process(PairInput("a.jpg", "b.jpg", "A cat.", "A dog."))    # doctest: +SKIP
     >>> result.boxes  # float32 (K, 4) centre xywh                               # doctest: +SKIP
     """
 
-    def __init__(self, models: str | Path | ModelSet, params: OperatorParams | None = None, settings: EngineSettings | None = None):
+    def __init__(
+        self,
+        models: str | Path | ModelSet,
+        params: OperatorParams | None = None,
+        settings: EngineSettings | None = None,
+        components: Components | None = None,
+    ):
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
         started = time.perf_counter()
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
-        sess = SessionSettings(threads=self.settings.threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
-        g = self.models.graphs
-        self.clip = ClipImageEncoder(self.models.session("clip_vision", sess), self.models.clip_norm, g["clip_vision"].batch_invariant, self.settings.crop_batch_size)
-        self.blip = BlipMatcher(
-            self.models.session("blip_vision", sess),
-            self.models.session("blip_itm", sess),
-            self.models.tokenizer_path,
-            self.models.blip_norm,
-            g["blip_vision"].batch_invariant,
-            g["blip_itm"].batch_invariant,
-            self.models.tokenizer_max_length,
-            self.settings.crop_batch_size,
-        )
-        self.segmenter = FastSamSegmenter(self.models.session("fastsam", sess), self.models.letterbox)
+        n_workers, threads = self.settings.parallelism()
+        self.workers = Workers(n_workers)
+        if components is None:
+            sessions = SessionSettings(threads=threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
+            components = self.models.components(sessions, self.settings.crop_batch_size, self.workers)
+        self.components = components
+        self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "loaded graphs from %s in %.2f s: precision %s (%s)", self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin
-        )
+            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s)",
+            self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin, n_workers, threads,
+        )  # fmt: skip
         if self.models.random_init:
             log.warning("model folder %s holds RANDOM-INIT weights: boxes are meaningless", self.models.folder)
-
-    @classmethod
-    def from_data_juicer_args(
-        cls,
-        models: str | Path,
-        image_pair_similarity_filter_args: dict | None = None,
-        image_segment_mapper_args: dict | None = None,
-        image_text_matching_filter_args: dict | None = None,
-        settings: EngineSettings | None = None,
-    ) -> "DifferenceAreaGenerator":
-        params = OperatorParams.from_dicts(image_pair_similarity_filter_args, image_segment_mapper_args, image_text_matching_filter_args)
-        return cls(models, params, settings)
 
     # ---- public API -------------------------------------------------------------------
 
@@ -200,27 +122,38 @@ class DifferenceAreaGenerator:
         if batch:
             yield from self._process_batch(batch)
 
-    # ---- stages -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker threads (they are also stopped at exit)."""
+        self.workers.close()
+
+    # ---- batch --------------------------------------------------------------------------
+
+    def _prepare_or_fail(self, pair: PairInput) -> _Pair | PairFailure:
+        try:
+            return self._prepare(pair)
+        except PairError as exc:
+            return PairFailure(key=pair.key, error=exc.message)
+        except ModelRunError as exc:
+            return PairFailure(key=pair.key, error=str(exc))
+
+    def _process_alone(self, pair: PairInput) -> PairResult | PairFailure:
+        prepared = self._prepare_or_fail(pair)
+        if isinstance(prepared, PairFailure):
+            return prepared
+        return self._score_isolating([prepared]).get(id(prepared)) or self._finish(prepared)
 
     def _process_batch(self, pairs: list[PairInput]) -> list[PairResult | PairFailure]:
-        prepared: list[_Prepared | PairFailure] = []
-        for pair in pairs:
-            try:
-                prepared.append(self._prepare(pair))
-            except PairError as exc:
-                prepared.append(PairFailure(key=pair.key, error=exc.message))
-            except ModelRunError as exc:
-                prepared.append(PairFailure(key=pair.key, error=str(exc)))
-        ready = [p for p in prepared if isinstance(p, _Prepared)]
+        if self.workers.count > 1 and len(pairs) > 1:
+            return self.workers.map(self._process_alone, pairs)
+        prepared = [self._prepare_or_fail(pair) for pair in pairs]
+        ready = [p for p in prepared if isinstance(p, _Pair)]
         failed = self._score_isolating(ready)
         return [p if isinstance(p, PairFailure) else failed.get(id(p)) or self._finish(p) for p in prepared]
 
-    def _score_isolating(self, ready: list[_Prepared]) -> dict[int, PairFailure]:
+    def _score_isolating(self, ready: list[_Pair]) -> dict[int, PairFailure]:
         """Score the batch's crops together; if onnxruntime fails, score each pair alone, so that
-        only the pair it fails on becomes an error (keyed by id() of its _Prepared)."""
-        # what _score changes, to start each pair again from where the batch started
-        saved = [(p.passed, dict(p.result.counts), dict(p.result.times), {k: dict(v) for k, v in p.result.diagnostics.items()},
-                  {k: dict(v) for k, v in p.evidence.items()}) for p in ready]  # fmt: skip
+        only the pair it fails on becomes an error (keyed by id() of its _Pair)."""
+        saved = [p.ledger.snapshot() if p.ledger is not None else None for p in ready]
         try:
             self._score(ready)
             return {}
@@ -229,10 +162,12 @@ class DifferenceAreaGenerator:
                 return {id(ready[0]): PairFailure(key=ready[0].result.key, error=str(exc))}
             log.warning("%s; scoring the %d pairs of the batch one by one", exc, len(ready))
         failed = {}
-        for p, (passed, counts, times, diagnostics, evidence) in zip(ready, saved):
-            p.passed, p.result.counts, p.result.times, p.result.diagnostics, p.evidence = passed, counts, times, diagnostics, evidence
+        for p, ledger in zip(ready, saved):
+            p.ledger = ledger
             failed.update(self._score_isolating([p]))
         return failed
+
+    # ---- S1-S4 ----------------------------------------------------------------------------
 
     def _load(self, source: ImageSource, key: str, which: str) -> LoadedImage:
         try:
@@ -244,190 +179,120 @@ class DifferenceAreaGenerator:
         except ImageLoadError as exc:
             raise PairError(key, f"{which}: {exc}") from None
 
-    def _objects(self, pair: PairInput) -> tuple[list[str], list[str], CaptionDifference | None]:
-        if pair.objects1 is not None or pair.objects2 is not None:
-            if pair.objects1 is None or pair.objects2 is None:
-                raise PairError(pair.key, "objects1 and objects2 must be given together")
-            for name, words in (("objects1", pair.objects1), ("objects2", pair.objects2)):
-                if not all(isinstance(w, str) for w in words):
-                    raise PairError(pair.key, f"{name} must be a list of strings")
-            return list(pair.objects1), list(pair.objects2), None
-        for name, caption in (("caption1", pair.caption1), ("caption2", pair.caption2)):
-            if caption is None:
-                raise PairError(pair.key, f"{name} is missing (give captions, or objects1 and objects2)")
-            if not isinstance(caption, str):
-                raise PairError(pair.key, f"{name} must be a string, got {type(caption).__name__}")
-        try:
-            diff = caption_difference(pair.caption1, pair.caption2)
-            return diff.objects1, diff.objects2, diff
-        except WordDiffTooComplex as exc:
-            raise PairError(pair.key, str(exc)) from None
-
-    def _prepare(self, pair: PairInput) -> _Prepared:
+    def _prepare(self, pair: PairInput) -> _Pair:
         times: dict[str, float] = {}
         t = time.perf_counter()
         if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)):
             if Path(pair.image1).resolve() == Path(pair.image2).resolve():
                 raise PairError(pair.key, f"image_path1 and image_path2 are the same file ({pair.image1})")
-        objects1, objects2, diff = self._objects(pair)
+        objects1, objects2, diff = pair_objects(pair)
         times["captions"] = time.perf_counter() - t
         t = time.perf_counter()
         img1 = self._load(pair.image1, pair.key, "image 1")
         img2 = self._load(pair.image2, pair.key, "image 2")
         times["load"] = time.perf_counter() - t
-        paths = (str(pair.image1), str(pair.image2)) if not isinstance(pair.image1, np.ndarray) and not isinstance(pair.image2, np.ndarray) else None
+        paths = None if isinstance(pair.image1, np.ndarray) or isinstance(pair.image2, np.ndarray) else (str(pair.image1), str(pair.image2))
         result = PairResult(pair.key, EMPTY_BOXES, objects1, objects2, None, None, times=times, image_paths=paths)
-        prepared = _Prepared(result=result)
         if not objects1 or not objects2:
-            side = 1 if not objects1 else 2
-            result.exit_reason = diff.why_no_objects(side) if diff is not None else f"no object words in objects{side}"
-            return prepared
+            result.exit_reason = _no_objects_reason(diff, 1 if not objects1 else 2)
+            return _Pair(result)
 
-        # S1 whole-pair gate
-        t = time.perf_counter()
+        t = time.perf_counter()  # S1 whole-pair gate
         feats = self.clip.embed([img1.rgb, img2.rgb])
-        similarity = float(cosine(feats[0:1], feats[1:2])[0])
-        result.pair_similarity = similarity
+        result.pair_similarity = similarity = float(cosine(feats[0:1], feats[1:2])[0])
         times["pair_gate"] = time.perf_counter() - t
         p = self.params.pair
         if not (p.min_score_1 <= similarity <= p.max_score_1):
             result.exit_reason = f"pair similarity {similarity:.4f} outside [{p.min_score_1}, {p.max_score_1}]"
-            return prepared
+            return _Pair(result)
 
-        # D1: image 2 in image 1's frame, then S3 on both
-        t = time.perf_counter()
+        t = time.perf_counter()  # D1: image 2 in image 1's frame, then S3 on both
         h, w = img1.shape
         rgb2 = img2.rgb if img2.shape == (h, w) else cv2.resize(img2.rgb, (w, h), interpolation=cv2.INTER_LINEAR)
         s = self.params.segment
-        det1 = self.segmenter.segment(img1.bgr, s.imgsz, s.conf, s.iou)
-        det2 = self.segmenter.segment(np.ascontiguousarray(rgb2[:, :, ::-1]), s.imgsz, s.conf, s.iou)
+        det1, det2 = self.workers.map(lambda bgr: self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou), [img1.bgr, np.ascontiguousarray(rgb2[:, :, ::-1])])
         times["segment"] = time.perf_counter() - t
 
         # S4 candidates: image-1 boxes, then image-2 boxes
         candidates = np.concatenate([det1.xywh, det2.xywh]).astype(np.float32)
         windows = [crop_window(b) for b in candidates]
-        valid = np.array([_crop(img1.rgb, win).size > 0 and _crop(rgb2, win).size > 0 for win in windows], dtype=bool)
+        ledger = CandidateLedger(windows, np.array([nonempty(win, img1.rgb, rgb2) for win in windows], dtype=bool))
         result.candidate_boxes = candidates
         result.counts.update(
             boxes1=len(det1.xywh),
             boxes2=len(det2.xywh),
             candidates=len(candidates),
-            degenerate=int((~valid).sum()),
-            unique_windows=len({win for win, ok in zip(windows, valid) if ok}),
+            degenerate=int((~ledger.valid).sum()),
+            unique_windows=len(ledger.pending()),
         )
-        prepared.windows, prepared.valid = windows, valid
-        prepared.image1, prepared.image2 = img1.rgb, rgb2
-        prepared.passed = valid.copy()
-        return prepared
+        return _Pair(result, ledger, img1.rgb, rgb2)
 
-    def _crop_image(self, image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
-        crop = np.ascontiguousarray(_crop(image, window))
-        return jpeg_roundtrip(crop) if self.settings.jpeg_roundtrip else crop
+    # ---- S6, S5 ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _unique(prepared: list[_Prepared]) -> list[tuple[int, tuple[int, int, int, int]]]:
-        """(pair index, window) of every distinct still-passing window, first-seen order."""
-        seen: set[tuple[int, tuple[int, int, int, int]]] = set()
-        order = []
-        for i, p in enumerate(prepared):
-            if p.passed is None:
-                continue
-            for win, ok in zip(p.windows, p.passed):
-                if ok and (i, win) not in seen:
-                    seen.add((i, win))
-                    order.append((i, win))
-        return order
+    def _crops(self, todo: list[tuple[_Pair, Window]], side: int) -> list[np.ndarray]:
+        def one(item: tuple[_Pair, Window]) -> np.ndarray:
+            pair, window = item
+            image = pair.image1 if side == 1 else pair.image2
+            pixels = np.ascontiguousarray(crop(image, window))
+            return jpeg_roundtrip(pixels) if self.settings.jpeg_roundtrip else pixels
 
-    def _apply(self, prepared: list[_Prepared], decisions: dict[tuple[int, tuple[int, int, int, int]], bool], count_name: str) -> None:
-        for i, p in enumerate(prepared):
-            if p.passed is None:
-                continue
-            p.passed = np.array([ok and decisions.get((i, win), False) for win, ok in zip(p.windows, p.passed)], dtype=bool)
-            p.result.counts[count_name] = int(p.passed.sum())
+        return self.workers.map(one, todo) if self.settings.jpeg_roundtrip else [one(item) for item in todo]
 
-    def _timed(self, prepared: list[_Prepared], name: str, started: float) -> None:
-        share = (time.perf_counter() - started) / max(1, len(prepared))
-        for p in prepared:
-            if p.passed is not None:
-                p.result.times[name] = p.result.times.get(name, 0.0) + share
-
-    def _score(self, prepared: list[_Prepared]) -> None:
-        active = [p for p in prepared if p.passed is not None]
-        if not active:
-            return
-        # S6 crop-pair gate: CLIP on both crops of each distinct window
-        t = time.perf_counter()
-        todo = self._unique(prepared)
-        decisions: dict = {}
-        if todo:
-            crops1 = [self._crop_image(prepared[i].image1, win) for i, win in todo]
-            crops2 = [self._crop_image(prepared[i].image2, win) for i, win in todo]
-            sims = cosine(self.clip.embed(crops1), self.clip.embed(crops2))
-            lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
-            decisions = {key: bool(lo <= s <= hi) for key, s in zip(todo, sims)}
-            for (i, win), sim in zip(todo, sims):
-                prepared[i].evidence.setdefault(win, {})["crop_similarity"] = float(sim)
-                if self.settings.diagnostics:
-                    prepared[i].result.diagnostics.setdefault("crop_pair", {})[win] = float(sim)
-        self._apply(prepared, decisions, "after_crop_pair_gate")
-        self._timed(prepared, "crop_pair_gate", t)
-
-        # S5 on crop 1, then on crop 2 of the survivors
-        for side, count_name in ((1, "after_itm_image1"), (2, "after_itm_image2")):
+    def _score(self, pairs: list[_Pair]) -> None:
+        """S6 then S5 on each side, every gate over the distinct windows of all the pairs at once."""
+        active = [p for p in pairs if p.ledger is not None]
+        for gate in ("crop_pair_gate", "itm_image1", "itm_image2"):
             t = time.perf_counter()
-            todo = self._unique(prepared)
-            decisions = {}
-            if todo:
-                images = [self._crop_image(prepared[i].image1 if side == 1 else prepared[i].image2, win) for i, win in todo]
-                embeds = self.blip.encode_images(images)
-                words = [prepared[i].result.objects1 if side == 1 else prepared[i].result.objects2 for i, _ in todo]
-                sinks = [self._sink(prepared[i].result, f"itm_image{side}", win) for i, win in todo]
-                matches = self._match_any(embeds, words, sinks)
-                for (i, win), match in zip(todo, matches):
-                    if match is not None:
-                        prepared[i].evidence[win][f"word{side}"], prepared[i].evidence[win][f"itm{side}"] = match
-                decisions = {key: match is not None for key, match in zip(todo, matches)}
-            self._apply(prepared, decisions, count_name)
-            self._timed(prepared, f"itm_image{side}", t)
+            todo = [(p, win) for p in active for win in p.ledger.pending()]  # type: ignore[union-attr]
+            if gate == "crop_pair_gate":
+                passing = self._crop_pair_gate(todo)
+            else:
+                passing = self._itm_gate(todo, side=1 if gate == "itm_image1" else 2)
+            share = (time.perf_counter() - t) / max(1, len(pairs))
+            for p in active:
+                assert p.ledger is not None
+                p.ledger.decide(gate, {win for q, win in passing if q is p})
+                p.ledger.seconds[gate] = p.ledger.seconds.get(gate, 0.0) + share
 
-    def _sink(self, result: PairResult, name: str, window: tuple[int, int, int, int]) -> _WindowScores | None:
-        """Where _match_any records (window, word) -> probability, or None without diagnostics."""
-        if not self.settings.diagnostics:
-            return None
-        return _WindowScores(result.diagnostics.setdefault(name, {}), window)
+    def _crop_pair_gate(self, todo: list[tuple[_Pair, Window]]) -> list[tuple[_Pair, Window]]:
+        """S6: CLIP similarity of the two crops of each window within [min_score_2, max_score_2]."""
+        if not todo:
+            return []
+        sims = cosine(self.clip.embed(self._crops(todo, 1)), self.clip.embed(self._crops(todo, 2)))
+        lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
+        for (p, win), sim in zip(todo, sims):
+            p.ledger.note(win, crop_similarity=float(sim))  # type: ignore[union-attr]
+            if self.settings.diagnostics:
+                p.ledger.diagnostics.setdefault("crop_pair", {})[win] = float(sim)  # type: ignore[union-attr]
+        return [item for item, sim in zip(todo, sims) if lo <= sim <= hi]
 
-    def _match_any(self, embeds: np.ndarray, words_per_crop: list[list[str]], sinks: list["_WindowScores | None"]) -> list[tuple[str, float] | None]:
-        """For each crop: the first of its words (in its list's order) whose probability lies in
-        [min_score, max_score], with that probability; None if no word passes.
+    def _itm_gate(self, todo: list[tuple[_Pair, Window]], side: int) -> list[tuple[_Pair, Window]]:
+        """S5 on one side: some word of the pair's objects list of that side matches the crop."""
+        if not todo:
+            return []
+        embeds = self.blip.encode_images(self._crops(todo, side))
+        words = [p.result.objects1 if side == 1 else p.result.objects2 for p, _ in todo]
 
-        In rounds: round r tries the r-th word of every crop still undecided, one ITM call per
-        distinct word, so each crop tries its words in its own order and stops at the first that
-        passes, as the original does, whatever other pairs share the batch.
-        """
-        lo, hi = self.params.matching.min_score, self.params.matching.max_score
-        matched: list[tuple[str, float] | None] = [None] * len(embeds)
-        rounds = max((len(words) for words in words_per_crop), default=0)
-        for r in range(rounds):
-            by_word: dict[str, list[int]] = {}
-            for k, words in enumerate(words_per_crop):
-                if matched[k] is None and r < len(words) and words[r] not in words[:r]:  # a repeated word cannot pass now
-                    by_word.setdefault(words[r], []).append(k)
-            for word, idx in by_word.items():
-                probs = self.blip.score(embeds[idx], word)
-                for k, p in zip(idx, probs):
-                    if sinks[k] is not None:
-                        sinks[k].record(word, float(p))
-                    if lo <= float(p) <= hi:
-                        matched[k] = (word, float(p))
-        return matched
+        def record(k: int, word: str, probability: float) -> None:
+            p, win = todo[k]
+            p.ledger.diagnostics.setdefault(f"itm_image{side}", {})[(win, word)] = probability  # type: ignore[union-attr]
 
-    def _finish(self, prepared: _Prepared) -> PairResult:
-        result = prepared.result
-        if prepared.passed is None:
+        m = self.params.matching
+        matches = first_matching_words(embeds, words, self.blip.score, m.min_score, m.max_score, record if self.settings.diagnostics else None)
+        for (p, win), match in zip(todo, matches):
+            if match is not None:
+                p.ledger.note(win, **{f"word{side}": match[0], f"itm{side}": match[1]})  # type: ignore[union-attr]
+        return [item for item, match in zip(todo, matches) if match is not None]
+
+    # ---- S7, S8 ---------------------------------------------------------------------------
+
+    def _finish(self, pair: _Pair) -> PairResult:
+        result, ledger = pair.result, pair.ledger
+        if ledger is None:
             return result
         t = time.perf_counter()
-        survivors = [int(k) for k in np.flatnonzero(prepared.passed)]
         assert result.candidate_boxes is not None
+        survivors = ledger.survivors()
         kept_local = bx.greedy_overlap_filter(result.candidate_boxes[survivors], self.params.overlap_iou) if survivors else np.zeros(0, dtype=np.int64)
         result.survivors = survivors
         result.kept = [survivors[k] for k in kept_local]
@@ -435,8 +300,14 @@ class DifferenceAreaGenerator:
         boxes1 = result.counts.get("boxes1", 0)
         result.evidence = []
         for k in result.kept:
-            e = prepared.evidence[prepared.windows[k]]
+            e = ledger.evidence[ledger.windows[k]]
             result.evidence.append(BoxEvidence(k, 1 if k < boxes1 else 2, e["word1"], e["itm1"], e["word2"], e["itm2"], e["crop_similarity"]))
-        result.counts["kept"] = len(result.kept)
+        result.counts.update({f"after_{gate}": n for gate, n in ledger.after.items()}, kept=len(result.kept))
+        result.times.update(ledger.seconds)
         result.times["overlap"] = time.perf_counter() - t
+        result.diagnostics = ledger.diagnostics
         return result
+
+
+def _no_objects_reason(diff: CaptionDifference | None, side: int) -> str:
+    return diff.why_no_objects(side) if diff is not None else f"no object words in objects{side}"

@@ -11,7 +11,7 @@ the caller (the JSONL file's folder for runs; `image_root` for the operator).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +42,8 @@ def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInp
             raise RecordError(f"{key}: {k} must be a string, got {type(record[k]).__name__}")
         p = Path(record[k]).expanduser()
         paths.append(p if p.is_absolute() else base / p)
-    for k in ("caption1", "caption2"):
-        if record.get(k) is not None and not isinstance(record[k], str):
-            raise RecordError(f"{key}: {k} must be a string, got {type(record[k]).__name__}")
-    objects = []
-    for k in ("objects1", "objects2"):
-        value = record.get(k)
-        if value is not None and (isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(w, str) for w in value)):
-            raise RecordError(f"{key}: {k} must be a list of strings")
-        objects.append(tuple(value) if value is not None else None)
+    # captions and object lists are checked by the engine (stages/objects.py), the one place for both
+    objects = [tuple(v) if isinstance(v, list) else v for v in (record.get("objects1"), record.get("objects2"))]
     return PairInput(paths[0], paths[1], record.get("caption1"), record.get("caption2"), objects[0], objects[1], key=key)
 
 

@@ -25,6 +25,8 @@ or reject everything) so that every gate passes some candidates and rejects othe
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 from pathlib import Path
@@ -143,8 +145,8 @@ def comparison(models, imgsz):
     )
     ref.params = params
     onnx = DifferenceAreaGenerator(models, params, EngineSettings(precision="fp32", threads=2))
-    shared = DifferenceAreaGenerator(onnx.models, params, EngineSettings(precision="fp32", threads=2))
-    shared.segmenter = FastSamSegmenter(_TorchFastSamSession(ref.fastsam.predictor.model), onnx.models.letterbox)
+    torch_fastsam = FastSamSegmenter(_TorchFastSamSession(ref.fastsam.predictor.model), onnx.models.letterbox)
+    shared = DifferenceAreaGenerator(onnx.models, params, EngineSettings(precision="fp32", threads=2), dataclasses.replace(onnx.components, segmenter=torch_fastsam))
     out = {mode: [] for mode in MODES}
     for name, a, b, c1, c2 in pairs:
         r = ref.process(a, b, c1, c2)

@@ -3,12 +3,17 @@ change a sample's result (dynamic int8 quantization scales activations per call)
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelRunError
+from ..parallel import Workers
+
+T = TypeVar("T")
 
 
 def run_graph(session: ort.InferenceSession, graph: str, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -23,23 +28,19 @@ def run_graph(session: ort.InferenceSession, graph: str, outputs: list[str], fee
         raise
 
 
-def run_batched(
-    session: ort.InferenceSession,
-    graph: str,
-    output: str,
-    feeds: dict[str, np.ndarray],
-    batch_size: int,
-    batch_invariant: bool,
-) -> np.ndarray:
-    """`session` over the first axis of every feed, in chunks; outputs concatenated in order."""
-    n = len(next(iter(feeds.values())))
-    step = batch_size if batch_invariant else 1
-    chunks = [run_graph(session, graph, [output], {k: v[i : i + step] for k, v in feeds.items()})[0] for i in range(0, n, step)]
-    if not chunks:
-        raise ValueError("run_batched needs at least one sample")
-    return np.concatenate(chunks, axis=0)
+def chunk_size(count: int, batch_size: int, batch_invariant: bool, workers: int) -> int:
+    """Samples per call: 1 for a graph whose result depends on its batch mates, else up to
+    `batch_size`, small enough that every worker gets a chunk."""
+    if not batch_invariant:
+        return 1
+    return max(1, min(batch_size, math.ceil(count / max(1, workers))))
 
 
-def map_in_chunks(items: list, batch_size: int, fn: Callable[[list], np.ndarray]) -> np.ndarray:
-    """Apply `fn` to consecutive chunks of `items` (bounds peak memory of preprocessing)."""
-    return np.concatenate([fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)], axis=0)
+def map_chunks(items: Sequence[T], step: int, fn: Callable[[Sequence[T]], np.ndarray], workers: Workers | None = None) -> np.ndarray:
+    """`fn` over consecutive chunks of `items` (on the workers, if given); outputs concatenated
+    in input order. Chunking also bounds the memory of preprocessing."""
+    if len(items) == 0:
+        raise ValueError("map_chunks needs at least one item")
+    chunks = [items[i : i + step] for i in range(0, len(items), step)]
+    outputs = workers.map(fn, chunks) if workers is not None else [fn(chunk) for chunk in chunks]
+    return np.concatenate(outputs, axis=0)

@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from ..parallel import Workers
 from ..preprocess import ImageNormalization, normalize_batch
-from .batching import map_in_chunks, run_batched
+from .batching import chunk_size, map_chunks, run_graph
 
 
 def match_probability(logits: np.ndarray) -> np.ndarray:
@@ -20,6 +21,9 @@ def match_probability(logits: np.ndarray) -> np.ndarray:
 
 
 class BlipMatcher:
+    """The `blip_vision` and `blip_itm` graphs: crops are encoded once and scored against words;
+    calls are chunked as for CLIP and spread over `workers` when given."""
+
     def __init__(
         self,
         vision: ort.InferenceSession,
@@ -30,6 +34,7 @@ class BlipMatcher:
         itm_batch_invariant: bool,
         max_length: int = 512,
         batch_size: int = 8,
+        workers: Workers | None = None,
     ):
         self._vision = vision
         self._itm = itm
@@ -37,17 +42,22 @@ class BlipMatcher:
         self._vision_invariant = vision_batch_invariant
         self._itm_invariant = itm_batch_invariant
         self.batch_size = batch_size
+        self._workers = workers
         self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
 
+    def _step(self, count: int, batch_invariant: bool) -> int:
+        return chunk_size(count, self.batch_size, batch_invariant, self._workers.count if self._workers is not None else 1)
+
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, tokens, hidden) image embeddings for N uint8 RGB images."""
+
         def run(chunk: list[np.ndarray]) -> np.ndarray:
             pixels = normalize_batch(chunk, self._norm)
-            return run_batched(self._vision, "blip_vision", "image_embeds", {"pixel_values": pixels}, self.batch_size, self._vision_invariant)
+            return run_graph(self._vision, "blip_vision", ["image_embeds"], {"pixel_values": pixels})[0]
 
-        return map_in_chunks(images, self.batch_size, run)
+        return map_chunks(images, self._step(len(images), self._vision_invariant), run, self._workers)
 
     def tokens(self, word: str) -> np.ndarray:
         return np.asarray(self._tokenizer.encode(word).ids, dtype=np.int64)
@@ -57,14 +67,11 @@ class BlipMatcher:
 
         All rows share the word's token sequence, so no padding is involved.
         """
-        ids = np.repeat(self.tokens(word)[None], len(embeds), axis=0)
-        mask = np.ones_like(ids)
-        logits = run_batched(
-            self._itm,
-            "blip_itm",
-            "itm_logits",
-            {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds},
-            self.batch_size,
-            self._itm_invariant,
-        )
-        return match_probability(logits)
+        tokens = self.tokens(word)
+
+        def run(rows: np.ndarray) -> np.ndarray:
+            ids = np.repeat(tokens[None], len(rows), axis=0)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": rows}
+            return run_graph(self._itm, "blip_itm", ["itm_logits"], feeds)[0]
+
+        return match_probability(map_chunks(embeds, self._step(len(embeds), self._itm_invariant), run, self._workers))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from ..parallel import Workers
 from ..preprocess import ImageNormalization, normalize_batch
-from .batching import map_in_chunks, run_batched
+from .batching import chunk_size, map_chunks, run_graph
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -17,16 +18,22 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class ClipImageEncoder:
-    def __init__(self, session: ort.InferenceSession, norm: ImageNormalization, batch_invariant: bool, batch_size: int = 32):
+    """The `clip_vision` graph. Images are normalised and run in chunks (one image per call when
+    the graph is not batch-invariant), chunks spread over `workers` when given."""
+
+    def __init__(self, session: ort.InferenceSession, norm: ImageNormalization, batch_invariant: bool, batch_size: int = 32, workers: Workers | None = None):
         self._session = session
         self._norm = norm
         self._batch_invariant = batch_invariant
         self.batch_size = batch_size
+        self._workers = workers
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, D) features for N uint8 RGB images."""
+
         def run(chunk: list[np.ndarray]) -> np.ndarray:
             pixels = normalize_batch(chunk, self._norm)
-            return run_batched(self._session, "clip_vision", "image_embeds", {"pixel_values": pixels}, self.batch_size, self._batch_invariant)
+            return run_graph(self._session, "clip_vision", ["image_embeds"], {"pixel_values": pixels})[0]
 
-        return map_in_chunks(images, self.batch_size, run)
+        n_workers = self._workers.count if self._workers is not None else 1
+        return map_chunks(images, chunk_size(len(images), self.batch_size, self._batch_invariant, n_workers), run, self._workers)

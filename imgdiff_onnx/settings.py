@@ -1,0 +1,80 @@
+"""How the engine runs (not what it computes): precision, cores, batching, memory, checks.
+
+Every default of the engine's run settings lives here; the CLIs and adapters only pass values on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .integrity import MODEL_CHECKS, ModelCheck
+from .precision import Precision, PrecisionLike
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs.
+
+    precision: which graphs run: "int8", "fp32", a per-model choice such as
+    "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
+    None (default) for the model folder's recommendation (written by `validate --write`), else
+    the built-in default, FastSAM fp32 with CLIP and BLIP int8.
+    workers, threads: cores used = workers x threads. `workers` model calls run at once (the two
+    FastSAM images of a pair, the pairs of a batch, crop chunks), each with `threads` onnxruntime
+    intra-op threads. Defaults (both 0): one worker per core, one thread each, which costs less
+    CPU time than one call spread over all cores (see benchmarks/README.md). `threads` alone
+    (workers 0) keeps one worker: the process uses exactly `threads` cores, as a Ray actor or a
+    Data-Juicer process should. `workers` alone gives each worker cores // workers threads.
+    Results do not depend on either.
+    crop_batch_size: crops per model call where the graph is batch-invariant.
+    jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
+    PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
+    model_check: "once" (default) checks each model file's sha256 against the manifest the first
+    time and trusts it while its size and mtime stay the same; "always" hashes at every load;
+    "size" compares sizes only (see imgdiff_onnx.integrity).
+    memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse); off
+    by default for a lower peak RSS at the same speed.
+    memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
+    diagnostics: keep every score a gate computed, keyed by candidate window
+    (PairResult.diagnostics).
+    """
+
+    precision: PrecisionLike | None = None
+    threads: int = 0
+    workers: int = 0
+    crop_batch_size: int = 16
+    jpeg_roundtrip: bool = False
+    model_check: ModelCheck = "once"
+    memory_arena: bool = False
+    memory_pattern: bool = True
+    diagnostics: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision is not None:
+            Precision.parse(self.precision)  # fail here, not at load time
+        for name in ("threads", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = automatic), got {value!r}")
+        if self.crop_batch_size < 1:
+            raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
+        if self.model_check not in MODEL_CHECKS:
+            raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
+
+    def parallelism(self, cores: int | None = None) -> tuple[int, int]:
+        """(workers, threads per session) after the automatic choices described above."""
+        cores = available_cores() if cores is None else cores
+        if self.workers == 0 and self.threads == 0:
+            return cores, 1
+        if self.workers == 0:
+            return 1, self.threads
+        return self.workers, self.threads or max(1, cores // self.workers)

@@ -1,0 +1,38 @@
+"""S4: crop windows of candidate boxes, crops, and the D2 JPEG round trip (DESIGN.md)."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Window = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1
+
+
+def crop_window(box_xywh: np.ndarray) -> Window:
+    """S4: rows int(cy - h/2) : int(cy + h/2), columns int(cx - w/2) : int(cx + w/2), float32 math."""
+    cx, cy, w, h = (np.float32(v) for v in box_xywh)
+    two = np.float32(2)
+    return int(cy - h / two), int(cy + h / two), int(cx - w / two), int(cx + w / two)
+
+
+def crop(image: np.ndarray, window: Window) -> np.ndarray:
+    """The window's pixels with Python slice semantics (negative starts wrap), as the original."""
+    r0, r1, c0, c1 = window
+    return image[r0:r1, c0:c1]
+
+
+def nonempty(window: Window, *images: np.ndarray) -> bool:
+    """D4: the window crops at least one pixel from every image."""
+    return all(crop(image, window).size > 0 for image in images)
+
+
+def jpeg_roundtrip(rgb: np.ndarray) -> np.ndarray:
+    """D2 compatibility: OpenCV JPEG (quality 95) then PIL decode to RGB, as Data-Juicer's cache."""
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    with Image.open(io.BytesIO(data.tobytes())) as image:
+        return np.asarray(image.convert("RGB"))
