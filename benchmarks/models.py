@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = SessionSettings(threads=args.threads)
     rng = np.random.default_rng(0)
     manifest = torch_set.manifest
-    hidden = manifest["graphs"]["blip_vision"]["fp32"]["outputs"][0]["shape"][-1]
-    clip_hw, blip_hw = (tuple(manifest["graphs"][g]["fp32"]["inputs"][0]["shape"][2:]) for g in ("clip_vision", "blip_vision"))
+    hidden = manifest.graph("blip_vision", "fp32").outputs[0]["shape"][-1]
+    clip_hw, blip_hw = (tuple(manifest.graph(g, "fp32").inputs[0]["shape"][2:]) for g in ("clip_vision", "blip_vision"))
     cases = {
         "clip_vision": ([1, 8, 32], lambda b: {"pixel_values": rng.normal(size=(b, 3, *clip_hw)).astype(np.float32)}),
         "blip_vision": ([1, 4, 8], lambda b: {"pixel_values": rng.normal(size=(b, 3, *blip_hw)).astype(np.float32)}),
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         macs = _macs(tsession.module, [torch.from_numpy(example[n]) for n in tsession.input_names])
         sessions = {"torch_fp32": tsession}
         for precision in ("fp32", "int8"):
-            sessions[f"ort_{precision}"] = create_session(args.models / manifest["graphs"][graph][precision]["file"], settings)
+            sessions[f"ort_{precision}"] = create_session(args.models / manifest.graph(graph, precision).file, settings)
         rows = {}
         for name, sess in sessions.items():
             for b in batches:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(f"{graph:12s} {name:10s} batch {b:2d}: {1 / per_sample:8.2f} samples/s, {macs / per_sample / 1e9:6.1f} GMAC/s "
                       f"({100 * macs / per_sample / 1e9 / peak:4.0f}% of ceiling), {busy:.2f} cores busy", flush=True)
-        results["models"][graph] = {"gmacs_per_sample": macs / 1e9, "rows": rows, "int8_batch_invariant": bool(manifest["graphs"][graph]["int8"].get("batch_invariant", True))}
+        results["models"][graph] = {"gmacs_per_sample": macs / 1e9, "rows": rows, "int8_batch_invariant": manifest.graph(graph, "int8").batch_invariant}
     results["hidden"], results["tokens"] = hidden, tokens
     (args.out / "models.json").write_text(json.dumps(results, indent=2))
     busy = ceiling["cores_busy"]

@@ -55,7 +55,7 @@ class TorchModelSet(ModelSet):
         if threads:
             torch.set_num_threads(threads)
         torch_dir = self.folder / "torch"
-        sources = self.manifest["sources"]
+        sources = self.manifest.sources
         clip_dir = Path(sources["clip"]["local_path"]) if not (torch_dir / "clip").is_dir() else torch_dir / "clip"
         blip_dir = Path(sources["blip"]["local_path"]) if not (torch_dir / "blip").is_dir() else torch_dir / "blip"
         pt = Path(sources["fastsam"]["local_path"]) if not (torch_dir / "fastsam.pt").is_file() else torch_dir / "fastsam.pt"

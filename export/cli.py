@@ -12,14 +12,15 @@ import shutil
 import sys
 import time
 from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
-from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch
+from imgdiff_onnx.preprocess import letterbox, normalize_batch
 
 from . import blip, clip, fastsam, quantize, random_init, verify
 from .images import CalibrationImagesError, calibration_set
@@ -147,14 +148,18 @@ def _prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run(args: argparse.Namespace) -> Path:
-    started = time.perf_counter()
-    out: Path = args.out
-    precisions = _precisions(args.precision)
-    _prepare_out(out, args.force)
-    image_set = calibration_set(args.calibration_images)
-    calibration = image_set.images
+@dataclass
+class _Loaded:
+    """The three PyTorch models and the BLIP tokenizer, loaded from the resolved sources."""
 
+    clip: Any
+    blip: Any
+    fastsam: Any
+    tokenizer: Any
+
+
+def _sources(args: argparse.Namespace, out: Path, calibration: list[np.ndarray]) -> tuple[dict[str, ResolvedSource], random_init.RandomInitSpec | None]:
+    """Where each checkpoint comes from: the given ids/paths, or random-init checkpoints built into out/torch."""
     random_spec = None
     if args.random_init:
         random_spec = random_init.RandomInitSpec(args.random_init, args.seed, args.fastsam_class_bias)
@@ -166,101 +171,121 @@ def run(args: argparse.Namespace) -> Path:
         fastsam_src = str(random_init.build_fastsam(random_spec, torch_dir / "fastsam.pt", calibration))
     else:
         clip_src, blip_src, fastsam_src = args.clip, args.blip, args.fastsam
-    sources: dict[str, ResolvedSource] = {
-        "clip": resolve_hf(clip_src, "CLIP", "--clip"),
-        "blip": resolve_hf(blip_src, "BLIP", "--blip"),
-        "fastsam": resolve_ultralytics(fastsam_src),
-    }
+    sources = {"clip": resolve_hf(clip_src, "CLIP", "--clip"), "blip": resolve_hf(blip_src, "BLIP", "--blip"), "fastsam": resolve_ultralytics(fastsam_src)}
+    return sources, random_spec
 
-    # Everything below loads from the resolved files, so re-exporting from the saved
-    # checkpoint folders reproduces the same graphs.
+
+def _load(sources: dict[str, ResolvedSource]) -> _Loaded:
+    """Everything loads from the resolved files, so re-exporting from the saved checkpoint
+    folders reproduces the same graphs."""
     from transformers import AutoTokenizer
 
-    clip_model = clip.load(sources["clip"].local_path)
-    blip_model = blip.load(sources["blip"].local_path)
-    fastsam_model = fastsam.load(sources["fastsam"].local_path)
-    tokenizer = AutoTokenizer.from_pretrained(sources["blip"].local_path)
-    tokenizer.backend_tokenizer.save(str(out / mf.TOKENIZER_FILE))
+    return _Loaded(
+        clip=clip.load(sources["clip"].local_path),
+        blip=blip.load(sources["blip"].local_path),
+        fastsam=fastsam.load(sources["fastsam"].local_path),
+        tokenizer=AutoTokenizer.from_pretrained(sources["blip"].local_path),
+    )
 
+
+def _export_fp32(models: _Loaded, sources: dict[str, ResolvedSource], out: Path, opset: int) -> tuple[dict[str, dict[str, Path]], dict[str, dict], dict[str, dict]]:
+    """fp32 graphs, the tokenizer and the preprocessing records: (paths, interfaces, preprocessing)."""
+    models.tokenizer.backend_tokenizer.save(str(out / mf.TOKENIZER_FILE))
     paths = {g: {"fp32": out / mf.graph_file(g, "fp32")} for g in mf.GRAPHS}
-    graphs = {
-        "clip_vision": clip.export(clip_model, paths["clip_vision"]["fp32"], args.opset),
-        "blip_vision": blip.export_vision(blip_model, paths["blip_vision"]["fp32"], args.opset),
-        "blip_itm": blip.export_itm(blip_model, paths["blip_itm"]["fp32"], args.opset),
-        "fastsam": fastsam.export(fastsam_model, paths["fastsam"]["fp32"], args.opset),
+    interfaces = {
+        "clip_vision": clip.export(models.clip, paths["clip_vision"]["fp32"], opset),
+        "blip_vision": blip.export_vision(models.blip, paths["blip_vision"]["fp32"], opset),
+        "blip_itm": blip.export_itm(models.blip, paths["blip_itm"]["fp32"], opset),
+        "fastsam": fastsam.export(models.fastsam, paths["fastsam"]["fp32"], opset),
     }
-
     preprocessing = {
         "clip": _image_preprocessing(sources["clip"].local_path),
         "blip": _image_preprocessing(sources["blip"].local_path),
-        "fastsam": {"stride": fastsam.stride(fastsam_model), "pad_value": 114, "interpolation": "linear", "rect": True, "source": "ultralytics LetterBox"},
+        "fastsam": {"stride": fastsam.stride(models.fastsam), "pad_value": 114, "interpolation": "linear", "rect": True, "source": "ultralytics LetterBox"},
     }
-    letterbox_settings = LetterboxSettings.from_dict(preprocessing["fastsam"])
+    return paths, interfaces, preprocessing
 
-    recipes: dict[str, dict] = {}
-    if "int8" in precisions:
-        for graph in ("clip_vision", "blip_vision", "blip_itm"):
-            paths[graph]["int8"] = out / mf.graph_file(graph, "int8")
-        clip_inputs = [normalize_batch([im], ImageNormalization.from_dict(preprocessing["clip"])) for im in _crops_for_calibration(calibration)]
-        recipes["clip_vision"] = quantize.quantize_transformer_static(paths["clip_vision"]["fp32"], paths["clip_vision"]["int8"], "pixel_values", clip_inputs)
-        for graph in ("blip_vision", "blip_itm"):
-            recipes[graph] = quantize.quantize_transformer(paths[graph]["fp32"], paths[graph]["int8"])
-        paths["fastsam"]["int8"] = out / mf.graph_file("fastsam", "int8")
-        calib_batches = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), args.verify_imgsz, letterbox_settings).tensor for im in calibration]
-        recipes["fastsam"] = quantize.quantize_fastsam(paths["fastsam"]["fp32"], paths["fastsam"]["int8"], calib_batches)
 
+def _quantize(paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, calibration: list[np.ndarray], imgsz: int) -> dict[str, dict]:
+    """int8 graphs next to the fp32 ones (adds their paths); returns each graph's recipe."""
+    out = paths["clip_vision"]["fp32"].parent
+    for graph in mf.GRAPHS:
+        paths[graph]["int8"] = out / mf.graph_file(graph, "int8")
+    clip_inputs = [normalize_batch([im], pre.clip_settings) for im in _crops_for_calibration(calibration)]
+    recipes = {"clip_vision": quantize.quantize_transformer_static(paths["clip_vision"]["fp32"], paths["clip_vision"]["int8"], "pixel_values", clip_inputs)}
+    for graph in ("blip_vision", "blip_itm"):
+        recipes[graph] = quantize.quantize_transformer(paths[graph]["fp32"], paths[graph]["int8"])
+    calib_batches = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), imgsz, pre.fastsam_settings).tensor for im in calibration]
+    recipes["fastsam"] = quantize.quantize_fastsam(paths["fastsam"]["fp32"], paths["fastsam"]["int8"], calib_batches)
+    return recipes
+
+
+def _verify(models: _Loaded, paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, image_set: Any, imgsz: int, user_images: bool) -> dict:
+    """Every graph against its PyTorch module (export/verify.py); raises ParityError outside tolerance."""
+    calibration = image_set.images
     log.info("verifying graphs against PyTorch on %d images", len(calibration))
-    clip_norm = ImageNormalization.from_dict(preprocessing["clip"])
-    blip_norm = ImageNormalization.from_dict(preprocessing["blip"])
-    blip_pixels = normalize_batch(calibration[:4], blip_norm)
+    blip_pixels = normalize_batch(calibration[:4], pre.blip_settings)
     verification = {
         "images": image_set.describe(),
-        "clip_vision": verify.embeddings(clip.ClipImageTower(clip_model).eval(), paths["clip_vision"], normalize_batch(calibration, clip_norm)),
-        "blip_vision": verify.embeddings(blip.BlipVision(blip_model).eval(), paths["blip_vision"], blip_pixels),
-        "blip_itm": verify.itm(blip_model, tokenizer, paths["blip_vision"], paths["blip_itm"], blip_pixels),
-        "fastsam": verify.fastsam(fastsam_model, paths["fastsam"], calibration, letterbox_settings, args.verify_imgsz, conf=0.05, iou=0.5),
+        "clip_vision": verify.embeddings(clip.ClipImageTower(models.clip).eval(), paths["clip_vision"], normalize_batch(calibration, pre.clip_settings)),
+        "blip_vision": verify.embeddings(blip.BlipVision(models.blip).eval(), paths["blip_vision"], blip_pixels),
+        "blip_itm": verify.itm(models.blip, models.tokenizer, paths["blip_vision"], paths["blip_itm"], blip_pixels),
+        "fastsam": verify.fastsam(models.fastsam, paths["fastsam"], calibration, pre.fastsam_settings, imgsz, conf=0.05, iou=0.5),
         "tolerances": dataclasses.asdict(verify.TOLERANCES),
     }
-    verify.check(verification, images=image_set.describe(), user_images=args.calibration_images is not None)
+    verify.check(verification, images=image_set.describe(), user_images=user_images)
+    return verification
 
-    manifest_graphs = {}
+
+def _graph_entries(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], recipes: dict[str, dict]) -> dict[str, dict[str, mf.GraphEntry]]:
+    entries: dict[str, dict[str, mf.GraphEntry]] = {}
     for graph, by_precision in paths.items():
-        manifest_graphs[graph] = {}
+        entries[graph] = {}
         for precision, path in by_precision.items():
-            entry = {"file": path.name, **graphs[graph]}
-            if precision == "int8":
-                entry["quantization"] = recipes[graph]
-            entry["batch_invariant"] = precision == "fp32" or bool(recipes[graph].get("batch_invariant"))
-            manifest_graphs[graph][precision] = entry
-    files = {}
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME):
-        rel = path.relative_to(out).as_posix()
-        files[rel] = {"bytes": path.stat().st_size, "sha256": integrity.sha256(path)}
-    data = {
-        "format": mf.FORMAT,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "random_init": None
-        if random_spec is None
-        else {
-            "size": random_spec.size,
-            "seed": random_spec.seed,
-            "fastsam_class_bias": random_spec.fastsam_class_bias,
-            "warning": "random weights: outputs are meaningless; use only for speed and plumbing tests",
-        },
-        "sources": {
-            name: {"given": src.given, "local_path": str(src.local_path), "revision": src.revision}
-            for name, src in sources.items()
-        },
-        "versions": _versions(),
-        "opset": args.opset,
-        "precisions": precisions,
-        "graphs": manifest_graphs,
-        "tokenizer": {"file": mf.TOKENIZER_FILE, "max_length": 512},
-        "preprocessing": preprocessing,
-        "verification": verification,
-        "files": files,
+            recipe = recipes[graph] if precision == "int8" else None
+            invariant = precision == "fp32" or bool(recipes[graph].get("batch_invariant"))
+            info = interfaces[graph]
+            entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe)
+    return entries
+
+
+def _random_init_record(spec: random_init.RandomInitSpec | None) -> dict | None:
+    if spec is None:
+        return None
+    return {"size": spec.size, "seed": spec.seed, "fastsam_class_bias": spec.fastsam_class_bias,
+            "warning": "random weights: outputs are meaningless; use only for speed and plumbing tests"}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Sources -> PyTorch models -> fp32 graphs -> int8 graphs -> verification -> manifest."""
+    started = time.perf_counter()
+    out: Path = args.out
+    precisions = _precisions(args.precision)
+    _prepare_out(out, args.force)
+    image_set = calibration_set(args.calibration_images)
+    sources, random_spec = _sources(args, out, image_set.images)
+    models = _load(sources)
+    paths, interfaces, preprocessing = _export_fp32(models, sources, out, args.opset)
+    pre = mf.Preprocessing(**preprocessing)
+    recipes = _quantize(paths, pre, image_set.images, args.verify_imgsz) if "int8" in precisions else {}
+    verification = _verify(models, paths, pre, image_set, args.verify_imgsz, user_images=args.calibration_images is not None)
+    files = {
+        path.relative_to(out).as_posix(): mf.FileEntry(path.stat().st_size, integrity.sha256(path))
+        for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME)
     }
-    mf.write(out, data)
+    manifest = mf.Manifest(
+        precisions=tuple(precisions),
+        graphs=_graph_entries(paths, interfaces, recipes),
+        preprocessing=pre,
+        files=files,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        opset=args.opset,
+        random_init=_random_init_record(random_spec),
+        sources={name: {"given": src.given, "local_path": str(src.local_path), "revision": src.revision} for name, src in sources.items()},
+        versions=_versions(),
+        verification=verification,
+    )
+    mf.write(out, manifest)
     log.info("model folder %s written in %.1f s", out, time.perf_counter() - started)
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,11 +26,21 @@ def stride(model: torch.nn.Module) -> int:
     return int(max(int(model.stride.max()), 32))
 
 
-def export(model: torch.nn.Module, out: Path, opset: int) -> dict:
-    """Segment head in export mode: `(predictions (B, 4+nc+32, A), protos (B, 32, H/4, W/4))`."""
+@contextmanager
+def raw_outputs(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The segment head in export mode while inside: the model returns the graph's raw
+    `(predictions (B, 4+nc+32, A), protos (B, 32, H/4, W/4))` for any input size."""
     head = model.model[-1]
     head.export, head.dynamic, head.format = True, True, "onnx"
     try:
+        yield model
+    finally:
+        head.export, head.dynamic = False, False
+
+
+def export(model: torch.nn.Module, out: Path, opset: int) -> dict:
+    """The network with raw outputs (see raw_outputs), dynamic batch, height and width."""
+    with raw_outputs(model):
         return export_graph(
             model,
             (torch.zeros(1, 3, 640, 512),),
@@ -42,5 +54,3 @@ def export(model: torch.nn.Module, out: Path, opset: int) -> dict:
             },
             opset=opset,
         )
-    finally:
-        head.export, head.dynamic = False, False

@@ -1,11 +1,12 @@
 """int8 graphs: static QDQ MatMul/Gemm for CLIP, dynamic MatMul/Gemm for BLIP, static QDQ for FastSAM.
 
-Choices (measured on this 2-core AVX-512 VNNI CPU, see DESIGN.md section 6 and the benchmarks):
+Choices (the speed and accuracy figures behind them are in DESIGN.md section 6 and
+benchmarks/README.md):
 - CLIP: static QDQ of MatMul/Gemm with constant weights (uint8 activations with calibrated
   per-tensor scales, int8 weights). Static scales make it batch-invariant, so crops run in
-  batches: measured on the full-size ViT-B/32, 60 crops/s batched vs 40/s for the dynamic graph
-  one sample per call, min cosine vs fp32 0.9997 for both. (For BLIP's 577-token ViT-B/16 a
-  static graph was slower than the dynamic one, 3.6-4.0/s vs 4.3-4.7/s, so BLIP stays dynamic.)
+  batches, which is faster than the dynamic graph one sample per call at the same accuracy.
+  (For BLIP's 577-token ViT-B/16 a static graph was slower than the dynamic one, so BLIP stays
+  dynamic.)
 - BLIP: dynamic quantization restricted to MatMul and Gemm with constant weights
   (MatMulConstBOnly): int8 weights, uint8 activations scaled at run time. Activation-by-
   activation MatMuls (attention) stay float. Dynamic scales are computed per call over the

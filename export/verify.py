@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from imgdiff_onnx import boxes as bx
-from imgdiff_onnx.models.batching import run_batched
+from imgdiff_onnx.models.batching import map_chunks, run_graph
+from imgdiff_onnx.models.blip import match_probability
+from imgdiff_onnx.models.clip import cosine
 from imgdiff_onnx.models.fastsam import postprocess
+from imgdiff_onnx.modelset import SessionSettings, create_session
 from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+
+from .fastsam import raw_outputs
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +44,12 @@ class ParityError(RuntimeError):
     """An fp32 graph does not reproduce its PyTorch module."""
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _session(path: Path):
+    return create_session(path, SessionSettings())
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return cosine(a.reshape(len(a), -1), b.reshape(len(b), -1))
 
 
 def _embedding_figures(expected: np.ndarray, actual: np.ndarray) -> dict:
@@ -64,7 +64,9 @@ def _embedding_figures(expected: np.ndarray, actual: np.ndarray) -> dict:
 def _run_one_by_one(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """First output of the graph at `path`, sample by sample: how the runtime feeds dynamically quantized graphs."""
     session = _session(path)
-    return run_batched(session, path.name, session.get_outputs()[0].name, feeds, batch_size=1, batch_invariant=False)
+    output = session.get_outputs()[0].name
+    rows = list(range(len(next(iter(feeds.values())))))
+    return map_chunks(rows, 1, lambda idx: run_graph(session, path.name, [output], {k: v[idx] for k, v in feeds.items()})[0])
 
 
 def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np.ndarray) -> dict:
@@ -79,12 +81,6 @@ def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np
     return figures
 
 
-def _softmax_match(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True))[:, 1]
-
-
 def itm(blip_model: torch.nn.Module, tokenizer, vision_paths: dict[str, Path], itm_paths: dict[str, Path], pixels: np.ndarray) -> dict:
     """BLIP ITM probabilities: ONNX (blip_vision -> blip_itm) vs BlipForImageTextRetrieval."""
     pairs = [(i, word) for i in range(len(pixels)) for word in ITM_WORDS]
@@ -95,16 +91,16 @@ def itm(blip_model: torch.nn.Module, tokenizer, vision_paths: dict[str, Path], i
         logits = blip_model(
             input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels[image_index]), attention_mask=torch.from_numpy(mask)
         ).itm_score.numpy()
-    expected = _softmax_match(logits)
+    expected = match_probability(logits)
 
     def onnx_probs(precision: str) -> np.ndarray:
         if precision == "int8":
             embeds = _run_one_by_one(vision_paths[precision], {"pixel_values": pixels})
             out = _run_one_by_one(itm_paths[precision], {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})
-            return _softmax_match(out)
+            return match_probability(out)
         embeds = _session(vision_paths[precision]).run(None, {"pixel_values": pixels})[0]
         out = _session(itm_paths[precision]).run(None, {"input_ids": ids, "attention_mask": mask, "image_embeds": embeds[image_index]})[0]
-        return _softmax_match(out)
+        return match_probability(out)
 
     fp32 = onnx_probs("fp32")
     figures = {
@@ -131,18 +127,13 @@ def fastsam(
 ) -> dict:
     """FastSAM boxes after the full post-processing: fp32 graph vs torch, int8 vs fp32."""
     sessions = {p: _session(path) for p, path in paths.items()}
-    head = model.model[-1]
     per_image = []
     rng = np.random.default_rng(0)
     for rgb in images_rgb:
         boxed = letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), imgsz, settings)
         shape = boxed.tensor.shape[2:]
-        head.export, head.dynamic = True, True
-        try:
-            with torch.no_grad():
-                pred_t, proto_t = (t.numpy() for t in model(torch.from_numpy(boxed.tensor)))
-        finally:
-            head.export, head.dynamic = False, False
+        with raw_outputs(model), torch.no_grad():
+            pred_t, proto_t = (t.numpy() for t in model(torch.from_numpy(boxed.tensor)))
         outputs = {"torch": (pred_t, proto_t)}
         for precision, session in sessions.items():
             outputs[precision] = tuple(session.run(["predictions", "protos"], {"images": boxed.tensor}))

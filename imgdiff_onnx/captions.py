@@ -13,8 +13,8 @@ Exactly Data-Juicer's compare_text_index / is_noun:
 
 NLTK's data (WordNet, averaged_perceptron_tagger_eng) is read directly, without importing nltk:
 `import nltk` alone costs ~60-120 MB of resident memory (it pulls in scipy and scikit-learn
-when they are installed) and NLTK's WordNet reader keeps every part of speech's index (~135 MB),
-while this step needs only the noun index and exceptions and the tagger's tables (~50 MB).
+when they are installed) and NLTK's WordNet reader keeps every part of speech's index,
+while this step needs only the noun index and exceptions and the tagger's tables.
 `lexicon.py` reimplements exactly the two calls the original makes (NLTK 3.9+); the tests
 compare both against the installed NLTK on every WordNet lemma and its plural-like forms. The
 data is found where NLTK looks for it (NLTK_DATA, then the user and system paths), as folders or

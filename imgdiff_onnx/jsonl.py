@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .captions import ensure_available
 from .errors import RunError
+from .manifest import Manifest
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
@@ -208,7 +209,7 @@ def check_start(input_path: Path, options: RunOptions) -> None:
         ensure_available()
 
 
-def run_identity(input_path: Path, manifest: dict, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions) -> RunIdentity:
+def run_identity(input_path: Path, manifest: Manifest, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions) -> RunIdentity:
     """What must be the same for a resumed run to continue a results file."""
     return RunIdentity(
         input=str(input_path.resolve()),

@@ -7,8 +7,8 @@
   sentence (the tag dictionary first, else the perceptron on the features of a word with
   -START- before and -END- after it, scores summed in NLTK's order, ties broken by label).
 
-Loaded, the noun index and the tagger tables add ~50 MB of resident memory (measured), against
-~270 MB for `import nltk` plus its WordNet reader (see captions.py).
+Only the noun index and the tagger tables are loaded, a fraction of the memory of `import nltk`
+plus its WordNet reader (see captions.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .integrity import ModelCheck
+from .models.blip import BlipMatcher
+from .models.clip import ClipImageEncoder
+from .models.fastsam import FastSamSegmenter
+from .parallel import Workers
 from .precision import DEFAULT as DEFAULT_PRECISION
 from .precision import Precision, PrecisionError, PrecisionLike
 from .preprocess import ImageNormalization, LetterboxSettings
@@ -30,7 +34,8 @@ class SessionSettings:
     """onnxruntime CPU session settings, applied to every graph.
 
     threads: intra-op threads per session (0 = onnxruntime's default, all physical cores).
-    The sessions run one after another, each with all of its threads. cpu_mem_arena and
+    A session may be run by several workers at once, each run with up to `threads` threads.
+    cpu_mem_arena and
     mem_pattern are onnxruntime's CPU memory arena and memory-pattern planning (both on by default
     in onnxruntime).
     """
@@ -61,6 +66,16 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
 
 
 @dataclass(frozen=True)
+class Components:
+    """The three model components the engine runs; built by ModelSet.components, or given to
+    DifferenceAreaGenerator directly (tests, the PyTorch reference engine)."""
+
+    clip: ClipImageEncoder
+    blip: BlipMatcher
+    segmenter: FastSamSegmenter
+
+
+@dataclass(frozen=True)
 class GraphInfo:
     path: Path
     precision: str
@@ -81,14 +96,14 @@ class SessionPool:
         return self._sessions[key]
 
 
-def resolve_precision(requested: PrecisionLike | None, manifest: dict, folder: Path) -> tuple[Precision, str]:
+def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, folder: Path) -> tuple[Precision, str]:
     """The precision to run and where it came from: the caller's choice, else the model folder's
     recommendation (written by `validate --write`), else the built-in default."""
-    exported = set(manifest.get("precisions", []))
+    exported = set(manifest.precisions)
     if requested is not None:
         precision, origin = Precision.parse(requested), "given"
-    elif manifest.get("recommended_precision"):
-        rec = manifest["recommended_precision"]
+    elif manifest.recommended_precision:
+        rec = manifest.recommended_precision
         try:
             precision = Precision.parse(rec["precision"])
         except (KeyError, TypeError, PrecisionError) as exc:
@@ -124,26 +139,41 @@ class ModelSet:
         self.folder = Path(folder)
         self.manifest = mf.read(self.folder)
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
-        graphs = self.manifest["graphs"]
-        entries = {g: graphs[g][self.precision.for_graph(g)] for g in mf.GRAPHS}
-        names = [entries[g]["file"] for g in mf.GRAPHS] + [self.manifest["tokenizer"]["file"]]
-        mf.check_files(self.folder, self.manifest, names, model_check)
+        entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in mf.GRAPHS}
+        mf.check_files(self.folder, self.manifest, [e.file for e in entries.values()] + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
-            g: GraphInfo(path=self.folder / e["file"], precision=self.precision.for_graph(g), batch_invariant=bool(e["batch_invariant"]))
+            g: GraphInfo(path=self.folder / e.file, precision=self.precision.for_graph(g), batch_invariant=e.batch_invariant)
             for g, e in entries.items()
         }
-        pre = self.manifest["preprocessing"]
-        self.clip_norm = ImageNormalization.from_dict(pre["clip"])
-        self.blip_norm = ImageNormalization.from_dict(pre["blip"])
-        self.letterbox = LetterboxSettings.from_dict(pre["fastsam"])
-        self.tokenizer_path = self.folder / self.manifest["tokenizer"]["file"]
-        self.tokenizer_max_length = int(self.manifest["tokenizer"].get("max_length", 512))
+        pre = self.manifest.preprocessing
+        self.clip_norm: ImageNormalization = pre.clip_settings
+        self.blip_norm: ImageNormalization = pre.blip_settings
+        self.letterbox: LetterboxSettings = pre.fastsam_settings
+        self.tokenizer_path = self.folder / self.manifest.tokenizer_file
+        self.tokenizer_max_length = self.manifest.tokenizer_max_length
         self._pool = pool
 
     @property
     def random_init(self) -> dict | None:
-        return self.manifest.get("random_init")
+        return self.manifest.random_init
 
     def session(self, graph: str, settings: SessionSettings) -> ort.InferenceSession:
         path = self.graphs[graph].path
         return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
+
+    def components(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None) -> Components:
+        """CLIP, BLIP and FastSAM on this folder's graphs and preprocessing."""
+        g = self.graphs
+        clip = ClipImageEncoder(self.session("clip_vision", settings), self.clip_norm, g["clip_vision"].batch_invariant, crop_batch_size, workers)
+        blip = BlipMatcher(
+            self.session("blip_vision", settings),
+            self.session("blip_itm", settings),
+            self.tokenizer_path,
+            self.blip_norm,
+            g["blip_vision"].batch_invariant,
+            g["blip_itm"].batch_invariant,
+            self.tokenizer_max_length,
+            crop_batch_size,
+            workers,
+        )
+        return Components(clip, blip, FastSamSegmenter(self.session("fastsam", settings), self.letterbox))

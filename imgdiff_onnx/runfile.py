@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import RunError
+from .manifest import Manifest
 
 
 class OutputInUse(RunError):
@@ -111,8 +112,8 @@ class RunIdentity:
             return None
 
 
-def models_digest(manifest: dict) -> str:
-    files = manifest.get("files", {})
+def models_digest(manifest: Manifest) -> str:
+    files = manifest.to_json()["files"]
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 

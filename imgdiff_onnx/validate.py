@@ -234,8 +234,8 @@ def read_pairs(input_path: Path, limit: int | None) -> tuple[list[PairInput], li
 def validate(models: Path, params: OperatorParams, input_path: Path, options: ValidateOptions) -> dict:
     """Run the configurations on the input's pairs; the summary that `write_outputs` renders."""
     manifest = read_manifest(Path(models))
-    if "int8" not in manifest.get("precisions", []) or "fp32" not in manifest.get("precisions", []):
-        raise ValueError(f"{models}: validate compares fp32 with int8 graphs; the folder has {manifest.get('precisions')}")
+    if "int8" not in manifest.precisions or "fp32" not in manifest.precisions:
+        raise ValueError(f"{models}: validate compares fp32 with int8 graphs; the folder has {list(manifest.precisions)}")
     pairs, bad_lines = read_pairs(input_path, options.limit)
     if not pairs:
         raise ValueError(f"{input_path}: no readable pairs to validate" + (f" ({bad_lines[0]})" if bad_lines else ""))
@@ -287,5 +287,5 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         "recommended_precision": recommended.to_dict(),
         "recommended_precision_text": str(recommended),
         "current_default": {"precision": str(current), "origin": origin},
-        "random_init": bool(manifest.get("random_init")),
+        "random_init": bool(manifest.random_init),
     }

@@ -116,8 +116,8 @@ def write_outputs(summary: dict, out: Path) -> dict[str, Path]:
 
 def write_recommendation(models: Path, summary: dict) -> Path:
     """Store the recommended precision in the manifest (atomically), with what it rests on."""
-    data = mf.read(Path(models))
-    data["recommended_precision"] = {
+    manifest = mf.read(Path(models))
+    recommendation = {
         "precision": summary["recommended_precision"],
         "by": "validate",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -127,4 +127,4 @@ def write_recommendation(models: Path, summary: dict) -> Path:
         "cpu": summary.get("cpu") or cpu_name(),
         "verdicts": {m: v["why"] for m, v in summary["verdicts"].items()},
     }
-    return mf.write(Path(models), data)
+    return mf.write(Path(models), manifest.with_recommendation(recommendation))

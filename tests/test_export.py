@@ -56,6 +56,35 @@ def test_preprocessing_constants_travel_with_the_model(tiny_models):
     assert pre["fastsam"] == {"stride": 32, "pad_value": 114, "interpolation": "linear", "rect": True, "source": "ultralytics LetterBox"}
 
 
+def test_manifest_reads_into_typed_fields_and_writes_back_the_same_json(tiny_models, tmp_path):
+    raw = _manifest(tiny_models)
+    manifest = mf.read(tiny_models)
+    assert manifest.to_json() == raw  # nothing lost, nothing added
+    assert manifest.graph("blip_itm", "int8").batch_invariant is False and manifest.graph("fastsam", "fp32").file == "fastsam.fp32.onnx"
+    assert manifest.preprocessing.blip_settings.resize_height == 384 and manifest.preprocessing.fastsam_settings.stride == 32
+    assert manifest.tokenizer_file == "tokenizer.json" and manifest.files["tokenizer.json"].bytes > 0
+    mf.write(tmp_path, manifest)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == raw
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["graphs"]["fastsam"].pop("int8"), r"graphs\.fastsam: no 'int8'"),
+        (lambda d: d["graphs"]["clip_vision"]["fp32"].update(batch_invariant="yes"), r"clip_vision\.fp32\.batch_invariant: expected bool"),
+        (lambda d: d["preprocessing"]["clip"].pop("mean"), r"preprocessing\.clip: not readable"),
+        (lambda d: d.update(precisions=["fp16"]), r"unknown \['fp16'\]"),
+        (lambda d: d.pop("files"), r"no 'files'"),
+        (lambda d: d.update(format="other/9"), r"format 'other/9'"),
+    ],
+)
+def test_a_broken_manifest_names_the_field(tiny_models, edit, message):
+    data = _manifest(tiny_models)
+    edit(data)
+    with pytest.raises(mf.ManifestError, match=message):
+        mf.Manifest.from_json(data)
+
+
 def test_fp32_parity_figures_within_tolerance(tiny_models):
     v = _manifest(tiny_models)["verification"]
     tol = v["tolerances"]
@@ -73,8 +102,8 @@ def test_files_are_checked_against_the_manifest(tiny_models, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_models, copy)
-    data = _manifest(copy)
-    names = [data["graphs"]["clip_vision"]["fp32"]["file"]]
+    data = mf.read(copy)
+    names = [data.graph("clip_vision", "fp32").file]
     mf.check_files(copy, data, names, "always")
     with open(copy / names[0], "r+b") as handle:  # same size, different bytes
         handle.seek(100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import shutil
 
@@ -78,16 +80,16 @@ def test_default_keeps_fastsam_fp32_and_says_where_it_came_from(tiny_models):
 
 
 def test_resolution_order_given_then_recommended_then_default():
-    manifest = {"precisions": ["fp32", "int8"]}
+    manifest = SimpleNamespace(precisions=("fp32", "int8"), recommended_precision=None)
     assert resolve_precision(None, manifest, "m") == (DEFAULT, "built-in default")
-    manifest["recommended_precision"] = {"precision": {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}, "by": "validate"}
+    manifest.recommended_precision = {"precision": {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}, "by": "validate"}
     assert resolve_precision(None, manifest, "m")[0].to_dict() == {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}
     assert "recommendation (validate)" in resolve_precision(None, manifest, "m")[1]
     assert resolve_precision("int8", manifest, "m") == (Precision.uniform("int8"), "given")
 
 
 def test_fp32_only_folder_defaults_to_fp32_and_refuses_int8():
-    manifest = {"precisions": ["fp32"]}
+    manifest = SimpleNamespace(precisions=("fp32",), recommended_precision=None)
     assert resolve_precision(None, manifest, "m")[0] == Precision.uniform("fp32")
     with pytest.raises(ManifestError, match="needs int8 graphs, but the folder was exported with fp32"):
         resolve_precision("clip=int8", manifest, "m")

@@ -3,7 +3,6 @@ files are checked against the manifest, errors form one family, the CLI prints o
 
 from __future__ import annotations
 
-import json
 import re
 import os
 import shutil
@@ -216,7 +215,7 @@ def test_once_hashes_a_file_the_first_time_then_trusts_its_stamp(tiny_models, tm
     copy = tmp_path / "models"
     shutil.copytree(tiny_models, copy)
     data = mf.read(copy)
-    names = [data["graphs"]["clip_vision"]["int8"]["file"], data["graphs"]["fastsam"]["fp32"]["file"]]
+    names = [data.graph("clip_vision", "int8").file, data.graph("fastsam", "fp32").file]
     hashed: list[str] = []
     real = integrity.sha256
     monkeypatch.setattr(integrity, "sha256", lambda p: hashed.append(Path(p).name) or real(p))
