@@ -1,9 +1,12 @@
-"""Ray scale-out on one machine: the same dataset through `python -m imgdiff_onnx run` as
-  single   one process, --threads T (all the cores)
-  1xT      --ray, 1 actor x T threads
-  Tx1      --ray, T actors x 1 thread
+"""One process vs Ray on one machine: the same dataset through `python -m imgdiff_onnx run` as
+  single 1xT   one process, one model call at a time on all T cores (--workers 1 --threads T)
+  single Tx1   one process, T model calls at once, 1 thread each (--workers T --threads 1; the default)
+  ray 1xT      --ray, 1 actor x T threads
+  ray Tx1      --ray, T actors x 1 thread
 each as its own command (its own Ray), wall time from start to the last fsync'ed line (model
-loading and Ray start-up included), and the outputs compared line for line.
+loading and Ray start-up included), CPU time of the single-process runs (user + system of the
+child; Ray's worker processes are not its children, so none is given for Ray), and the outputs
+compared line for line (with --timings off they hold no timing).
 
 Data: the real shared pair repeated --pairs times (nothing is cached across records, so each
 copy costs a full pair; generated pairs give 300 boxes per image with these random weights and
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -57,7 +61,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=6, help="copies of the real pair")
     parser.add_argument("--generated", type=int, default=0, help="generated 768x1024 pairs added")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8")
+    parser.add_argument("--precision", default="default", help="int8, fp32, a per-model choice, or default (the engine's)")
+    parser.add_argument("--pairs-per-batch", type=int, default=1)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
     args = parser.parse_args()
     os.environ.setdefault("NLTK_DATA", str(args.shared / "nltk_data"))
@@ -65,7 +70,8 @@ def main() -> int:
     total = args.pairs + args.generated
     t = args.cores
     configs = {
-        "single": ["--threads", str(t)],
+        f"single 1x{t}": ["--workers", "1", "--threads", str(t)],
+        f"single {t}x1": ["--workers", str(t), "--threads", "1"],
         f"ray 1x{t}": ["--ray", "--ray-num-cpus", str(t), "--actors", "1", "--threads", str(t)],
         f"ray {t}x1": ["--ray", "--ray-num-cpus", str(t), "--actors", str(t), "--threads", "1"],
     }
@@ -74,22 +80,33 @@ def main() -> int:
     for name, extra in configs.items():
         output = args.out / f"out_{name.replace(' ', '_')}.jsonl"
         cmd = [sys.executable, "-m", "imgdiff_onnx", "run", "--models", str(args.models), "--input", str(dataset), "--output", str(output),
-               "--overwrite", "--quiet", "--precision", args.precision, "--pairs-per-batch", "1", *extra]  # fmt: skip
+               "--overwrite", "--quiet", "--pairs-per-batch", str(args.pairs_per_batch), *extra]  # fmt: skip
+        if args.precision != "default":
+            cmd += ["--precision", args.precision]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        with open(args.out / f"log_{name.replace(' ', '_')}.txt", "w") as log:  # a file, not a pipe: Ray logs a lot
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         outputs[name] = output.read_text()
         results[name] = {"seconds": round(seconds, 1), "pairs_per_hour": round(total * 3600 / seconds, 1), "command": " ".join(cmd[1:])}
-        print(f"{name}: {seconds:.1f} s, {total * 3600 / seconds:.1f} pairs/h", flush=True)
+        if name.startswith("single"):
+            results[name].update(cpu_seconds=round(cpu, 1), cores_busy=round(cpu / seconds, 2))
+        print(f"{name}: {seconds:.1f} s, {total * 3600 / seconds:.1f} pairs/h, cpu {cpu:.1f} s", flush=True)
     same = len(set(outputs.values())) == 1
-    base = results["single"]["seconds"]
+    base = results[f"single 1x{t}"]["seconds"]
     for r in results.values():
         r["speed_vs_single"] = round(base / r["seconds"], 2)
-    summary = {"pairs": total, "real_pair_copies": args.pairs, "generated": args.generated, "cores": t, "precision": args.precision, "models": str(args.models), "identical_outputs": same, "runs": results}
+    from benchmarks.machine import cpu_description, cpu_line
+
+    summary = {"cpu": cpu_line(cpu_description()), "pairs": total, "real_pair_copies": args.pairs, "generated": args.generated, "cores": t, "precision": args.precision, "models": str(args.models), "identical_outputs": same, "runs": results}
     (args.out / "ray_scaling.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| configuration | wall s | pairs/hour | vs single |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['seconds']} | {v['pairs_per_hour']} | {v['speed_vs_single']}x |" for k, v in results.items()]
-    lines.append(f"\n{total} pairs ({args.pairs} x the real pair, {args.generated} generated), {args.precision}, identical outputs: {same}")
+    lines = [f"| configuration | wall s | pairs/hour | vs single 1x{t} | CPU s | cores busy |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['seconds']} | {v['pairs_per_hour']} | {v['speed_vs_single']}x | {v.get('cpu_seconds', '-')} | {v.get('cores_busy', '-')} |"
+              for k, v in results.items()]  # fmt: skip
+    lines.append(f"\n{summary['cpu']}; {total} pairs ({args.pairs} x the real pair, {args.generated} generated), {args.precision}, identical outputs: {same}")
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if same else 1

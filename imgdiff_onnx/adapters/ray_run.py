@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
-from imgdiff_onnx.manifest import MANIFEST_NAME
 from imgdiff_onnx.manifest import read as read_manifest
 from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
@@ -36,13 +34,6 @@ from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_li
 from imgdiff_onnx.signals import GracefulStop
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the tests: an actor given a record whose key is listed here kills its own
-# process, as a crash would. "key" crashes every time; "key~" only the first time (a marker
-# file in IMGDIFF_FAULT_DIR remembers). Unset in normal use.
-FAULT_ENV = "IMGDIFF_FAULT_CRASH_KEYS"
-FAULT_DIR_ENV = "IMGDIFF_FAULT_DIR"
-
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -61,32 +52,14 @@ class RayOptions:
                 raise ValueError(f"ray {name} must be >= 1, got {getattr(self, name)}")
 
 
-def _maybe_crash(lines: list[InputLine]) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    keys = {line.pair.key for line in lines if line.pair is not None}
-    for entry in spec.split(","):
-        once = entry.endswith("~")
-        key = entry.rstrip("~")
-        if key not in keys:
-            continue
-        if once:
-            marker = Path(os.environ.get(FAULT_DIR_ENV, ".")) / f"crashed-{key}"
-            if marker.exists():
-                continue
-            marker.touch()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class EngineWorker:
-    """What each actor holds: one engine; `process` turns input lines into output lines."""
+    """What each actor holds: one engine; `process` turns input lines into output lines.
+    (run_ray takes a subclass too: the tests use one that crashes on chosen records.)"""
 
     def __init__(self, models: str, params: dict[str, dict[str, Any]], settings: EngineSettings):
         self.engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), settings)
 
     def process(self, lines: list[InputLine], timings: bool) -> list[OutputLine]:
-        _maybe_crash(lines)
         return process_lines(self.engine, lines, timings)
 
 
@@ -118,6 +91,142 @@ def _room_for_one_more(ray: Any, retired: list[bool], threads: int) -> bool:
     return int(ray.cluster_resources().get("CPU", 0)) >= live * threads
 
 
+class _ActorPool:
+    """The driver's bookkeeping: actor slots, calls in flight, the queue of record batches, retries
+    and the batches waiting to be written in input order.
+
+    A retry runs alone on its actor, so that a record that crashes again cannot take an innocent
+    record down with it. A dead actor is replaced while the cluster has CPUs for it; a
+    replacement gets work only once it runs (after a node loss it may wait for CPUs that never
+    come back), and without CPUs its slot retires.
+    """
+
+    def __init__(self, ray: Any, new_actor: Callable[[], Any], reader: Iterator[list[InputLine]], writer: ResultWriter,
+                 options: RayOptions, timings: bool):  # fmt: skip
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self._actor_error, self._failures = RayActorError, (RayActorError, RayTaskError)
+        self._ray, self._new_actor, self._reader, self._writer = ray, new_actor, reader, writer
+        self._threads, self._in_flight, self._timings = options.threads, options.calls_in_flight_per_actor, timings
+        n = options.actors
+        self.actors = [new_actor() for _ in range(n)]
+        self.generation = [0] * n  # bumped when a slot gets a fresh actor
+        self.busy = [0] * n
+        self.alone = [False] * n  # running a retry
+        self.retired = [False] * n  # its actor died and the cluster has no CPUs left for a new one
+        self.started = [True] * n
+        self.starting: dict[Any, tuple[int, int]] = {}  # ready-call of a replacement -> (slot, generation)
+        self.queue: deque[_Unit] = deque()
+        self.batches: dict[int, _Batch] = {}
+        self.pending: dict[Any, tuple[_Unit, int, int]] = {}  # call -> (unit, slot, generation)
+        self._next_seq = self._next_write = 0
+        self._exhausted = False
+
+    def run(self, stop: GracefulStop) -> None:
+        self._refill()
+        self._dispatch()
+        while self.pending or (self.queue and self.starting):
+            if not self.pending:
+                log.warning("waiting for Ray to start %d replacement actor(s): the cluster has no free CPUs for them yet", len(self.starting))
+            ready = self._ray.wait(list(self.pending) + list(self.starting), num_returns=1)[0][0]
+            if ready in self.starting:
+                self._actor_started(ready)
+            else:
+                self._collect(ready)
+                if stop.signum is None:
+                    self._refill()
+                else:
+                    self._drop_unsent()
+            self._dispatch()
+        self._flush_ready()
+        if stop.signum is None and self.batches:
+            raise RunError(f"internal error: {len(self.batches)} batches were never completed")  # pragma: no cover
+
+    def _refill(self) -> None:
+        while not self._exhausted and len(self.queue) < len(self.actors) * self._in_flight:
+            lines = next(self._reader, None)
+            if lines is None:
+                self._exhausted = True
+                return
+            self.batches[self._next_seq] = _Batch(expected=len(lines))
+            self.queue.append(_Unit(self._next_seq, lines))
+            self._next_seq += 1
+
+    def _dispatch(self) -> None:
+        for slot in range(len(self.actors)):
+            while self.queue and self.started[slot] and not self.retired[slot] and not self.alone[slot] and self.busy[slot] < self._in_flight:
+                if self.queue[0].retry and self.busy[slot] > 0:
+                    break
+                unit = self.queue.popleft()
+                self.pending[self.actors[slot].process.remote(unit.lines, self._timings)] = (unit, slot, self.generation[slot])
+                self.busy[slot] += 1
+                self.alone[slot] = unit.retry
+
+    def _actor_started(self, ready: Any) -> None:
+        slot, gen = self.starting.pop(ready)
+        self.started[slot] = self.started[slot] or gen == self.generation[slot]
+
+    def _collect(self, ready: Any) -> None:
+        unit, slot, gen = self.pending.pop(ready)
+        current = gen == self.generation[slot]
+        if current:
+            self.busy[slot] -= 1
+            self.alone[slot] = False
+        try:
+            outputs = self._ray.get(ready)
+        except self._failures as exc:
+            outputs = self._failed(unit, slot, current, exc)
+        for line, out in zip(unit.lines, outputs):
+            self.batches[unit.seq].outputs[line.number] = out
+        self._flush_ready()
+
+    def _failed(self, unit: _Unit, slot: int, current: bool, exc: Exception) -> list[OutputLine]:
+        """A call failed: replace a dead actor, retry the call's records one by one, or report a
+        record whose retry failed too."""
+        died = isinstance(exc, self._actor_error)
+        cause = getattr(exc, "cause", None)
+        reason = "its worker died" if died else f"its worker raised {type(cause).__name__ if cause else 'an error'}"
+        if died and current:
+            self._replace(slot)
+        if unit.retry:
+            line = unit.lines[0]
+            key = line.pair.key if line.pair is not None else f"line {line.number}"
+            return [error_output(line, f"{key}: {reason} twice while processing this record")]
+        log.warning("retrying the %d records of a failed call one by one (%s)", len(unit.lines), reason)
+        self.queue.extendleft(_Unit(unit.seq, [line], retry=True) for line in reversed(unit.lines))
+        return []
+
+    def _replace(self, slot: int) -> None:
+        self._ray.kill(self.actors[slot], no_restart=True)
+        self.generation[slot] += 1
+        self.busy[slot] = 0  # its other calls fail too and come back as stale
+        self.alone[slot] = False
+        if _room_for_one_more(self._ray, self.retired, self._threads):
+            log.warning("actor %d died; starting a new one", slot)
+            self.actors[slot] = self._new_actor()
+            self.started[slot] = False
+            self.starting[self.actors[slot].__ray_ready__.remote()] = (slot, self.generation[slot])
+            return
+        log.warning("actor %d died and the cluster has no free CPUs for a new one (a node lost?); going on with %d actor(s)",
+                    slot, self.retired.count(False) - 1)  # fmt: skip
+        self.retired[slot] = True
+        if all(self.retired):
+            raise RunError("every Ray actor died and the cluster has no CPUs left for new ones; the results written so far are kept: restart with --resume")
+
+    def _drop_unsent(self) -> None:
+        """Stopping: batches not yet sent are dropped (not read as done: the output stays a
+        prefix); retries finish the batches already in flight."""
+        kept = [u for u in self.queue if u.retry]
+        self.queue.clear()
+        self.queue.extend(kept)
+
+    def _flush_ready(self) -> None:
+        while self._next_write in self.batches and len(self.batches[self._next_write].outputs) == self.batches[self._next_write].expected:
+            done = self.batches.pop(self._next_write)
+            self._writer.write([done.outputs[n] for n in sorted(done.outputs)])
+            self._next_write += 1
+
+
 def run_ray(
     models: str | Path,
     params: OperatorParams,
@@ -126,17 +235,16 @@ def run_ray(
     output_path: Path,
     options: RunOptions,
     ray_options: RayOptions,
+    worker: type[EngineWorker] = EngineWorker,
 ) -> dict[str, int]:
     """Like jsonl.run, on a pool of Ray actors; returns counts of ok / error lines written now."""
     try:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
     except ImportError:
         raise RunError("the Ray run needs Ray: pip install 'imgdiff-onnx[ray]'") from None
     models = str(Path(models).resolve())
-    if not (Path(models) / MANIFEST_NAME).is_file():  # before any actor tries (and dies) to load it
-        raise RunError(f"no {MANIFEST_NAME} in the model folder {models}")
-    # resolved once on the driver, so every actor runs the same precision (and a bad one fails here)
+    # read and resolved once on the driver, before any actor tries (and dies) to load it, so every
+    # actor runs the same precision and a bad folder or precision fails here
     manifest = read_manifest(Path(models))
     precision, _ = resolve_precision(settings.precision, manifest, Path(models))
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
@@ -150,121 +258,13 @@ def run_ray(
             stop.install()  # Ray's core worker replaces the SIGTERM handler
         try:
             _grant_check(ray, ray_options)
-            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(EngineWorker)
+            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(worker)
             param_dicts = params.to_dicts()
-
-            def new_actor() -> Any:
-                return actor_class.remote(models, param_dicts, settings)
-
-            actors = [new_actor() for _ in range(ray_options.actors)]
-            generation = [0] * len(actors)  # bumped when a slot gets a fresh actor
-            busy = [0] * len(actors)
-            alone = [False] * len(actors)  # running a retry, which gets its actor to itself
-            retired = [False] * len(actors)  # its actor died and the cluster has no CPUs left for a new one
-            started = [True] * len(actors)  # a replacement gets work only once it runs: after a node
-            starting: dict[Any, tuple[int, int]] = {}  # loss it may wait for CPUs that never come back
-            queue: deque[_Unit] = deque()
-            batches: dict[int, _Batch] = {}
-            pending: dict[Any, tuple[_Unit, int, int]] = {}  # call -> (unit, slot, generation)
             reader = iter(input_batches(input_path, writer.done, options.limit, options.pairs_per_batch))
-            next_seq = 0
-            next_write = 0
-            exhausted = False
-            in_flight = ray_options.calls_in_flight_per_actor
-
-            def refill() -> None:
-                nonlocal next_seq, exhausted
-                while not exhausted and len(queue) < len(actors) * in_flight:
-                    lines = next(reader, None)
-                    if lines is None:
-                        exhausted = True
-                        return
-                    batches[next_seq] = _Batch(expected=len(lines))
-                    queue.append(_Unit(next_seq, lines))
-                    next_seq += 1
-
-            def dispatch() -> None:
-                # A retry runs alone on its actor, so that a record that crashes again cannot take
-                # an innocent record down with it.
-                for slot in range(len(actors)):
-                    while queue and started[slot] and not retired[slot] and not alone[slot] and busy[slot] < in_flight:
-                        if queue[0].retry and busy[slot] > 0:
-                            break
-                        unit = queue.popleft()
-                        pending[actors[slot].process.remote(unit.lines, options.timings)] = (unit, slot, generation[slot])
-                        busy[slot] += 1
-                        alone[slot] = unit.retry
-
-            def flush_ready() -> None:
-                nonlocal next_write
-                while next_write in batches and len(batches[next_write].outputs) == batches[next_write].expected:
-                    done = batches.pop(next_write)
-                    writer.write([done.outputs[n] for n in sorted(done.outputs)])
-                    next_write += 1
-
-            refill()
-            dispatch()
-            while pending or (queue and starting):
-                if not pending:
-                    log.warning("waiting for Ray to start %d replacement actor(s): the cluster has no free CPUs for them yet", len(starting))
-                ready, _ = ray.wait(list(pending) + list(starting), num_returns=1)
-                if ready[0] in starting:  # a replacement actor is up: give it work
-                    slot, gen = starting.pop(ready[0])
-                    started[slot] = started[slot] or gen == generation[slot]
-                    dispatch()
-                    continue
-                unit, slot, gen = pending.pop(ready[0])
-                current = gen == generation[slot]
-                if current:
-                    busy[slot] -= 1
-                    alone[slot] = False
-                try:
-                    outputs = ray.get(ready[0])
-                except (RayActorError, RayTaskError) as exc:
-                    died = isinstance(exc, RayActorError)
-                    reason = "its worker died" if died else f"its worker raised {type(exc.cause).__name__ if exc.cause else 'an error'}"
-                    if died and current:
-                        ray.kill(actors[slot], no_restart=True)
-                        generation[slot] += 1
-                        busy[slot] = 0  # its other calls fail too and come back here as stale
-                        alone[slot] = False
-                        if _room_for_one_more(ray, retired, ray_options.threads):
-                            log.warning("actor %d died; starting a new one", slot)
-                            actors[slot] = new_actor()
-                            started[slot] = False
-                            starting[actors[slot].__ray_ready__.remote()] = (slot, generation[slot])
-                        else:  # a node left the cluster: go on with the actors that still have CPUs
-                            log.warning("actor %d died and the cluster has no free CPUs for a new one (a node lost?); going on with %d actor(s)",
-                                        slot, retired.count(False) - 1)  # fmt: skip
-                            retired[slot] = True
-                            if all(retired):
-                                raise RunError("every Ray actor died and the cluster has no CPUs left for new ones; "
-                                               "the results written so far are kept: restart with --resume")  # fmt: skip
-                    if unit.retry:
-                        line = unit.lines[0]
-                        key = line.pair.key if line.pair is not None else f"line {line.number}"
-                        outputs = [error_output(line, f"{key}: {reason} twice while processing this record")]
-                    else:
-                        log.warning("retrying the %d records of a failed call one by one (%s)", len(unit.lines), reason)
-                        queue.extendleft(_Unit(unit.seq, [line], retry=True) for line in reversed(unit.lines))
-                        outputs = []
-                for line, out in zip(unit.lines, outputs):
-                    batches[unit.seq].outputs[line.number] = out
-                flush_ready()
-                if stop.signum is None:
-                    refill()
-                elif any(not u.retry for u in queue):
-                    # stopping: batches not yet sent are dropped (not read as done: the output stays
-                    # a prefix); retries finish the batches already in flight
-                    kept = [u for u in queue if u.retry]
-                    queue.clear()
-                    queue.extend(kept)
-                dispatch()
-            flush_ready()
+            pool = _ActorPool(ray, lambda: actor_class.remote(models, param_dicts, settings), reader, writer, ray_options, options.timings)
+            pool.run(stop)
             if stop.signum is not None:
                 raise writer.interrupted(stop.signum)
-            if batches:
-                raise RunError(f"internal error: {len(batches)} batches were never completed")  # pragma: no cover
         finally:
             if started_ray:
                 ray.shutdown()

@@ -1,0 +1,58 @@
+"""A Ray run whose actors crash on chosen records, as a segfault or an OOM kill would.
+
+    python -m tests.ray_faults CRASH_KEYS MARKER_DIR <arguments of `python -m imgdiff_onnx run`>
+
+CRASH_KEYS: comma-separated record keys; "key" crashes its actor every time, "key~" only the
+first time (a marker file in MARKER_DIR remembers). The run is the CLI's own `run --ray`, with
+run_ray given the crashing worker class.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from imgdiff_onnx import __main__ as cli
+from imgdiff_onnx.adapters import ray_run
+from imgdiff_onnx.adapters.ray_run import EngineWorker
+from imgdiff_onnx.records import InputLine, OutputLine
+
+
+def crashing_worker(spec: str, marker_dir: Path) -> type[EngineWorker]:
+    """An EngineWorker subclass that kills its own process on the records named in `spec`.
+    Built in a function, so Ray pickles the class by value (the actors need not import tests)."""
+    entries = [(entry.rstrip("~"), entry.endswith("~")) for entry in spec.split(",") if entry]
+
+    class CrashingWorker(EngineWorker):
+        def process(self, lines: list[InputLine], timings: bool) -> list[OutputLine]:
+            keys = {line.pair.key for line in lines if line.pair is not None}
+            for key, once in entries:
+                if key not in keys:
+                    continue
+                if once:
+                    marker = marker_dir / f"crashed-{key}"
+                    if marker.exists():
+                        continue
+                    marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().process(lines, timings)
+
+    return CrashingWorker
+
+
+def main(argv: list[str]) -> int:
+    spec, marker_dir, cli_args = argv[0], Path(argv[1]), argv[2:]
+    worker = crashing_worker(spec, marker_dir)
+    real = ray_run.run_ray
+
+    def run_ray(*args, **kwargs):  # the CLI's call, with the crashing worker
+        return real(*args, **kwargs, worker=worker)
+
+    ray_run.run_ray = run_ray
+    return cli.main(cli_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
