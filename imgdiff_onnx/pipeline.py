@@ -13,9 +13,10 @@ Plan per batch of pairs:
 S5 (two sides) and S6 are ANDed tests of the same candidate, so this order gives the set the
 original's order gives.
 
-On several workers (imgdiff_onnx.parallel) each worker takes whole pairs of the batch, one thread
-each, as separate processes would; a pair alone (`process`, or a batch of one) spreads its own
-model calls over the workers instead. Results do not depend on either (tested).
+On several workers (imgdiff_onnx.parallel) the model calls of each step run at once: the two
+FastSAM images of a pair, and the crop chunks of each gate. (Whole pairs per worker measured
+slower than this, see benchmarks/README.md.) Results do not depend on the number of workers
+(tested).
 """
 
 from __future__ import annotations
@@ -136,15 +137,7 @@ class DifferenceAreaGenerator:
         except ModelRunError as exc:
             return PairFailure(key=pair.key, error=str(exc))
 
-    def _process_alone(self, pair: PairInput) -> PairResult | PairFailure:
-        prepared = self._prepare_or_fail(pair)
-        if isinstance(prepared, PairFailure):
-            return prepared
-        return self._score_isolating([prepared]).get(id(prepared)) or self._finish(prepared)
-
     def _process_batch(self, pairs: list[PairInput]) -> list[PairResult | PairFailure]:
-        if self.workers.count > 1 and len(pairs) > 1:
-            return self.workers.map(self._process_alone, pairs)
         prepared = [self._prepare_or_fail(pair) for pair in pairs]
         ready = [p for p in prepared if isinstance(p, _Pair)]
         failed = self._score_isolating(ready)

@@ -71,3 +71,12 @@ def test_soak_benchmark_samples_memory_and_descriptors(tiny_models, tmp_path):
     assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in result["samples"])
     assert set(result["summary"]["rss_mb"]) == {"0.1", "0.5", "1.0"}
     assert "RSS slope" in (out / "table.md").read_text()
+
+
+def test_fastsam_layout_benchmark_runs_and_finds_the_layouts_equal(tiny_models):
+    cmd = [sys.executable, str(ROOT / "benchmarks/fastsam_threads.py"), "--models", str(tiny_models), "--precision", "int8", "--shared", str(SHARED)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert out.count("cpu") == 5
+    assert "batch of 2 equals: True" in out and "at once equals: True" in out

@@ -97,7 +97,7 @@ def test_fp32_only_folder_defaults_to_fp32_and_refuses_int8():
 
 def test_unreadable_recommendation_is_a_model_folder_error():
     with pytest.raises(ManifestError, match="recommended_precision"):
-        resolve_precision(None, {"precisions": ["fp32", "int8"], "recommended_precision": {"precision": "int4"}}, "m")
+        resolve_precision(None, SimpleNamespace(precisions=("fp32", "int8"), recommended_precision={"precision": "int4"}), "m")
 
 
 @pytest.fixture(scope="module")
