@@ -68,7 +68,6 @@ def main() -> int:
     measure("2 threads no spin, one after the other", lambda: [s2n.run(None, {"images": t})[0] for t in (t1, t2)])
     both = measure("2 threads, batch of 2", lambda: s2.run(None, {"images": np.concatenate([t1, t2])})[0])
     print("  batch of 2 equals:", np.array_equal(both[0], ref[0][0]) and np.array_equal(both[1], ref[1][0]))
-    del s2, s2n
     sa, sb = session(1), session(1)
 
     def side_by_side():

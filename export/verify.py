@@ -66,7 +66,7 @@ def _run_one_by_one(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     session = _session(path)
     output = session.get_outputs()[0].name
     rows = list(range(len(next(iter(feeds.values())))))
-    return map_chunks(rows, 1, lambda idx: run_graph(session, path.name, [output], {k: v[idx] for k, v in feeds.items()})[0])
+    return map_chunks(rows, lambda idx: run_graph(session, path.name, [output], {k: v[idx] for k, v in feeds.items()})[0], 1, batch_invariant=False)
 
 
 def embeddings(torch_module: torch.nn.Module, paths: dict[str, Path], pixels: np.ndarray) -> dict:

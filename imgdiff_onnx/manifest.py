@@ -177,11 +177,15 @@ class Manifest:
             "tokenizer": {"file": self.tokenizer_file, "max_length": self.tokenizer_max_length},
             "preprocessing": dataclasses.asdict(self.preprocessing),
             "verification": self.verification,
-            "files": {name: {"bytes": f.bytes, "sha256": f.sha256} for name, f in self.files.items()},
+            "files": self.files_json(),
         }
         if self.recommended_precision is not None:
             out["recommended_precision"] = self.recommended_precision
         return out
+
+    def files_json(self) -> dict[str, dict[str, Any]]:
+        """The `files` record: path -> {"bytes", "sha256"}."""
+        return {name: dataclasses.asdict(f) for name, f in self.files.items()}
 
     def graph(self, graph: str, precision: str) -> GraphEntry:
         try:
@@ -218,5 +222,4 @@ def write(folder: Path, manifest: Manifest) -> Path:
 
 def check_files(folder: Path, manifest: Manifest, names: list[str], check: ModelCheck = "once") -> None:
     """Every named file exists with the recorded size and, unless check="size", sha256 (see integrity.py)."""
-    files = {name: {"bytes": f.bytes, "sha256": f.sha256} for name, f in manifest.files.items()}
-    integrity.check_files(folder, files, names, check, MANIFEST_NAME)
+    integrity.check_files(folder, manifest.files_json(), names, check, MANIFEST_NAME)

@@ -35,9 +35,8 @@ class SessionSettings:
 
     threads: intra-op threads per session (0 = onnxruntime's default, all physical cores).
     A session may be run by several workers at once, each run with up to `threads` threads.
-    cpu_mem_arena and
-    mem_pattern are onnxruntime's CPU memory arena and memory-pattern planning (both on by default
-    in onnxruntime).
+    cpu_mem_arena and mem_pattern are onnxruntime's CPU memory arena and memory-pattern planning
+    (both on by default in onnxruntime).
     """
 
     threads: int = 0

@@ -113,7 +113,7 @@ class RunIdentity:
 
 
 def models_digest(manifest: Manifest) -> str:
-    files = manifest.to_json()["files"]
+    files = manifest.files_json()
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 

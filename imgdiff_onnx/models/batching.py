@@ -36,11 +36,14 @@ def chunk_size(count: int, batch_size: int, batch_invariant: bool, workers: int)
     return max(1, min(batch_size, math.ceil(count / max(1, workers))))
 
 
-def map_chunks(items: Sequence[T], step: int, fn: Callable[[Sequence[T]], np.ndarray], workers: Workers | None = None) -> np.ndarray:
-    """`fn` over consecutive chunks of `items` (on the workers, if given); outputs concatenated
-    in input order. Chunking also bounds the memory of preprocessing."""
+def map_chunks(
+    items: Sequence[T], fn: Callable[[Sequence[T]], np.ndarray], batch_size: int, batch_invariant: bool, workers: Workers | None = None
+) -> np.ndarray:
+    """`fn` over consecutive chunks of `items` (sized by chunk_size; on the workers, if given);
+    outputs concatenated in input order. Chunking also bounds the memory of preprocessing."""
     if len(items) == 0:
         raise ValueError("map_chunks needs at least one item")
+    step = chunk_size(len(items), batch_size, batch_invariant, workers.count if workers is not None else 1)
     chunks = [items[i : i + step] for i in range(0, len(items), step)]
     outputs = workers.map(fn, chunks) if workers is not None else [fn(chunk) for chunk in chunks]
     return np.concatenate(outputs, axis=0)

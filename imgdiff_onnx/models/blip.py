@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from ..parallel import Workers
 from ..preprocess import ImageNormalization, normalize_batch
-from .batching import chunk_size, map_chunks, run_graph
+from .batching import map_chunks, run_graph
 
 
 def match_probability(logits: np.ndarray) -> np.ndarray:
@@ -47,9 +47,6 @@ class BlipMatcher:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
 
-    def _step(self, count: int, batch_invariant: bool) -> int:
-        return chunk_size(count, self.batch_size, batch_invariant, self._workers.count if self._workers is not None else 1)
-
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, tokens, hidden) image embeddings for N uint8 RGB images."""
 
@@ -57,7 +54,7 @@ class BlipMatcher:
             pixels = normalize_batch(chunk, self._norm)
             return run_graph(self._vision, "blip_vision", ["image_embeds"], {"pixel_values": pixels})[0]
 
-        return map_chunks(images, self._step(len(images), self._vision_invariant), run, self._workers)
+        return map_chunks(images, run, self.batch_size, self._vision_invariant, self._workers)
 
     def tokens(self, word: str) -> np.ndarray:
         return np.asarray(self._tokenizer.encode(word).ids, dtype=np.int64)
@@ -74,4 +71,4 @@ class BlipMatcher:
             feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": rows}
             return run_graph(self._itm, "blip_itm", ["itm_logits"], feeds)[0]
 
-        return match_probability(map_chunks(embeds, self._step(len(embeds), self._itm_invariant), run, self._workers))
+        return match_probability(map_chunks(embeds, run, self.batch_size, self._itm_invariant, self._workers))

@@ -7,7 +7,7 @@ import onnxruntime as ort
 
 from ..parallel import Workers
 from ..preprocess import ImageNormalization, normalize_batch
-from .batching import chunk_size, map_chunks, run_graph
+from .batching import map_chunks, run_graph
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -35,5 +35,4 @@ class ClipImageEncoder:
             pixels = normalize_batch(chunk, self._norm)
             return run_graph(self._session, "clip_vision", ["image_embeds"], {"pixel_values": pixels})[0]
 
-        n_workers = self._workers.count if self._workers is not None else 1
-        return map_chunks(images, chunk_size(len(images), self.batch_size, self._batch_invariant, n_workers), run, self._workers)
+        return map_chunks(images, run, self.batch_size, self._batch_invariant, self._workers)
