@@ -43,6 +43,18 @@ def test_runtime_imports_no_torch_and_no_nltk(tiny_models):
     assert "HEAVY []" in proc.stdout
 
 
+def test_every_runtime_package_is_installed_by_a_wheel():
+    """pyproject lists packages by hand: a sub-package missing there works in an editable
+    install and is absent from a wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "imgdiff_onnx").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
 def test_result_shape_and_diagnostics(engine):
     r = engine.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
     assert r.boxes.dtype == np.float32 and r.boxes.ndim == 2 and r.boxes.shape[1] == 4

@@ -35,7 +35,7 @@ import numpy as np
 from data_juicer.ops.base_op import OPERATORS, TAGGING_OPS, Mapper
 from data_juicer.utils.constant import Fields, MetaKeys
 
-from imgdiff_onnx.manifest import MANIFEST_NAME
+from imgdiff_onnx.errors import ModelFolderError
 from imgdiff_onnx.manifest import read as read_manifest
 from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
@@ -117,11 +117,14 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         if not model_dir:
             raise ValueError(f"{OP_NAME}: model_dir is required (a folder written by `python -m imgdiff_onnx.export`)")
         self.model_dir = str(Path(model_dir).expanduser().resolve())
-        if not (Path(self.model_dir) / MANIFEST_NAME).is_file():
-            raise FileNotFoundError(f"{OP_NAME}: no {MANIFEST_NAME} in model_dir {self.model_dir}; export the models there first")
-        # a bad precision, or one the folder was not exported with, fails here too
+        # a missing or broken manifest, a bad precision, or one the folder was not exported
+        # with, fails here
+        try:
+            manifest = read_manifest(Path(self.model_dir))
+        except ModelFolderError as exc:
+            raise ModelFolderError(f"{OP_NAME}: model_dir: {exc}") from None
         chosen = None if precision is None else Precision.parse(precision)
-        resolve_precision(chosen, read_manifest(Path(self.model_dir)), Path(self.model_dir))
+        resolve_precision(chosen, manifest, Path(self.model_dir))
         self.settings = EngineSettings(precision=chosen, threads=threads)
         self.image_root = str(Path(image_root or os.getcwd()).expanduser().resolve())
         self._engine: DifferenceAreaGenerator | None = None
