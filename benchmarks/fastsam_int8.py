@@ -85,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     from imgdiff_onnx.modelset import ModelSet, SessionSettings, create_session
     from imgdiff_onnx.models.fastsam import postprocess
     from imgdiff_onnx.preprocess import letterbox
+    from imgdiff_onnx_export.fastsam import join_prototype_head
     from imgdiff_onnx_export.images import natural_images
 
     args.out.mkdir(parents=True, exist_ok=True)
     models = ModelSet(args.models, "fp32")
     src = models.graphs["fastsam"].path
+    if "fastsam_proto" in models.graphs:  # the recipes below quantize FastSAM's whole graph
+        src = args.out / "fastsam.fp32.whole.onnx"
+        join_prototype_head(models.graphs["fastsam"].path, models.graphs["fastsam_proto"].path, src)
     calib = natural_images()
     assert calib is not None, "needs scikit-image's photographs (the export extra)"
     to_input = lambda rgb: letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), args.imgsz, models.letterbox)  # noqa: E731

@@ -111,11 +111,34 @@ def _macs(module, example) -> float:
     return float(total[0])
 
 
+class _WholeFastSam:
+    """A split FastSAM (fastsam + fastsam_proto) run as the whole network, like the torch module
+    it is compared with: the prototype head on the whole feature map."""
+
+    def __init__(self, main, proto):
+        from imgdiff_onnx.models.fastsam import FastSamSegmenter
+        from imgdiff_onnx.preprocess import LetterboxSettings
+
+        self._segmenter = FastSamSegmenter(main, LetterboxSettings(), proto)
+
+    def run(self, names, feeds):
+        return list(self._segmenter.prototypes(feeds["images"]))
+
+
+def _ort_session(folder: Path, manifest, graph: str, precision: str, settings):
+    from imgdiff_onnx.modelset import create_session
+
+    session = create_session(folder / manifest.graph(graph, precision).file, settings)
+    if graph == "fastsam" and "fastsam_proto" in manifest.graphs:
+        return _WholeFastSam(session, create_session(folder / manifest.graph("fastsam_proto", precision).file, settings))
+    return session
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.torch_engine import TorchModelSet
-    from imgdiff_onnx.modelset import SessionSettings, create_session
+    from imgdiff_onnx.modelset import SessionSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True)
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         macs = _macs(tsession.module, [torch.from_numpy(example[n]) for n in tsession.input_names])
         sessions = {"torch_fp32": tsession}
         for precision in ("fp32", "int8"):
-            sessions[f"ort_{precision}"] = create_session(args.models / manifest.graph(graph, precision).file, settings)
+            sessions[f"ort_{precision}"] = _ort_session(args.models, manifest, graph, precision, settings)
         rows = {}
         for name, sess in sessions.items():
             for b in batches:

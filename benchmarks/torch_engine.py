@@ -67,7 +67,8 @@ class TorchModelSet(ModelSet):
             "blip_itm": TorchSession(blip.BlipTextItm(blip_model), ["input_ids", "attention_mask", "image_embeds"], ["itm_logits"]),
             "fastsam": TorchSession(_FastSamExport(fastsam.load(pt)), ["images"], ["predictions", "protos"]),
         }
-        self.graphs = {g: GraphInfo(path=info.path, precision="fp32", batch_invariant=True) for g, info in self.graphs.items()}
+        # the torch FastSAM is the whole network (predictions and prototypes): no fastsam_proto
+        self.graphs = {g: GraphInfo(path=info.path, precision="fp32", batch_invariant=True) for g, info in self.graphs.items() if g in self._sessions}
 
     def session(self, graph: str, settings: SessionSettings):
         return self._sessions[graph]

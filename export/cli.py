@@ -23,6 +23,7 @@ from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.preprocess import letterbox, normalize_batch
 
 from . import blip, clip, fastsam, quantize, random_init, verify
+from .onnx_io import describe
 from .images import CalibrationImagesError, calibration_set
 from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
 
@@ -143,7 +144,7 @@ def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SystemExit(f"--out {out} is not empty; pass --force to replace its model files")
-        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + [mf.graph_file(g, p) for g in mf.GRAPHS for p in mf.PRECISIONS]:
+        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + [mf.graph_file(g, p) for g in mf.GRAPHS + mf.OPTIONAL_GRAPHS for p in mf.PRECISIONS]:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -220,6 +221,31 @@ def _quantize(paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, calibrat
     return recipes
 
 
+def _split_fastsam(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], pre: mf.Preprocessing, calibration: list[np.ndarray], imgsz: int) -> None:
+    """FastSAM's prototype head as its own graph (prototypes on demand), at every precision or at
+    none: kept only if the two graphs give the full graph's outputs bit for bit on calibration images."""
+    samples = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), imgsz, pre.fastsam_settings).tensor for im in calibration[:2]]
+    staged = {}
+    for precision, path in paths["fastsam"].items():
+        main, proto = path.with_name(f"split-{path.name}"), path.with_name(f"split-{mf.graph_file('fastsam_proto', precision)}")
+        fastsam.split_prototype_head(path, main, proto)
+        staged[precision] = (main, proto)
+        if not fastsam.same_outputs(path, main, proto, samples):
+            log.warning("fastsam %s: the split graphs do not reproduce the full graph bit for bit; FastSAM stays one graph", precision)
+            break
+    else:
+        paths["fastsam_proto"] = {}
+        for precision, (main, proto) in staged.items():
+            main.replace(paths["fastsam"][precision])
+            paths["fastsam_proto"][precision] = proto.replace(proto.with_name(proto.name.removeprefix("split-")))
+        interfaces["fastsam"] = describe(paths["fastsam"]["fp32"])
+        interfaces["fastsam_proto"] = describe(paths["fastsam_proto"]["fp32"])
+        return
+    for main, proto in staged.values():
+        main.unlink(missing_ok=True)
+        proto.unlink(missing_ok=True)
+
+
 def _verify(models: _Loaded, paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, image_set: Any, imgsz: int, user_images: bool) -> dict:
     """Every graph against its PyTorch module (export/verify.py); raises ParityError outside tolerance."""
     calibration = image_set.images
@@ -230,11 +256,14 @@ def _verify(models: _Loaded, paths: dict[str, dict[str, Path]], pre: mf.Preproce
         "clip_vision": verify.embeddings(clip.ClipImageTower(models.clip).eval(), paths["clip_vision"], normalize_batch(calibration, pre.clip_settings)),
         "blip_vision": verify.embeddings(blip.BlipVision(models.blip).eval(), paths["blip_vision"], blip_pixels),
         "blip_itm": verify.itm(models.blip, models.tokenizer, paths["blip_vision"], paths["blip_itm"], blip_pixels),
-        "fastsam": verify.fastsam(models.fastsam, paths["fastsam"], calibration, pre.fastsam_settings, imgsz, conf=0.05, iou=0.5),
+        "fastsam": verify.fastsam(models.fastsam, paths["fastsam"], paths.get("fastsam_proto", {}), calibration, pre.fastsam_settings, imgsz, conf=0.05, iou=0.5),
         "tolerances": dataclasses.asdict(verify.TOLERANCES),
     }
     verify.check(verification, images=image_set.describe(), user_images=user_images)
     return verification
+
+
+GRAPH_MODEL_RECIPE = {"fastsam_proto": "fastsam"}  # the split graph was quantized as part of fastsam
 
 
 def _graph_entries(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], recipes: dict[str, dict]) -> dict[str, dict[str, mf.GraphEntry]]:
@@ -242,8 +271,8 @@ def _graph_entries(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict
     for graph, by_precision in paths.items():
         entries[graph] = {}
         for precision, path in by_precision.items():
-            recipe = recipes[graph] if precision == "int8" else None
-            invariant = precision == "fp32" or bool(recipes[graph].get("batch_invariant"))
+            recipe = recipes[GRAPH_MODEL_RECIPE.get(graph, graph)] if precision == "int8" else None
+            invariant = precision == "fp32" or bool(recipe.get("batch_invariant"))
             info = interfaces[graph]
             entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe)
     return entries
@@ -268,6 +297,7 @@ def run(args: argparse.Namespace) -> Path:
     paths, interfaces, preprocessing = _export_fp32(models, sources, out, args.opset)
     pre = mf.Preprocessing(**preprocessing)
     recipes = _quantize(paths, pre, image_set.images, args.verify_imgsz) if "int8" in precisions else {}
+    _split_fastsam(paths, interfaces, pre, image_set.images, args.verify_imgsz)
     verification = _verify(models, paths, pre, image_set, args.verify_imgsz, user_images=args.calibration_images is not None)
     files = {
         path.relative_to(out).as_posix(): mf.FileEntry(path.stat().st_size, integrity.sha256(path))

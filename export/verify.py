@@ -18,7 +18,7 @@ from imgdiff_onnx import boxes as bx
 from imgdiff_onnx.models.batching import map_chunks, run_graph
 from imgdiff_onnx.models.blip import match_probability
 from imgdiff_onnx.models.clip import cosine
-from imgdiff_onnx.models.fastsam import postprocess
+from imgdiff_onnx.models.fastsam import FastSamSegmenter, postprocess
 from imgdiff_onnx.modelset import SessionSettings, create_session
 from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
 
@@ -119,14 +119,17 @@ def itm(blip_model: torch.nn.Module, tokenizer, vision_paths: dict[str, Path], i
 def fastsam(
     model: torch.nn.Module,
     paths: dict[str, Path],
+    proto_paths: dict[str, Path],
     images_rgb: list[np.ndarray],
     settings: LetterboxSettings,
     imgsz: int,
     conf: float,
     iou: float,
 ) -> dict:
-    """FastSAM boxes after the full post-processing: fp32 graph vs torch, int8 vs fp32."""
-    sessions = {p: _session(path) for p, path in paths.items()}
+    """FastSAM boxes after the full post-processing: fp32 graph vs torch, int8 vs fp32.
+
+    proto_paths: the split-off prototype head of each precision, if FastSAM was split."""
+    segmenters = {p: FastSamSegmenter(_session(path), settings, _session(proto_paths[p]) if p in proto_paths else None) for p, path in paths.items()}
     per_image = []
     rng = np.random.default_rng(0)
     for rgb in images_rgb:
@@ -135,12 +138,12 @@ def fastsam(
         with raw_outputs(model), torch.no_grad():
             pred_t, proto_t = (t.numpy() for t in model(torch.from_numpy(boxed.tensor)))
         outputs = {"torch": (pred_t, proto_t)}
-        for precision, session in sessions.items():
-            outputs[precision] = tuple(session.run(["predictions", "protos"], {"images": boxed.tensor}))
+        for precision, segmenter in segmenters.items():
+            outputs[precision] = segmenter.prototypes(boxed.tensor)
         # control: the fp32 graph on the same image with +-1/255 noise (one grey level). A random
         # network is chaotic; int8 agreement is only meaningful relative to this.
         noisy = np.clip(boxed.tensor + rng.integers(-1, 2, size=boxed.tensor.shape) / np.float32(255), 0, 1).astype(np.float32)
-        outputs["fp32_noise"] = tuple(sessions["fp32"].run(["predictions", "protos"], {"images": noisy}))
+        outputs["fp32_noise"] = segmenters["fp32"].prototypes(noisy)
         dets = {k: postprocess(p[0], q[0], shape, boxed.original_shape, conf, iou) for k, (p, q) in outputs.items()}
         row = {
             "boxes_torch": int(len(dets["torch"].xywh)),

@@ -1,12 +1,11 @@
-"""Box arithmetic in vectorised numpy: conversions, NMS, IoU, FastSAM's post-processing rules.
+"""Box arithmetic in vectorised numpy: conversions, NMS, IoU, FastSAM's box rules (the empty-mask
+rule is in masks.py).
 
 Each function mirrors one piece of the reference (Ultralytics 8.4 / torchvision / Data-Juicer)
 and says which; all work in float32 like the reference does.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -137,86 +136,6 @@ def fastsam_full_image_rule(boxes_xyxy: np.ndarray, shape: tuple[int, int], thre
         full = np.array([0, 0, w, h], dtype=np.float32)
         boxes[iou_with(full, boxes) > threshold] = full
     return boxes
-
-
-# --- the empty-mask rule -------------------------------------------------------------------
-#
-# Ultralytics (retina_masks=True) computes every mask at full image resolution, crops it to its
-# box and drops detections whose mask has no positive pixel. The mask logits are a linear map of
-# the prototypes and bilinear resizing is linear too, so mask_i = Ry @ (c_i . P) @ Rx^T with
-# sparse interpolation matrices Ry, Rx. Only the rows and columns inside a box are needed, and
-# only the prototype cells they read from: a few thousand multiply-adds per box instead of a
-# full-resolution mask.
-
-
-def _linear_interp_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """(out, in) matrix of torch bilinear interpolation (align_corners=False, no antialias) on one axis."""
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
-    scale = in_size / out_size
-    dst = np.arange(out_size, dtype=np.float64)
-    src = np.maximum((dst + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = src - i0
-    w0 = 1.0 - w1
-    np.add.at(matrix, (np.arange(out_size), i0), w0)
-    np.add.at(matrix, (np.arange(out_size), i1), w1)
-    return matrix
-
-
-def _mask_upsample_matrices(proto_shape: tuple[int, int], original_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Ry (h, mh) and Rx (w, mw): Ultralytics process_mask_native's two-step resize as matrices."""
-    mh, mw = proto_shape
-    h, w = original_shape
-    gain = min(4 * mh / h, 4 * mw / w)
-    pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
-    f = 4 // math.gcd(4, pad | pad // 2)
-    # step 1: upsample the prototypes by f (bilinear)
-    ry = _linear_interp_matrix(mh * f, mh) if f > 1 else np.eye(mh)
-    rx = _linear_interp_matrix(mw * f, mw) if f > 1 else np.eye(mw)
-    im1_h, im1_w = mh * f, mw * f
-    if (im1_h, im1_w) == (h, w):
-        return ry, rx
-    # step 2: crop the letterbox padding and resize to the original image (scale_masks)
-    gain2 = min(im1_h / h, im1_w / w)
-    pad_w, pad_h = (im1_w - max(round(w * gain2), 1)) / 2, (im1_h - max(round(h * gain2), 1)) / 2
-    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
-    bottom, right = top + max(round(h * gain2), 1), left + max(round(w * gain2), 1)
-    ry = _linear_interp_matrix(h, bottom - top) @ ry[top:bottom]
-    rx = _linear_interp_matrix(w, right - left) @ rx[left:right]
-    return ry, rx
-
-
-def nonempty_masks(protos: np.ndarray, coefficients: np.ndarray, boxes_xyxy: np.ndarray, original_shape: tuple[int, int]) -> np.ndarray:
-    """For each detection: does its full-resolution mask, cropped to its box, have a pixel > 0?
-
-    protos: (32, mh, mw); coefficients: (N, 32); boxes in original-image pixels (scaled, clipped).
-    Pixels inside a box: columns c with x1 <= c < x2, rows r with y1 <= r < y2 (crop_mask).
-    """
-    n = len(boxes_xyxy)
-    result = np.zeros(n, dtype=bool)
-    if n == 0:
-        return result
-    channels, mh, mw = protos.shape
-    ry, rx = _mask_upsample_matrices((mh, mw), original_shape)
-    h, w = original_shape
-    for i in range(n):
-        x1, y1, x2, y2 = (float(v) for v in boxes_xyxy[i])
-        c0, c1 = max(math.ceil(x1), 0), min(math.ceil(x2), w)
-        r0, r1 = max(math.ceil(y1), 0), min(math.ceil(y2), h)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        rows, cols = ry[r0:r1], rx[c0:c1]
-        row_support = np.flatnonzero(rows.any(axis=0))
-        col_support = np.flatnonzero(cols.any(axis=0))
-        ra, rb = row_support[0], row_support[-1] + 1
-        ca, cb = col_support[0], col_support[-1] + 1
-        # only the prototype window the box reads from
-        sub = protos[:, ra:rb, ca:cb].reshape(channels, -1).astype(np.float64)
-        window = (coefficients[i].astype(np.float64) @ sub).reshape(rb - ra, cb - ca)
-        logits = rows[:, ra:rb] @ window @ cols[:, ca:cb].T
-        result[i] = bool((logits > 0).any())
-    return result
 
 
 def box_matches(a_xywh: np.ndarray, b_xywh: np.ndarray, iou_threshold: float = 0.9) -> int:

@@ -24,6 +24,8 @@ from .preprocess import ImageNormalization, LetterboxSettings
 MANIFEST_NAME = "manifest.json"
 FORMAT = "imgdiff-onnx-models/1"
 GRAPHS = ("clip_vision", "blip_vision", "blip_itm", "fastsam")
+# graphs a folder may have: FastSAM's prototype head split off `fastsam` (prototypes on demand)
+OPTIONAL_GRAPHS = ("fastsam_proto",)
 PRECISIONS = ("fp32", "int8")
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_MAX_LENGTH = 512
@@ -138,7 +140,7 @@ class Manifest:
             raise ManifestError(f"{where}.precisions: unknown {unknown}, expected some of {list(PRECISIONS)}")
         raw_graphs = _get(data, "graphs", where, dict)
         graphs: dict[str, dict[str, GraphEntry]] = {}
-        for graph in GRAPHS:
+        for graph in GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g in raw_graphs):
             by_precision = _get(raw_graphs, graph, f"{where}.graphs", dict)
             graphs[graph] = {p: GraphEntry.from_json(_get(by_precision, p, f"{where}.graphs.{graph}", dict), f"{where}.graphs.{graph}.{p}") for p in precisions}
         tokenizer = _get(data, "tokenizer", where, dict)

@@ -138,7 +138,8 @@ class ModelSet:
         self.folder = Path(folder)
         self.manifest = mf.read(self.folder)
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
-        entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in mf.GRAPHS}
+        present = mf.GRAPHS + tuple(g for g in mf.OPTIONAL_GRAPHS if g in self.manifest.graphs)
+        entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in present}
         mf.check_files(self.folder, self.manifest, [e.file for e in entries.values()] + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
             g: GraphInfo(path=self.folder / e.file, precision=self.precision.for_graph(g), batch_invariant=e.batch_invariant)
@@ -175,4 +176,5 @@ class ModelSet:
             crop_batch_size,
             workers,
         )
-        return Components(clip, blip, FastSamSegmenter(self.session("fastsam", settings), self.letterbox))
+        proto = self.session("fastsam_proto", settings) if "fastsam_proto" in g else None
+        return Components(clip, blip, FastSamSegmenter(self.session("fastsam", settings), self.letterbox, proto))

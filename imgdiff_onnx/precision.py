@@ -28,7 +28,7 @@ from .manifest import PRECISIONS
 
 MODELS = ("clip", "blip", "fastsam")
 # which exported graphs each model runs
-MODEL_GRAPHS = {"clip": ("clip_vision",), "blip": ("blip_vision", "blip_itm"), "fastsam": ("fastsam",)}
+MODEL_GRAPHS = {"clip": ("clip_vision",), "blip": ("blip_vision", "blip_itm"), "fastsam": ("fastsam", "fastsam_proto")}
 GRAPH_MODEL = {graph: model for model, graphs in MODEL_GRAPHS.items() for graph in graphs}
 
 

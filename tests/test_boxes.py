@@ -84,29 +84,6 @@ def test_scale_boxes_matches_ultralytics():
         np.testing.assert_allclose(bx.scale_boxes_to_original(boxes, input_shape, original), expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("original", [(1024, 1024), (480, 640), (500, 342), (37, 91)])
-def test_empty_mask_rule_matches_ultralytics(original):
-    """Nonempty masks computed through interpolation matrices equal Ultralytics' full-resolution masks."""
-    from ultralytics.utils.ops import process_mask_native
-
-    from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
-
-    rng = np.random.default_rng(3)
-    h, w = original
-    shape = letterbox(np.zeros((h, w, 3), np.uint8), 640, LetterboxSettings()).tensor.shape[2:]
-    protos = rng.uniform(0, 1, size=(32, shape[0] // 4, shape[1] // 4)).astype(np.float32)
-    # per-detection offsets make some masks positive somewhere and others negative everywhere
-    coeffs = (rng.normal(scale=0.15, size=(80, 32)) + rng.uniform(-0.15, 0.05, size=(80, 1))).astype(np.float32)
-    xy = rng.uniform(0, [w, h], size=(80, 2))
-    wh = rng.uniform(0.3, [w / 6, h / 6], size=(80, 2))
-    boxes = np.clip(np.concatenate([xy, xy + wh], 1), 0, [w, h, w, h]).astype(np.float32)
-    masks = process_mask_native(torch.from_numpy(protos), torch.from_numpy(coeffs), torch.from_numpy(boxes), (h, w))
-    expected = (masks.amax((-2, -1)) > 0).numpy()
-    ours = bx.nonempty_masks(protos, coeffs, boxes, (h, w))
-    assert 0 < expected.sum() < len(expected)  # the case distinguishes both outcomes
-    np.testing.assert_array_equal(ours, expected)
-
-
 def test_box_f1():
     a = np.array([[10, 10, 4, 4], [50, 50, 10, 10]], np.float32)
     assert bx.box_f1(a, a) == 1.0

@@ -26,7 +26,7 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
     data = _manifest(tiny_models)
     assert data["format"] == mf.FORMAT
     assert data["precisions"] == ["fp32", "int8"]
-    for graph in mf.GRAPHS:
+    for graph in mf.GRAPHS + mf.OPTIONAL_GRAPHS:
         for precision in ("fp32", "int8"):
             entry = data["graphs"][graph][precision]
             assert entry["file"] == f"{graph}.{precision}.onnx"
@@ -40,6 +40,11 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
     assert data["graphs"]["blip_vision"]["int8"]["batch_invariant"] is False  # dynamic
     assert data["graphs"]["fastsam"]["int8"]["batch_invariant"] is True
     assert data["graphs"]["fastsam"]["int8"]["quantization"]["format"] == "QDQ"
+    # FastSAM split in two: the prototype head runs on demand, tile by tile (masks.py)
+    assert [o["name"] for o in data["graphs"]["fastsam"]["fp32"]["outputs"]] == ["predictions", "proto_features"]
+    proto = data["graphs"]["fastsam_proto"]["int8"]
+    assert [i["name"] for i in proto["inputs"]] == ["proto_features"] and [o["name"] for o in proto["outputs"]] == ["protos"]
+    assert proto["batch_invariant"] is True and proto["quantization"]["format"] == "QDQ"
     # checkpoints saved next to the graphs, hashed too
     assert "torch/fastsam.pt" in data["files"] and "torch/clip/model.safetensors" in data["files"]
     assert data["random_init"]["size"] == "tiny"
@@ -180,3 +185,72 @@ def test_int8_graphs_marked_batch_invariant_are(tiny_models):
         assert np.array_equal(together, alone) == entry["batch_invariant"], graph
         checked += 1
     assert checked == 2
+
+
+def test_a_folder_with_fastsam_in_one_graph_still_runs_with_the_same_boxes(tiny_models, tmp_path):
+    """Folders exported before FastSAM was split (one `fastsam` graph with predictions and
+    prototypes, no `fastsam_proto`) load and find the same boxes as the split folder."""
+    import shutil
+
+    from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
+    from imgdiff_onnx_export.fastsam import join_prototype_head
+
+    from .conftest import DATA
+
+    old = tmp_path / "one-graph"
+    shutil.copytree(tiny_models, old, ignore=shutil.ignore_patterns("torch"))
+    raw = _manifest(old)
+    for precision in ("fp32", "int8"):
+        main, proto = old / f"fastsam.{precision}.onnx", old / f"fastsam_proto.{precision}.onnx"
+        join_prototype_head(main, proto, main)
+        proto.unlink()
+        raw["files"].pop(proto.name)
+        raw["files"][main.name] = {"bytes": main.stat().st_size, "sha256": integrity.sha256(main)}
+    del raw["graphs"]["fastsam_proto"]
+    raw["files"] = {k: v for k, v in raw["files"].items() if not k.startswith("torch/")}
+    (old / "manifest.json").write_text(json.dumps(raw))
+    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": 640}, {"min_score": 0, "max_score": 1})
+    pair = PairInput(DATA / "pairs/img_pair_1.jpg", DATA / "pairs/img_pair_2.jpg", "a plane in the sky", "a boat on the ocean")
+    for precision in ("fp32", "int8"):
+        split = DifferenceAreaGenerator(tiny_models, params, EngineSettings(precision=precision))
+        whole = DifferenceAreaGenerator(old, params, EngineSettings(precision=precision))
+        assert "fastsam_proto" in split.models.graphs and "fastsam_proto" not in whole.models.graphs
+        a, b = split.process(pair), whole.process(pair)
+        assert a.exit_reason is None and len(a.candidate_boxes) > 0
+        np.testing.assert_array_equal(a.candidate_boxes, b.candidate_boxes)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+@pytest.mark.parametrize("reproduces", [True, False])
+def test_fastsam_is_split_only_where_the_halves_reproduce_the_whole_graph(tiny_models, tmp_path, monkeypatch, reproduces):
+    import shutil
+
+    import cv2
+
+    from imgdiff_onnx_export import cli, fastsam
+    from imgdiff_onnx_export.fastsam import join_prototype_head
+
+    from .conftest import DATA
+
+    paths = {"fastsam": {}}
+    for precision in ("fp32", "int8"):
+        whole = tmp_path / f"fastsam.{precision}.onnx"
+        join_prototype_head(tiny_models / whole.name, tiny_models / f"fastsam_proto.{precision}.onnx", whole)
+        paths["fastsam"][precision] = whole
+    before = {p: integrity.sha256(path) for p, path in paths["fastsam"].items()}
+    if not reproduces:
+        real = fastsam.same_outputs
+        monkeypatch.setattr(fastsam, "same_outputs", lambda path, *a: real(path, *a) and "int8" not in path.name)
+    interfaces = {"fastsam": {}}
+    images = [cv2.imread(str(DATA / "images/cat.jpg"))[:, :, ::-1]]
+    cli._split_fastsam(paths, interfaces, mf.read(tiny_models).preprocessing, images, 320)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if reproduces:
+        assert left == ["fastsam.fp32.onnx", "fastsam.int8.onnx", "fastsam_proto.fp32.onnx", "fastsam_proto.int8.onnx"]
+        assert set(paths["fastsam_proto"]) == {"fp32", "int8"}
+        assert [o["name"] for o in interfaces["fastsam"]["outputs"]] == ["predictions", "proto_features"]
+    else:  # all precisions or none: FastSAM stays one graph, untouched
+        assert left == ["fastsam.fp32.onnx", "fastsam.int8.onnx"] and "fastsam_proto" not in paths
+        assert {p: integrity.sha256(path) for p, path in paths["fastsam"].items()} == before
+        assert interfaces == {"fastsam": {}}
+    shutil.rmtree(tmp_path)

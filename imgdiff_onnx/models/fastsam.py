@@ -1,4 +1,10 @@
-"""FastSAM on onnxruntime: letterbox in, boxes out (S3 of DESIGN.md), with post-processing in numpy."""
+"""FastSAM on onnxruntime: letterbox in, boxes out (S3 of DESIGN.md), with post-processing in numpy.
+
+A model folder holds FastSAM either as one graph (`fastsam`: predictions and prototypes) or split
+in two (`fastsam`: predictions and the stride-8 features the prototype head reads;
+`fastsam_proto`: features -> prototypes). With the split, prototypes are computed tile by tile,
+only where the empty-mask rule looks (masks.py).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,17 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import boxes as bx
+from ..masks import Prototypes, nonempty_masks
 from ..preprocess import LetterboxSettings, letterbox
 from .batching import run_graph
 
 MAX_NMS = 30000  # Ultralytics: at most this many candidates enter NMS (highest scores)
+PROTO_TILE = 16  # prototype cells per tile side (8 feature cells, 64 input pixels)
+PROTO_HALO = 2  # feature cells each side a tile reads beyond its own (3x3 conv, 2x up, 3x3 conv)
+# feature cells a tile's window spans at least, per side (more halo where the tile is small):
+# onnxruntime's fp32 kernels take other paths, with other rounding, on very small inputs; from
+# this size on the tiles equal the whole map's prototypes bit for bit (tests/test_masks.py)
+PROTO_MIN_WINDOW = 12
 
 
 @dataclass(frozen=True)
@@ -21,11 +34,12 @@ class Detections:
 
     xywh: np.ndarray  # float32 (K, 4), centre-based
     scores: np.ndarray  # float32 (K,)
+    prototypes_computed: float = 1.0  # share of the prototype tiles the empty-mask rule needed
 
 
 def postprocess(
     predictions: np.ndarray,
-    protos: np.ndarray,
+    protos: np.ndarray | Prototypes,
     input_shape: tuple[int, int],
     original_shape: tuple[int, int],
     conf: float,
@@ -34,7 +48,7 @@ def postprocess(
 ) -> Detections:
     """One image's raw outputs to FastSAM boxes, as Ultralytics' FastSAM predictor does it.
 
-    predictions: (4 + 1 + 32, A); protos: (32, H/4, W/4). NMS (score > conf, IoU > iou
+    predictions: (4 + 1 + 32, A); protos: (32, H/4, W/4), complete or tiled. NMS (score > conf, IoU > iou
     suppresses, at most max_det), scale back and clip, drop empty masks, FastSAM's border snap
     and full-image rule, then centre xywh.
     """
@@ -48,10 +62,11 @@ def postprocess(
     keep = bx.nms(xyxy, table[:, 4], iou)[:max_det]
     xyxy, table = xyxy[keep], table[keep]
     xyxy = bx.scale_boxes_to_original(xyxy, input_shape, original_shape)
-    nonempty = bx.nonempty_masks(protos, table[:, 5:], xyxy, original_shape)
+    prototypes = Prototypes.complete(protos) if isinstance(protos, np.ndarray) else protos
+    nonempty = nonempty_masks(prototypes, table[:, 5:], xyxy, original_shape)
     xyxy, table = xyxy[nonempty], table[nonempty]
     xyxy = bx.fastsam_full_image_rule(xyxy, original_shape)
-    return Detections(xywh=bx.xyxy_to_xywh(xyxy), scores=table[:, 4].astype(np.float32))
+    return Detections(xywh=bx.xyxy_to_xywh(xyxy), scores=table[:, 4].astype(np.float32), prototypes_computed=prototypes.computed_fraction)
 
 
 def predictor_imgsz(imgsz: int, stride: int) -> int:
@@ -59,14 +74,60 @@ def predictor_imgsz(imgsz: int, stride: int) -> int:
     return max(math.ceil(imgsz / stride) * stride, 0)
 
 
-class FastSamSegmenter:
-    """The `fastsam` graph: one image per call (each image has its own letterbox shape)."""
+def _window(start: int, stop: int, size: int) -> tuple[int, int]:
+    """Feature cells [start, stop) with PROTO_HALO cells each side, widened to PROTO_MIN_WINDOW,
+    within [0, size)."""
+    lo, hi = max(start - PROTO_HALO, 0), min(stop + PROTO_HALO, size)
+    lo = max(min(lo, hi - PROTO_MIN_WINDOW), 0)
+    hi = min(max(hi, lo + PROTO_MIN_WINDOW), size)
+    return lo, hi
 
-    def __init__(self, session: ort.InferenceSession, settings: LetterboxSettings):
+
+class FastSamSegmenter:
+    """FastSAM graphs, one image per call (each image has its own letterbox shape).
+
+    proto_session: the `fastsam_proto` graph of a split folder (prototypes on demand), or None
+    when `fastsam` outputs the prototypes itself.
+    """
+
+    def __init__(self, session: ort.InferenceSession, settings: LetterboxSettings, proto_session: ort.InferenceSession | None = None):
         self._session = session
         self._settings = settings
+        self._proto_session = proto_session
 
     def segment(self, bgr: np.ndarray, imgsz: int, conf: float, iou: float, max_det: int = 300) -> Detections:
         boxed = letterbox(bgr, predictor_imgsz(imgsz, self._settings.stride), self._settings)
-        predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": boxed.tensor})
-        return postprocess(predictions[0], protos[0], boxed.tensor.shape[2:], boxed.original_shape, conf, iou, max_det)
+        if self._proto_session is None:
+            predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": boxed.tensor})
+            prototypes = Prototypes.complete(protos[0])
+        else:
+            predictions, features = run_graph(self._session, "fastsam", ["predictions", "proto_features"], {"images": boxed.tensor})
+            prototypes = self._tiled_prototypes(features)
+        return postprocess(predictions[0], prototypes, boxed.tensor.shape[2:], boxed.original_shape, conf, iou, max_det)
+
+    def prototypes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions and complete prototypes of a letterboxed batch, whichever the layout."""
+        if self._proto_session is None:
+            predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": images})
+            return predictions, protos
+        predictions, features = run_graph(self._session, "fastsam", ["predictions", "proto_features"], {"images": images})
+        (protos,) = run_graph(self._proto_session, "fastsam_proto", ["protos"], {"proto_features": features})
+        return predictions, protos
+
+    def _tiled_prototypes(self, features: np.ndarray) -> Prototypes:
+        """Prototypes of one image's features (1, C, fh, fw), computed PROTO_TILE cells at a time."""
+        _, _, fh, fw = features.shape
+        channels = self._proto_session.get_outputs()[0].shape[1]
+        if not isinstance(channels, int):
+            raise ValueError(f"fastsam_proto graph: prototype channel count is not fixed ({channels!r})")
+
+        def compute(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+            # prototype cells [r0, r1) come from feature cells [r0/2, r1/2) plus the halo
+            a0, a1 = _window(r0 // 2, r1 // 2, fh)
+            b0, b1 = _window(c0 // 2, c1 // 2, fw)
+            window = np.ascontiguousarray(features[:, :, a0:a1, b0:b1])
+            (protos,) = run_graph(self._proto_session, "fastsam_proto", ["protos"], {"proto_features": window})
+            top, left = r0 - 2 * a0, c0 - 2 * b0
+            return protos[0, :, top : top + r1 - r0, left : left + c1 - c0]
+
+        return Prototypes.tiled((channels, 2 * fh, 2 * fw), PROTO_TILE, compute)
