@@ -121,7 +121,9 @@ def engine_worker(models: Path, pairs: list[dict], params: dict, threads: int, p
 
     started = time.perf_counter()
     ensure_available()
-    engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), EngineSettings(precision=None if precision == "default" else precision, threads=threads))
+    # the engine's default parallelism (one model call per core at once): `threads` is the cores
+    # Data-Juicer's side gets; the engine's own default settings are what is compared
+    engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), EngineSettings(precision=None if precision == "default" else precision))
     load = time.perf_counter() - started
     rows = []
     for p in pairs:
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gates", choices=sorted(GATES), default="open")
     parser.add_argument("--pairs", choices=("real", "pasted"), default="real")
     parser.add_argument("--precisions", default="default", help="engine runs, ';'-separated (each a precision or 'default')")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the Data-Juicer side (the engine runs with its default settings: one model call per core)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     shared = ROOT.parent / "shared"

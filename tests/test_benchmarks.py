@@ -80,3 +80,14 @@ def test_fastsam_layout_benchmark_runs_and_finds_the_layouts_equal(tiny_models):
     out = proc.stdout
     assert out.count("cpu") == 5
     assert "batch of 2 equals: True" in out and "at once equals: True" in out
+
+
+def test_prototype_tiles_benchmark_runs_and_finds_the_same_boxes(tiny_models, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks/fastsam_prototypes.py"), "--models", str(tiny_models), "--precision", "fp32",
+           "--imgsz", "320", "--repeats", "1", "--shared", str(SHARED), "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary_fp32.json").read_text())
+    assert len(summary["rows"]) == 7 and all(r["same_boxes"] for r in summary["rows"])
+    assert all(0 <= r["tiles_computed"] <= 1 for r in summary["rows"]) and any(r["tiles_computed"] < 1 for r in summary["rows"])
+    assert "| all |" in proc.stdout

@@ -76,6 +76,7 @@ def test_default_keeps_fastsam_fp32_and_says_where_it_came_from(tiny_models):
         "blip_vision": "blip_vision.int8.onnx",
         "blip_itm": "blip_itm.int8.onnx",
         "fastsam": "fastsam.fp32.onnx",
+        "fastsam_proto": "fastsam_proto.fp32.onnx",  # the prototype head follows FastSAM's precision
     }
 
 
