@@ -168,7 +168,8 @@ def _spawn(python: Path, job: dict, out: Path) -> dict:
     job_file = out / f"job-{job['name']}.json"
     result_file = out / f"result-{job['name']}.json"
     job_file.write_text(json.dumps(job))
-    env = {**os.environ, "NLTK_DATA": os.environ.get("NLTK_DATA", str(ROOT.parent / "shared" / "nltk_data"))}
+    nltk_data = Path(os.environ.get("NLTK_DATA", ROOT.parent / "shared" / "nltk_data")).resolve()  # the worker runs in `out`
+    env = {**os.environ, "NLTK_DATA": str(nltk_data)}
     proc = subprocess.run([str(python), __file__, "--worker", str(job_file), str(result_file)], env=env, cwd=out, text=True, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{job['name']} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="default", help="engine runs, ';'-separated (each a precision or 'default')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the Data-Juicer side (the engine runs with its default settings: one model call per core)")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the workers run in it
     args.out.mkdir(parents=True, exist_ok=True)
     shared = ROOT.parent / "shared"
     pairs = _pairs(shared, args.pairs, args.out / "pairs")

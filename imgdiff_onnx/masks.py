@@ -27,12 +27,16 @@ TileFunction = Callable[[int, int, int, int], np.ndarray]
 
 
 class Prototypes:
-    """One image's mask prototypes (C, mh, mw): all of them, or computed tile by tile."""
+    """One image's mask prototypes (C, mh, mw): all of them, or computed tile by tile.
 
-    def __init__(self, shape: tuple[int, int, int], tile: int, compute: TileFunction | None, values: np.ndarray | None = None):
+    A tile costs more than its share of the whole map (it reads a halo around itself), so once
+    more than `budget` of the tiles would be computed, the rest of the map is computed at once."""
+
+    def __init__(self, shape: tuple[int, int, int], tile: int, compute: TileFunction | None, values: np.ndarray | None = None, budget: float = 1.0):
         self.shape = shape
         self._tile = tile
         self._compute = compute
+        self._budget = budget
         self.values = values if values is not None else np.zeros(shape, dtype=np.float32)
         _, mh, mw = shape
         self._known = np.zeros((math.ceil(mh / tile), math.ceil(mw / tile)), dtype=bool)
@@ -46,11 +50,12 @@ class Prototypes:
         return cls(protos.shape, max(mh, mw, 1), None, protos)
 
     @classmethod
-    def tiled(cls, shape: tuple[int, int, int], tile: int, compute: TileFunction) -> "Prototypes":
-        """Prototypes computed `tile` x `tile` cells at a time, when first asked for."""
+    def tiled(cls, shape: tuple[int, int, int], tile: int, compute: TileFunction, budget: float = 1.0) -> "Prototypes":
+        """Prototypes computed `tile` x `tile` cells at a time, when first asked for; the whole
+        map in one call instead once more than `budget` (a share) of the tiles would be computed."""
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
-        return cls(shape, tile, compute)
+        return cls(shape, tile, compute, budget=budget)
 
     @property
     def computed_fraction(self) -> float:
@@ -77,9 +82,14 @@ class Prototypes:
         for i, j in sorted(cells, key=order):
             bounds = self._bounds(i, j)
             if not self._known[i, j]:
-                r0, r1, c0, c1 = bounds
-                self.values[:, r0:r1, c0:c1] = self._compute(r0, r1, c0, c1)
-                self._known[i, j] = True
+                if self._known.sum() + 1 > self._budget * self._known.size:
+                    _, mh, mw = self.shape
+                    self.values[:] = self._compute(0, mh, 0, mw)
+                    self._known[:] = True
+                else:
+                    r0, r1, c0, c1 = bounds
+                    self.values[:, r0:r1, c0:c1] = self._compute(r0, r1, c0, c1)
+                    self._known[i, j] = True
             yield bounds
 
 

@@ -135,3 +135,22 @@ def test_prototype_tiles_equal_the_whole_map_bit_for_bit(tiny_models, precision)
             np.testing.assert_array_equal(tiled.values, whole[0])
             checked += 1
     assert checked == 10
+
+
+def test_past_the_budget_the_rest_of_the_map_comes_in_one_call():
+    protos = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    calls: list = []
+
+    def compute(r0, r1, c0, c1):
+        calls.append((r0, r1, c0, c1))
+        return protos[:, r0:r1, c0:c1].copy()
+
+    prototypes = Prototypes.tiled(protos.shape, 4, compute, budget=0.5)
+    assert list(prototypes.tiles(0, 4, 0, 4)) == [(0, 4, 0, 4)]
+    assert list(prototypes.tiles(0, 4, 4, 8)) == [(0, 4, 4, 8)]
+    assert prototypes.computed_fraction == 0.5
+    # a third tile would pass half of them: the whole map at once, every tile known from then on
+    assert list(prototypes.tiles(4, 8, 0, 8)) == [(4, 8, 0, 4), (4, 8, 4, 8)]
+    assert calls == [(0, 4, 0, 4), (0, 4, 4, 8), (0, 8, 0, 8)]
+    assert prototypes.computed_fraction == 1.0
+    np.testing.assert_array_equal(prototypes.values, protos)

@@ -26,6 +26,10 @@ PROTO_HALO = 2  # feature cells each side a tile reads beyond its own (3x3 conv,
 # onnxruntime's fp32 kernels take other paths, with other rounding, on very small inputs; from
 # this size on the tiles equal the whole map's prototypes bit for bit (tests/test_masks.py)
 PROTO_MIN_WINDOW = 12
+# share of the tiles after which the rest of the map is computed in one call: an 8x8 tile reads a
+# 12x12 window, ~2.25x its share of the whole map, so past about a third of the tiles the whole
+# map is cheaper than going on tile by tile (worst case: ~1.75x the head's whole-map cost)
+PROTO_TILE_BUDGET = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -130,4 +134,4 @@ class FastSamSegmenter:
             top, left = r0 - 2 * a0, c0 - 2 * b0
             return protos[0, :, top : top + r1 - r0, left : left + c1 - c0]
 
-        return Prototypes.tiled((channels, 2 * fh, 2 * fw), PROTO_TILE, compute)
+        return Prototypes.tiled((channels, 2 * fh, 2 * fw), PROTO_TILE, compute, PROTO_TILE_BUDGET)
