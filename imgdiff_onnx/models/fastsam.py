@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import boxes as bx
+from ..errors import ModelFolderError
 from ..masks import Prototypes, nonempty_masks
 from ..preprocess import LetterboxSettings, letterbox
 from .batching import run_graph
@@ -123,7 +124,7 @@ class FastSamSegmenter:
         _, _, fh, fw = features.shape
         channels = self._proto_session.get_outputs()[0].shape[1]
         if not isinstance(channels, int):
-            raise ValueError(f"fastsam_proto graph: prototype channel count is not fixed ({channels!r})")
+            raise ModelFolderError(f"fastsam_proto graph: the prototype channel count is not fixed ({channels!r}); export the folder again")
 
         def compute(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
             # prototype cells [r0, r1) come from feature cells [r0/2, r1/2) plus the halo
