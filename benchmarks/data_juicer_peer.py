@@ -115,14 +115,13 @@ def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> di
     return {"side": "data_juicer", "load_seconds": load, "rows": rows, "peak_rss_mb": peak_rss_mb(), "torch_threads_after": torch.get_num_threads()}
 
 
-def engine_worker(models: Path, pairs: list[dict], params: dict, threads: int, precision: str) -> dict:
+def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str) -> dict:
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
     from imgdiff_onnx.captions import ensure_available
 
     started = time.perf_counter()
     ensure_available()
-    # the engine's default parallelism (one model call per core at once): `threads` is the cores
-    # Data-Juicer's side gets; the engine's own default settings are what is compared
+    # the engine's own default settings (one model call per core at once) are what is compared
     engine = DifferenceAreaGenerator(models, OperatorParams.from_mapping(params), EngineSettings(precision=None if precision == "default" else precision))
     load = time.perf_counter() - started
     rows = []
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if job["side"] == "data_juicer":
             result = dj_worker(models, pairs, job["params"], job["threads"])
         else:
-            result = engine_worker(models, pairs, job["params"], job["threads"], job["precision"])
+            result = engine_worker(models, pairs, job["params"], job["precision"])
         Path(argv[2]).write_text(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -138,8 +138,7 @@ class ModelSet:
         self.folder = Path(folder)
         self.manifest = mf.read(self.folder)
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
-        present = mf.GRAPHS + tuple(g for g in mf.OPTIONAL_GRAPHS if g in self.manifest.graphs)
-        entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in present}
+        entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in self.manifest.graphs}  # required + optional present
         mf.check_files(self.folder, self.manifest, [e.file for e in entries.values()] + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
             g: GraphInfo(path=self.folder / e.file, precision=self.precision.for_graph(g), batch_invariant=e.batch_invariant)

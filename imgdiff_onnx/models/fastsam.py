@@ -99,32 +99,36 @@ class FastSamSegmenter:
         self._session = session
         self._settings = settings
         self._proto_session = proto_session
+        if proto_session is not None:
+            channels = proto_session.get_outputs()[0].shape[1]
+            if not isinstance(channels, int):
+                raise ModelFolderError(f"fastsam_proto graph: the prototype channel count is not fixed ({channels!r}); export the folder again")
+            self._proto_channels = channels
 
     def segment(self, bgr: np.ndarray, imgsz: int, conf: float, iou: float, max_det: int = 300) -> Detections:
         boxed = letterbox(bgr, predictor_imgsz(imgsz, self._settings.stride), self._settings)
-        if self._proto_session is None:
-            predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": boxed.tensor})
-            prototypes = Prototypes.complete(protos[0])
-        else:
-            predictions, features = run_graph(self._session, "fastsam", ["predictions", "proto_features"], {"images": boxed.tensor})
-            prototypes = self._tiled_prototypes(features)
+        predictions, second = self._network(boxed.tensor)
+        prototypes = Prototypes.complete(second[0]) if self._proto_session is None else self._tiled_prototypes(second)
         return postprocess(predictions[0], prototypes, boxed.tensor.shape[2:], boxed.original_shape, conf, iou, max_det)
 
     def prototypes(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predictions and complete prototypes of a letterboxed batch, whichever the layout."""
+        predictions, second = self._network(images)
         if self._proto_session is None:
-            predictions, protos = run_graph(self._session, "fastsam", ["predictions", "protos"], {"images": images})
-            return predictions, protos
-        predictions, features = run_graph(self._session, "fastsam", ["predictions", "proto_features"], {"images": images})
-        (protos,) = run_graph(self._proto_session, "fastsam_proto", ["protos"], {"proto_features": features})
+            return predictions, second
+        (protos,) = run_graph(self._proto_session, "fastsam_proto", ["protos"], {"proto_features": second})
         return predictions, protos
+
+    def _network(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The `fastsam` graph: predictions, and the prototypes (one graph) or the features the
+        prototype head reads (split)."""
+        second = "protos" if self._proto_session is None else "proto_features"
+        predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images})
+        return predictions, out
 
     def _tiled_prototypes(self, features: np.ndarray) -> Prototypes:
         """Prototypes of one image's features (1, C, fh, fw), computed PROTO_TILE cells at a time."""
         _, _, fh, fw = features.shape
-        channels = self._proto_session.get_outputs()[0].shape[1]
-        if not isinstance(channels, int):
-            raise ModelFolderError(f"fastsam_proto graph: the prototype channel count is not fixed ({channels!r}); export the folder again")
 
         def compute(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
             # prototype cells [r0, r1) come from feature cells [r0/2, r1/2) plus the halo
@@ -135,4 +139,4 @@ class FastSamSegmenter:
             top, left = r0 - 2 * a0, c0 - 2 * b0
             return protos[0, :, top : top + r1 - r0, left : left + c1 - c0]
 
-        return Prototypes.tiled((channels, 2 * fh, 2 * fw), PROTO_TILE, compute, PROTO_TILE_BUDGET)
+        return Prototypes.tiled((self._proto_channels, 2 * fh, 2 * fw), PROTO_TILE, compute, PROTO_TILE_BUDGET)
