@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from . import boxes as bx
+from . import memory
 from .captions import CaptionDifference
 from .errors import ModelRunError
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
@@ -83,6 +84,8 @@ class DifferenceAreaGenerator:
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
         started = time.perf_counter()
+        if self.settings.return_memory:
+            memory.return_freed_memory()  # before loading: the graphs' load-time copies are freed for good
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         n_workers, threads = self.settings.parallelism()
         self.workers = Workers(n_workers)
@@ -91,6 +94,8 @@ class DifferenceAreaGenerator:
             components = self.models.components(sessions, self.settings.crop_batch_size, self.workers)
         self.components = components
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
+        if self.settings.return_memory:
+            memory.trim()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s)",
@@ -232,15 +237,19 @@ class DifferenceAreaGenerator:
         return self.workers.map(one, todo) if self.settings.jpeg_roundtrip else [one(item) for item in todo]
 
     def _score(self, pairs: list[_Pair]) -> None:
-        """S6 then S5 on each side, every gate over the distinct windows of all the pairs at once."""
+        """S6 then S5 on each side, every gate over the distinct windows of all the pairs together,
+        `windows_per_step` windows at a time."""
         active = [p for p in pairs if p.ledger is not None]
         for gate in ("crop_pair_gate", "itm_image1", "itm_image2"):
             t = time.perf_counter()
             todo = [(p, win) for p in active for win in p.ledger.pending()]  # type: ignore[union-attr]
-            if gate == "crop_pair_gate":
-                passing = self._crop_pair_gate(todo)
-            else:
-                passing = self._itm_gate(todo, side=1 if gate == "itm_image1" else 2)
+            passing = []
+            step = self.settings.windows_per_step  # bounds the crops and embeddings held at once
+            for block in (todo[i : i + step] for i in range(0, len(todo), step)):
+                if gate == "crop_pair_gate":
+                    passing += self._crop_pair_gate(block)
+                else:
+                    passing += self._itm_gate(block, side=1 if gate == "itm_image1" else 2)
             share = (time.perf_counter() - t) / max(1, len(pairs))
             for p in active:
                 assert p.ledger is not None

@@ -36,6 +36,10 @@ class EngineSettings:
     Data-Juicer process should. `workers` alone gives each worker cores // workers threads.
     Results do not depend on either.
     crop_batch_size: crops per model call where the graph is batch-invariant.
+    windows_per_step: crop windows a gate scores at a time. It bounds the memory a gate holds
+    (the crops, and BLIP's image embeddings: ~1.8 MB per crop for ViT-B/16 at 384 px), not the
+    results; a step ends with the workers waiting for its last call, so very small steps leave
+    cores idle.
     jpeg_roundtrip: D2 compatibility, crops go through a JPEG encode (OpenCV, quality 95) and
     PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
     model_check: "once" (default) checks each model file's sha256 against the manifest the first
@@ -44,6 +48,10 @@ class EngineSettings:
     memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse); off
     by default for a lower peak RSS at the same speed.
     memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
+    return_memory: on glibc (Linux), have the C allocator map large buffers (>= 256 KiB) on
+    their own and unmap them when freed, and trim its heaps after loading the graphs, so that
+    freed model buffers do not stay resident: a much lower peak RSS (see imgdiff_onnx.memory).
+    This is a process-wide allocator setting; False leaves the allocator alone.
     diagnostics: keep every score a gate computed, keyed by candidate window
     (PairResult.diagnostics).
     """
@@ -52,10 +60,12 @@ class EngineSettings:
     threads: int = 0
     workers: int = 0
     crop_batch_size: int = 16
+    windows_per_step: int = 64
     jpeg_roundtrip: bool = False
     model_check: ModelCheck = "once"
     memory_arena: bool = False
     memory_pattern: bool = True
+    return_memory: bool = True
     diagnostics: bool = False
 
     def __post_init__(self) -> None:
@@ -65,8 +75,10 @@ class EngineSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0 (0 = automatic), got {value!r}")
-        if self.crop_batch_size < 1:
-            raise ValueError(f"crop_batch_size must be >= 1, got {self.crop_batch_size}")
+        for name in ("crop_batch_size", "windows_per_step"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.model_check not in MODEL_CHECKS:
             raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
 

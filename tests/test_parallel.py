@@ -77,6 +77,10 @@ def test_parallelism_rejects_bad_values():
         EngineSettings(workers=-1)
     with pytest.raises(ValueError, match="threads must be an integer >= 0"):
         EngineSettings(threads=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="windows_per_step must be an integer >= 1"):
+        EngineSettings(windows_per_step=0)
+    with pytest.raises(ValueError, match="crop_batch_size must be an integer >= 1"):
+        EngineSettings(crop_batch_size=2.5)  # type: ignore[arg-type]
 
 
 def _pairs() -> list[PairInput]:
@@ -88,8 +92,9 @@ def _pairs() -> list[PairInput]:
     ]
 
 
-def _run(tiny_models, precision: str, workers: int, threads: int) -> list:
-    engine = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision=precision, workers=workers, threads=threads, diagnostics=True))
+def _run(tiny_models, precision: str, workers: int, threads: int, windows_per_step: int = 64) -> list:
+    settings = EngineSettings(precision=precision, workers=workers, threads=threads, windows_per_step=windows_per_step, diagnostics=True)
+    engine = DifferenceAreaGenerator(tiny_models, OPEN, settings)
     assert engine.workers.count == workers
     try:
         return list(engine.process_many(_pairs(), pairs_per_batch=3))
@@ -109,6 +114,17 @@ def test_results_do_not_depend_on_the_number_of_workers(tiny_models, precision):
     assert sum(len(r.boxes) for r in one) > 0, "no box at all: the comparison checks little"
     for workers in (2, 3):
         _assert_same(_run(tiny_models, precision, workers, 1), one, workers)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_results_do_not_depend_on_windows_per_step(tiny_models, precision):
+    # the gates score the batch's windows a step at a time (bounded memory); a step boundary
+    # must not change any score, decision or piece of evidence
+    whole = _run(tiny_models, precision, 2, 1, windows_per_step=10_000)
+    pending = sum(r.counts.get("unique_windows", 0) for r in whole)
+    assert pending > 3 and sum(len(r.boxes) for r in whole) > 0, "too little work: the comparison checks little"
+    for step in (1, 3):  # several steps per gate, one ending part-full
+        _assert_same(_run(tiny_models, precision, 2, 1, windows_per_step=step), whole, step)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
