@@ -23,7 +23,7 @@ from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.preprocess import letterbox, normalize_batch
 
 from . import blip, clip, fastsam, quantize, random_init, verify
-from .onnx_io import describe
+from .onnx_io import describe, store_weights_beside
 from .images import CalibrationImagesError, calibration_set
 from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
 
@@ -266,7 +266,9 @@ def _verify(models: _Loaded, paths: dict[str, dict[str, Path]], pre: mf.Preproce
 GRAPH_MODEL_RECIPE = {"fastsam_proto": "fastsam"}  # the split graph was quantized as part of fastsam
 
 
-def _graph_entries(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], recipes: dict[str, dict]) -> dict[str, dict[str, mf.GraphEntry]]:
+def _graph_entries(
+    paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], recipes: dict[str, dict], data_files: dict[str, dict[str, str]]
+) -> dict[str, dict[str, mf.GraphEntry]]:
     entries: dict[str, dict[str, mf.GraphEntry]] = {}
     for graph, by_precision in paths.items():
         entries[graph] = {}
@@ -274,7 +276,8 @@ def _graph_entries(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict
             recipe = recipes[GRAPH_MODEL_RECIPE.get(graph, graph)] if precision == "int8" else None
             invariant = precision == "fp32" or bool(recipe.get("batch_invariant"))
             info = interfaces[graph]
-            entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe)
+            data_file = data_files.get(graph, {}).get(precision)
+            entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe, data_file)
     return entries
 
 
@@ -298,6 +301,7 @@ def run(args: argparse.Namespace) -> Path:
     pre = mf.Preprocessing(**preprocessing)
     recipes = _quantize(paths, pre, image_set.images, args.verify_imgsz) if "int8" in precisions else {}
     _split_fastsam(paths, interfaces, pre, image_set.images, args.verify_imgsz)
+    data_files = {"blip_itm": {precision: store_weights_beside(path) for precision, path in paths["blip_itm"].items()}}
     verification = _verify(models, paths, pre, image_set, args.verify_imgsz, user_images=args.calibration_images is not None)
     files = {
         path.relative_to(out).as_posix(): mf.FileEntry(path.stat().st_size, integrity.sha256(path))
@@ -305,7 +309,7 @@ def run(args: argparse.Namespace) -> Path:
     }
     manifest = mf.Manifest(
         precisions=tuple(precisions),
-        graphs=_graph_entries(paths, interfaces, recipes),
+        graphs=_graph_entries(paths, interfaces, recipes, data_files),
         preprocessing=pre,
         files=files,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -58,3 +58,21 @@ def describe(path: Path) -> dict:
         return result
 
     return {"inputs": values(model.graph.input), "outputs": values(model.graph.output), "opset": model.opset_import[0].version}
+
+
+def store_weights_beside(path: Path) -> str:
+    """Re-save the graph at `path` with its initializers in one file beside it (`<name>.data`),
+    which onnxruntime maps instead of reading into memory; returns that file's name.
+
+    For BLIP ITM this keeps the word-embedding table (~94 MB at full size, of which a query reads
+    a few rows) out of the process's resident memory; weights that onnxruntime repacks at load
+    are resident either way.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    data = f"{path.name}.data"
+    (path.parent / data).unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+    log.info("%s: weights stored in %s", path.name, data)
+    return data

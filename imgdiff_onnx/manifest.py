@@ -56,6 +56,9 @@ class GraphEntry:
     outputs: tuple[dict, ...] = ()
     opset: int | None = None
     quantization: dict | None = None  # the int8 recipe (export/quantize.py)
+    # the graph's weights in a file beside it, which onnxruntime maps instead of reading: weights
+    # a run never touches (BLIP ITM's word-embedding table, but for a query's few rows) stay on disk
+    data_file: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> "GraphEntry":
@@ -66,13 +69,21 @@ class GraphEntry:
             outputs=tuple(data.get("outputs", ())),
             opset=data.get("opset"),
             quantization=data.get("quantization"),
+            data_file=_get(data, "data_file", where, str) if data.get("data_file") is not None else None,
         )
+
+    @property
+    def files(self) -> list[str]:
+        """The files this graph loads: the graph, and its weights when stored beside it."""
+        return [self.file] + ([self.data_file] if self.data_file else [])
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs), "opset": self.opset}
         if self.quantization is not None:
             out["quantization"] = self.quantization
         out["batch_invariant"] = self.batch_invariant
+        if self.data_file is not None:
+            out["data_file"] = self.data_file
         return out
 
 

@@ -139,7 +139,7 @@ class ModelSet:
         self.manifest = mf.read(self.folder)
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
         entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in self.manifest.graphs}  # required + optional present
-        mf.check_files(self.folder, self.manifest, [e.file for e in entries.values()] + [self.manifest.tokenizer_file], model_check)
+        mf.check_files(self.folder, self.manifest, [f for e in entries.values() for f in e.files] + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
             g: GraphInfo(path=self.folder / e.file, precision=self.precision.for_graph(g), batch_invariant=e.batch_invariant)
             for g, e in entries.items()
@@ -163,6 +163,9 @@ class ModelSet:
     def components(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None) -> Components:
         """CLIP, BLIP and FastSAM on this folder's graphs and preprocessing."""
         g = self.graphs
+        # the largest graph first: its load-time copies then come on top of nothing else
+        proto = self.session("fastsam_proto", settings) if "fastsam_proto" in g else None
+        segmenter = FastSamSegmenter(self.session("fastsam", settings), self.letterbox, proto)
         clip = ClipImageEncoder(self.session("clip_vision", settings), self.clip_norm, g["clip_vision"].batch_invariant, crop_batch_size, workers)
         blip = BlipMatcher(
             self.session("blip_vision", settings),
@@ -175,5 +178,4 @@ class ModelSet:
             crop_batch_size,
             workers,
         )
-        proto = self.session("fastsam_proto", settings) if "fastsam_proto" in g else None
-        return Components(clip, blip, FastSamSegmenter(self.session("fastsam", settings), self.letterbox, proto))
+        return Components(clip, blip, segmenter)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -45,6 +46,16 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
     proto = data["graphs"]["fastsam_proto"]["int8"]
     assert [i["name"] for i in proto["inputs"]] == ["proto_features"] and [o["name"] for o in proto["outputs"]] == ["protos"]
     assert proto["batch_invariant"] is True and proto["quantization"]["format"] == "QDQ"
+    # BLIP ITM's weights beside the graph (onnxruntime maps them: the word-embedding table stays on disk), hashed
+    for precision in ("fp32", "int8"):
+        entry = data["graphs"]["blip_itm"][precision]
+        assert entry["data_file"] == f"blip_itm.{precision}.onnx.data"
+        assert data["files"][entry["data_file"]]["sha256"] == integrity.sha256(tiny_models / entry["data_file"])
+        graph = onnx.load(str(tiny_models / entry["file"]), load_external_data=False)
+        inline = [t.name for t in graph.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
+        assert not inline, inline
+        assert (tiny_models / entry["data_file"]).stat().st_size > (tiny_models / entry["file"]).stat().st_size
+    assert all("data_file" not in data["graphs"][g][p] for g in ("clip_vision", "blip_vision", "fastsam") for p in ("fp32", "int8"))
     # checkpoints saved next to the graphs, hashed too
     assert "torch/fastsam.pt" in data["files"] and "torch/clip/model.safetensors" in data["files"]
     assert data["random_init"]["size"] == "tiny"

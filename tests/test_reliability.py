@@ -241,6 +241,19 @@ def test_the_engine_refuses_a_model_file_changed_at_the_same_size(tiny_models, t
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "contents differ" in proc.stderr
 
 
+def test_the_engine_checks_weights_stored_beside_a_graph(tiny_models, tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(tiny_models, copy, ignore=shutil.ignore_patterns("torch"))
+    data_file = mf.read(copy).graph("blip_itm", "int8").data_file
+    assert data_file == "blip_itm.int8.onnx.data"
+    _flip_a_byte(copy / data_file)
+    with pytest.raises(ModelFolderError, match=r"blip_itm\.int8\.onnx\.data: contents differ"):
+        DifferenceAreaGenerator(copy, settings=EngineSettings(precision="int8"))
+    (copy / data_file).unlink()
+    with pytest.raises(ModelFolderError, match=r"blip_itm\.int8\.onnx\.data"):
+        DifferenceAreaGenerator(copy, settings=EngineSettings(precision="int8"))
+
+
 def test_the_debug_flag_shows_the_traceback(tmp_path):
     args = ["run", "--models", str(tmp_path / "none"), "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o.jsonl")]
     plain = _cli(*args, check=False)
