@@ -74,5 +74,6 @@ def store_weights_beside(path: Path) -> str:
     data = f"{path.name}.data"
     (path.parent / data).unlink(missing_ok=True)  # onnx appends to an existing file
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+    (path.parent / data).chmod(path.stat().st_mode & 0o777)  # onnx creates it owner-only; readable like the graph
     log.info("%s: weights stored in %s", path.name, data)
     return data

@@ -55,6 +55,7 @@ def test_manifest_lists_every_graph_with_interface_and_hash(tiny_models):
         inline = [t.name for t in graph.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
         assert not inline, inline
         assert (tiny_models / entry["data_file"]).stat().st_size > (tiny_models / entry["file"]).stat().st_size
+        assert (tiny_models / entry["data_file"]).stat().st_mode & 0o777 == (tiny_models / entry["file"]).stat().st_mode & 0o777
     assert all("data_file" not in data["graphs"][g][p] for g in ("clip_vision", "blip_vision", "fastsam") for p in ("fp32", "int8"))
     # checkpoints saved next to the graphs, hashed too
     assert "torch/fastsam.pt" in data["files"] and "torch/clip/model.safetensors" in data["files"]
