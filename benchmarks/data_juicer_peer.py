@@ -175,17 +175,22 @@ def _spawn(python: Path, job: dict, out: Path) -> dict:
     return json.loads(result_file.read_text())
 
 
+def _found(boxes: list) -> list:
+    """The boxes a side found: Data-Juicer writes one all-zero row when it finds none."""
+    return [] if len(boxes) == 1 and not any(boxes[0]) else boxes
+
+
 def _summary(result: dict, reference: dict) -> dict:
     from imgdiff_onnx.boxes import box_matches
 
-    rows, ref_rows = result["rows"], {r["key"]: r for r in reference["rows"]}
+    rows, ref_rows = result["rows"], {r["key"]: _found(r["boxes"]) for r in reference["rows"]}
     wall = sum(r["seconds"] for r in rows) / len(rows)
     cpu = sum(r["cpu_seconds"] for r in rows) / len(rows)
-    matches = sum(box_matches(ref_rows[r["key"]]["boxes"], r["boxes"]) for r in rows)
-    total = sum(len(ref_rows[r["key"]]["boxes"]) + len(r["boxes"]) for r in rows)
+    matches = sum(box_matches(ref_rows[r["key"]], _found(r["boxes"])) for r in rows)
+    total = sum(len(ref_rows[r["key"]]) + len(_found(r["boxes"])) for r in rows)
     return {"side": result["side"], "wall_s_per_pair": wall, "cpu_s_per_pair": cpu, "cores_busy": cpu / wall if wall else 0.0,
             "peak_rss_mb": result["peak_rss_mb"], "load_seconds": result["load_seconds"], "box_f1_vs_dj": 1.0 if total == 0 else 2 * matches / total,
-            "boxes": [len(r["boxes"]) for r in rows]}  # fmt: skip
+            "boxes": [len(_found(r["boxes"])) for r in rows]}  # fmt: skip
 
 
 def _table(summaries: list[dict]) -> str:
@@ -224,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", choices=("real", "pasted"), default="real")
     parser.add_argument("--precisions", default="default", help="engine runs, ';'-separated (each a precision or 'default')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the Data-Juicer side (the engine runs with its default settings: one model call per core)")
+    parser.add_argument("--from-results", action="store_true", help="no new runs: the table again from the result files in --out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # the workers run in it
     args.out.mkdir(parents=True, exist_ok=True)
@@ -232,9 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     params = GATES[args.gates]
     models = args.models.resolve()
     base = {"models": str(models), "pairs": pairs, "params": params, "threads": args.threads}
-    results = [_spawn(_dj_python(), {**base, "name": "data_juicer", "side": "data_juicer"}, args.out)]
-    for i, precision in enumerate(p.strip() for p in args.precisions.split(";")):
-        results.append(_spawn(Path(sys.executable), {**base, "name": f"engine{i}", "side": "engine", "precision": precision}, args.out))
+    precisions = [p.strip() for p in args.precisions.split(";")]
+    if args.from_results:
+        results = [json.loads((args.out / f"result-{name}.json").read_text()) for name in ["data_juicer"] + [f"engine{i}" for i in range(len(precisions))]]
+    else:
+        results = [_spawn(_dj_python(), {**base, "name": "data_juicer", "side": "data_juicer"}, args.out)]
+        for i, precision in enumerate(precisions):
+            results.append(_spawn(Path(sys.executable), {**base, "name": f"engine{i}", "side": "engine", "precision": precision}, args.out))
     summaries = [_summary(r, results[0]) for r in results]
     cpu = cpu_description()
     record = {"cpu": cpu, "gates": args.gates, "params": params, "pairs": [p["key"] for p in pairs], "threads": args.threads,

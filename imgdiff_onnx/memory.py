@@ -2,14 +2,15 @@
 
 With onnxruntime's arena off, every activation buffer is a plain malloc/free. glibc serves a
 large request with its own mmap, but raises that threshold (up to 32 MiB) to the size of each
-such block freed, so that after the first runs the model buffers come from its heaps, which
-it rarely shrinks: the process keeps the high-water mark of every thread's heap, and loading a
-graph leaves its transient copies resident. Measured on the full-size models: peak RSS of one
-open-gates pair 2.16 GB -> 1.28 GB with a fixed 256 KiB threshold (benchmarks/README.md).
+such block freed, so after the first runs the model buffers come from its heaps, which it
+shrinks only when their top is free: the process keeps much of each thread's high-water mark,
+and loading a graph leaves its transient copies resident.
 
-`return_freed_memory` fixes the threshold (buffers of `mmap_threshold` bytes and more are
-mapped and unmapped on free) and `trim` hands free heap pages back. Both are process-wide
-settings of the C allocator; they do nothing elsewhere than on glibc.
+`trim` hands the heaps' free pages back (malloc_trim); the engine calls it after loading and
+between stages. `return_freed_memory` fixes the mmap threshold, so that buffers of that size and
+more are unmapped as soon as they are freed: a lower peak, but every such buffer is faulted in
+again at its next use, which costs CPU time. Both are process-wide; they do nothing elsewhere than
+on glibc. Measured effects: benchmarks/README.md ("Memory").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from functools import lru_cache
 log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, glibc <malloc.h>
-DEFAULT_MMAP_THRESHOLD = 256 * 1024
+DEFAULT_MMAP_THRESHOLD = 4 * 1024 * 1024
 
 
 @lru_cache(maxsize=1)

@@ -84,8 +84,8 @@ class DifferenceAreaGenerator:
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
         started = time.perf_counter()
-        if self.settings.return_memory:
-            memory.return_freed_memory()  # before loading: the graphs' load-time copies are freed for good
+        if self.settings.memory_release == "mmap":
+            memory.return_freed_memory()  # before loading: the graphs' load-time copies are unmapped when freed
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         n_workers, threads = self.settings.parallelism()
         self.workers = Workers(n_workers)
@@ -94,8 +94,7 @@ class DifferenceAreaGenerator:
             components = self.models.components(sessions, self.settings.crop_batch_size, self.workers)
         self.components = components
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
-        if self.settings.return_memory:
-            memory.trim()
+        self._release_memory()
         self.load_seconds = time.perf_counter() - started
         log.info(
             "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s)",
@@ -131,6 +130,11 @@ class DifferenceAreaGenerator:
     def close(self) -> None:
         """Stop the worker threads (they are also stopped at exit)."""
         self.workers.close()
+
+    def _release_memory(self) -> None:
+        """Between stages: hand the allocator's free pages back (EngineSettings.memory_release)."""
+        if self.settings.memory_release != "off":
+            memory.trim()
 
     # ---- batch --------------------------------------------------------------------------
 
@@ -210,6 +214,7 @@ class DifferenceAreaGenerator:
         s = self.params.segment
         det1, det2 = self.workers.map(lambda bgr: self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou), [img1.bgr, np.ascontiguousarray(rgb2[:, :, ::-1])])
         times["segment"] = time.perf_counter() - t
+        self._release_memory()
 
         # S4 candidates: image-1 boxes, then image-2 boxes
         candidates = np.concatenate([det1.xywh, det2.xywh]).astype(np.float32)
@@ -250,6 +255,7 @@ class DifferenceAreaGenerator:
                     passing += self._crop_pair_gate(block)
                 else:
                     passing += self._itm_gate(block, side=1 if gate == "itm_image1" else 2)
+                self._release_memory()
             share = (time.perf_counter() - t) / max(1, len(pairs))
             for p in active:
                 assert p.ledger is not None

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from .integrity import MODEL_CHECKS, ModelCheck
 from .precision import Precision, PrecisionLike
 
+MEMORY_RELEASE = ("trim", "mmap", "off")
+
 
 def available_cores() -> int:
     """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
@@ -48,10 +50,13 @@ class EngineSettings:
     memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse); off
     by default for a lower peak RSS at the same speed.
     memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
-    return_memory: on glibc (Linux), have the C allocator map large buffers (>= 256 KiB) on
-    their own and unmap them when freed, and trim its heaps after loading the graphs, so that
-    freed model buffers do not stay resident: a much lower peak RSS (see imgdiff_onnx.memory).
-    This is a process-wide allocator setting; False leaves the allocator alone.
+    memory_release: how freed model buffers go back to the system (glibc's allocator, Linux;
+    elsewhere nothing is done). "trim" (default): the allocator's free heap pages are returned
+    after loading and after each stage (a pair's FastSAM, each step of a gate), at no measured
+    cost. "mmap": in addition, every buffer of 4 MiB or more is mapped on its own and unmapped
+    when freed: the lowest peak (about -20% against "trim" here) for ~15% more CPU time (page
+    faults). "off": the allocator is left alone. "mmap" changes a process-wide allocator
+    setting. Figures: benchmarks/README.md.
     diagnostics: keep every score a gate computed, keyed by candidate window
     (PairResult.diagnostics).
     """
@@ -65,7 +70,7 @@ class EngineSettings:
     model_check: ModelCheck = "once"
     memory_arena: bool = False
     memory_pattern: bool = True
-    return_memory: bool = True
+    memory_release: str = "trim"
     diagnostics: bool = False
 
     def __post_init__(self) -> None:
@@ -79,6 +84,8 @@ class EngineSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.memory_release not in MEMORY_RELEASE:
+            raise ValueError(f"memory_release must be one of {', '.join(MEMORY_RELEASE)}, got {self.memory_release!r}")
         if self.model_check not in MODEL_CHECKS:
             raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
 

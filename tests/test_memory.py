@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
-from imgdiff_onnx import memory
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput, memory
+
+from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS
+
+OPEN = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": 320}, {"min_score": 0, "max_score": 1})
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -54,10 +57,21 @@ def test_trim_and_threshold_report_success():
         memory.return_freed_memory(-1)
 
 
-@pytest.mark.parametrize("on", [True, False])
-def test_engine_applies_the_allocator_setting_only_when_asked(tiny_models, monkeypatch, on):
+@pytest.mark.parametrize("mode,at_load", [("trim", ["trim"]), ("mmap", ["threshold", "trim"]), ("off", [])])
+def test_engine_releases_memory_as_asked(tiny_models, monkeypatch, mode, at_load):
     calls = []
     monkeypatch.setattr(memory, "return_freed_memory", lambda *a: calls.append("threshold") or True)
     monkeypatch.setattr(memory, "trim", lambda: calls.append("trim") or True)
-    DifferenceAreaGenerator(tiny_models, OperatorParams(), EngineSettings(threads=1, return_memory=on)).close()
-    assert calls == (["threshold", "trim"] if on else [])
+    engine = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_release=mode, windows_per_step=2))
+    assert calls == at_load
+    result = engine.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
+    engine.close()
+    steps = sum(-(-result.counts[n] // 2) for n in ("unique_windows", "after_crop_pair_gate", "after_itm_image1"))
+    assert result.counts["unique_windows"] > 2, "one step per gate: the test checks little"
+    # after FastSAM, and after every step of every gate
+    assert calls[len(at_load):] == ([] if mode == "off" else ["trim"] * (1 + steps))
+
+
+def test_memory_release_setting_is_checked():
+    with pytest.raises(ValueError, match="memory_release must be one of trim, mmap, off"):
+        EngineSettings(memory_release="always")
