@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .integrity import MODEL_CHECKS
+from .settings import MEMORY_RELEASE
 
 log = logging.getLogger("imgdiff_onnx")
 
@@ -79,7 +80,7 @@ def _settings(args: argparse.Namespace, threads: int):
             raise RunError(f"--{name} must be 0 (automatic) or more, got {value}")
     try:
         return EngineSettings(precision=args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
-                              jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check)
+                              jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check, memory_release=args.memory_release)
     except PrecisionError:
         raise
     except ValueError as exc:
@@ -230,6 +231,9 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-check", choices=MODEL_CHECKS, default="once",
                    help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
+    p.add_argument("--memory-release", choices=MEMORY_RELEASE, default="trim",
+                   help="freed memory back to the system after each stage (trim, default), also every large buffer at once "
+                   "(mmap: lowest peak, more CPU time), or not at all (off)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
 
 
