@@ -54,7 +54,7 @@ class EngineSettings:
     elsewhere nothing is done). "trim" (default): the allocator's free heap pages are returned
     after loading and after each stage (a pair's FastSAM, each step of a gate), at no measured
     cost. "mmap": in addition, every buffer of 4 MiB or more is mapped on its own and unmapped
-    when freed: the lowest peak (about -20% against "trim" here) for ~15% more CPU time (page
+    when freed: the lowest peak (-17% against "trim", measured) for ~11% more CPU time (page
     faults). "off": the allocator is left alone. "mmap" changes a process-wide allocator
     setting. Figures: benchmarks/README.md.
     diagnostics: keep every score a gate computed, keyed by candidate window

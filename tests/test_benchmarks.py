@@ -91,3 +91,15 @@ def test_prototype_tiles_benchmark_runs_and_finds_the_same_boxes(tiny_models, tm
     assert len(summary["rows"]) == 7 and all(r["same_boxes"] for r in summary["rows"])
     assert all(0 <= r["tiles_computed"] <= 1 for r in summary["rows"]) and any(r["tiles_computed"] < 1 for r in summary["rows"])
     assert "| all |" in proc.stdout
+
+
+def test_memory_start_benchmark_reports_each_configuration(tiny_models, tmp_path):
+    out = tmp_path / "memory"
+    _run_benchmark("memory_start.py", tiny_models, out, "--rounds", "1", "--configs", "default,memory-off")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["configs"] == ["default", "memory-off"] and summary["same_boxes_every_round"] == {"default": True, "memory-off": True}
+    for config in summary["configs"]:
+        (run,) = summary["runs"][config]
+        assert 0 < run["load_s"] < run["ready_s"] and 0 < run["rss_ready_mb"] <= run["peak_rss_mb"]
+        assert len(run["rows"]) == 1 and run["rows"][0]["candidates"] > 0
+    assert (out / "table.md").read_text().startswith("CPU: ")
