@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
 GATES = {
     # every gate open: all candidates reach every stage (the most work for both sides)
@@ -44,13 +44,6 @@ GATES = {
         "image_text_matching_filter_args": {"min_score": 0.4, "max_score": 1.0},
     },
 }
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _dj_checkpoints(models: Path, work: Path) -> tuple[Path, Path]:
@@ -112,7 +105,7 @@ def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> di
         out = op.process_single(sample)
         boxes = np.asarray(out[Fields.meta][MetaKeys.bbox_tag], dtype=np.float32).reshape(-1, 4)
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "boxes": boxes.tolist()})
-    return {"side": "data_juicer", "load_seconds": load, "rows": rows, "peak_rss_mb": peak_rss_mb(), "torch_threads_after": torch.get_num_threads()}
+    return {"side": "data_juicer", "load_seconds": load, "rows": rows, "peak_rss_mb": process_memory_mb("VmHWM"), "torch_threads_after": torch.get_num_threads()}
 
 
 def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str) -> dict:
@@ -130,7 +123,7 @@ def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str)
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "boxes": r.boxes.tolist(),
                      "counts": r.counts, "times": r.times})  # fmt: skip
-    return {"side": f"engine {engine.models.precision}", "precision_arg": precision, "load_seconds": load, "rows": rows, "peak_rss_mb": peak_rss_mb()}
+    return {"side": f"engine {engine.models.precision}", "precision_arg": precision, "load_seconds": load, "rows": rows, "peak_rss_mb": process_memory_mb("VmHWM")}
 
 
 def _pairs(shared: Path, which: str, work: Path) -> list[dict]:

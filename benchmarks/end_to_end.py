@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
 MODES = ("reference", "torch_engine", "onnx_fp32", "onnx_int8")  # plus "onnx_int8-arena" etc. on request
 STAGES = ("load", "captions", "pair_gate", "segment", "crop_pair_gate", "itm_image1", "itm_image2", "overlap")
@@ -137,16 +136,7 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
                       "after_crop_pair_gate": len(r.survivors), "kept": len(r.kept)}
         rows.append({"key": p["key"], "seconds": total, "cpu_seconds": cpu, "times": dict(r.times), "candidates": candidates, "counts": counts,
                      "boxes": np.asarray(r.boxes).tolist()})
-    return {"mode": mode, "cold_start_s": cold, "models_load_s": cold - nltk_seconds, "peak_rss_mb": peak_rss_mb(), "pairs": rows}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux keeps that across
-    fork+exec, so a worker would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "cold_start_s": cold, "models_load_s": cold - nltk_seconds, "peak_rss_mb": process_memory_mb("VmHWM"), "pairs": rows}
 
 
 def _ordered(summary: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""What CPU a benchmark ran on: int8 speed-ups depend on it (VNNI or not), so every result says."""
+"""What CPU a benchmark ran on (int8 speed-ups depend on it: VNNI or not, so every result says), and
+how much memory a process holds."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def cpu_line(cpu: dict) -> str:
     isa = "AVX-512" if cpu["avx512f"] else "AVX2" if cpu["avx2"] else "no AVX2"
     vnni = ", ".join(cpu["int8_dot_product"]) or "no VNNI"
     return f"CPU: {cpu['model_name'] or 'unknown'} (family/model {cpu['family_model']}), {isa}, {vnni}"
+
+
+def process_memory_mb(field: str = "VmHWM", pid: int | str = "self") -> float:
+    """A memory field of /proc/PID/status in MB: VmHWM (peak resident set; not ru_maxrss, which
+    Linux keeps across fork+exec, so a worker would report its parent's peak) or VmRSS (now).
+    NaN when the field is absent; FileNotFoundError when the process is gone or off Linux."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

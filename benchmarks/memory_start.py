@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
 # EngineSettings fields per configuration (everything else at its default)
 CONFIGS: dict[str, dict] = {
@@ -39,13 +39,6 @@ CONFIGS: dict[str, dict] = {
 }
 
 
-def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(job: dict, spawned_at: float) -> dict:
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
     from imgdiff_onnx.captions import ensure_available
@@ -53,14 +46,14 @@ def worker(job: dict, spawned_at: float) -> dict:
     ensure_available()
     engine = DifferenceAreaGenerator(job["models"], OperatorParams.from_mapping(job["params"]), EngineSettings(**CONFIGS[job["config"]]))
     ready = time.time() - spawned_at
-    rss_ready = _status("VmRSS")
+    rss_ready = process_memory_mb("VmRSS")
     rows = []
     for p in job["pairs"]:
         t, cpu = time.perf_counter(), time.process_time()
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
                      "candidates": r.counts.get("candidates", 0), "boxes": r.boxes.tolist()})  # fmt: skip
-    return {"config": job["config"], "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": _status("VmHWM"), "rows": rows}
+    return {"config": job["config"], "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": process_memory_mb("VmHWM"), "rows": rows}
 
 
 def _spawn(job: dict, out: Path, name: str) -> dict:

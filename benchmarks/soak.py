@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
 OPEN_PARAMS = {
     "image_pair_similarity_filter_args": {"min_score_1": -1, "min_score_2": -1},
@@ -60,16 +60,9 @@ def tiny_models(folder: Path) -> Path:
     return folder
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def sample(pid: int, output: Path) -> dict | None:
     try:
-        rss = _status_kb(pid, "VmRSS") / 1024
+        rss = process_memory_mb("VmRSS", pid)
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (FileNotFoundError, ProcessLookupError):
         return None

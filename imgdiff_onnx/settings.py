@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from .integrity import MODEL_CHECKS, ModelCheck
 from .precision import Precision, PrecisionLike
 
-MEMORY_RELEASE = ("trim", "mmap", "off")
+MemoryRelease = Literal["trim", "mmap", "off"]
+MEMORY_RELEASE: tuple[str, ...] = ("trim", "mmap", "off")
 
 
 def available_cores() -> int:
@@ -70,7 +72,7 @@ class EngineSettings:
     model_check: ModelCheck = "once"
     memory_arena: bool = False
     memory_pattern: bool = True
-    memory_release: str = "trim"
+    memory_release: MemoryRelease = "trim"
     diagnostics: bool = False
 
     def __post_init__(self) -> None:
