@@ -10,7 +10,7 @@ and their checksums verified ("once"): this is the start of a worker on a host t
 has the models, not the first start after a reboot.
 
     python benchmarks/memory_start.py --models MODELS --out benchmarks/results/memory_start \
-        [--configs default,memory-mmap,memory-off,int8] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
+        [--configs default,memory-mmap,memory-off,int8,default+thp] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,11 +33,22 @@ from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # n
 # EngineSettings fields per configuration (everything else at its default)
 CONFIGS: dict[str, dict] = {
     "default": {},
-    "memory-mmap": {"memory_release": "mmap"},  # buffers >= 4 MiB unmapped when freed
+    "memory-trim": {"memory_release": "trim"},  # free heap pages returned after each stage
+    "memory-mmap": {"memory_release": "mmap"},  # and buffers >= 4 MiB unmapped when freed
     "memory-off": {"memory_release": "off"},  # the C allocator left as it is
     "int8": {"precision": "int8"},
     "fp32": {"precision": "fp32"},
 }
+# the same settings in a process started with glibc's huge-page tunable (what the CLI sets)
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+CONFIGS.update({f"{name}+thp": settings for name, settings in list(CONFIGS.items())})
+
+
+def _environment(config: str) -> dict[str, str]:
+    """The child's environment: this one, with the huge-page tunable for '+thp' configurations
+    and without it otherwise (so that a parent started with it does not pass it on)."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    return env | HUGE_PAGES if config.endswith("+thp") else env
 
 
 def worker(job: dict, spawned_at: float) -> dict:
@@ -53,14 +65,16 @@ def worker(job: dict, spawned_at: float) -> dict:
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
                      "candidates": r.counts.get("candidates", 0), "boxes": r.boxes.tolist()})  # fmt: skip
-    return {"config": job["config"], "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": process_memory_mb("VmHWM"), "rows": rows}
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return {"config": job["config"], "memory_release": engine.memory_release, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "page_faults": faults, "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": process_memory_mb("VmHWM"), "rows": rows}
 
 
 def _spawn(job: dict, out: Path, name: str) -> dict:
     job_file, result_file = out / f"job-{name}.json", out / f"result-{name}.json"
     job_file.write_text(json.dumps(job))
     spawned_at = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(job_file), str(result_file), repr(spawned_at)], text=True, capture_output=True)
+    command = [sys.executable, __file__, "--worker", str(job_file), str(result_file), repr(spawned_at)]
+    proc = subprocess.run(command, text=True, capture_output=True, env=_environment(job["config"]))
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-4000:]}")
     return json.loads(result_file.read_text())
@@ -79,6 +93,7 @@ def _table(by_config: dict[str, list[dict]], rounds: int) -> str:
     row("peak RSS, whole run (MB)", lambda r: r["peak_rss_mb"], "{:.0f}")
     row("pairs: wall s", lambda r: sum(x["seconds"] for x in r["rows"]), "{:.1f}")
     row("pairs: CPU s", lambda r: sum(x["cpu_seconds"] for x in r["rows"]), "{:.1f}")
+    row("page faults, whole process (thousands)", lambda r: r["page_faults"] / 1000, "{:.0f}")
     lines.append("| candidates / final boxes | " + " | ".join(
         ", ".join(f"{x['candidates']}/{len(x['boxes'])}" for x in by_config[n][0]["rows"]) for n in names) + " |")  # fmt: skip
     return "\n".join(lines)
