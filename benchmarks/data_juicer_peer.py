@@ -9,7 +9,7 @@ that a random-init export saves under MODELS/torch/; the engine with the given p
 the ratios, and the engine's final boxes against Data-Juicer's (F1 at IoU 0.9).
 
     python benchmarks/data_juicer_peer.py --models MODELS --out benchmarks/results/dj_peer \
-        [--gates open|recipe] [--precisions default,fp32,int8] [--pairs real|pasted] [--engine-huge-pages on|off]
+        [--gates open|recipe] [--precisions default,fp32,int8] [--pairs real|pasted]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> di
 
 
 def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str) -> dict:
-    from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput, memory
+    from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
     from imgdiff_onnx.captions import ensure_available
 
     started = time.perf_counter()
@@ -123,9 +123,7 @@ def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str)
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "boxes": r.boxes.tolist(),
                      "counts": r.counts, "times": r.times})  # fmt: skip
-    huge = memory.huge_pages_active()
-    return {"side": f"engine {engine.models.precision}{', huge pages' if huge else ''}", "precision_arg": precision, "huge_pages": huge,
-            "memory_release": engine.memory_release, "load_seconds": load, "rows": rows, "peak_rss_mb": process_memory_mb("VmHWM")}  # fmt: skip
+    return {"side": f"engine {engine.models.precision}", "precision_arg": precision, "load_seconds": load, "rows": rows, "peak_rss_mb": process_memory_mb("VmHWM")}
 
 
 def _pairs(shared: Path, which: str, work: Path) -> list[dict]:
@@ -158,18 +156,12 @@ def _dj_python() -> Path:
     return ensure_dj_python(peer=True)
 
 
-def _spawn(python: Path, job: dict, out: Path, huge_pages: bool = False) -> dict:
-    """One side in its own process; huge_pages: started with glibc's huge-page tunable, as the
-    engine's command line restarts itself (Data-Juicer runs as started)."""
-    from imgdiff_onnx.memory import environment_with_huge_pages
-
+def _spawn(python: Path, job: dict, out: Path) -> dict:
     job_file = out / f"job-{job['name']}.json"
     result_file = out / f"result-{job['name']}.json"
     job_file.write_text(json.dumps(job))
     nltk_data = Path(os.environ.get("NLTK_DATA", ROOT.parent / "shared" / "nltk_data")).resolve()  # the worker runs in `out`
     env = {**os.environ, "NLTK_DATA": str(nltk_data)}
-    if huge_pages:
-        env = environment_with_huge_pages(env)
     proc = subprocess.run([str(python), __file__, "--worker", str(job_file), str(result_file)], env=env, cwd=out, text=True, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{job['name']} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -230,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", choices=("real", "pasted"), default="real")
     parser.add_argument("--precisions", default="default", help="engine runs, ';'-separated (each a precision or 'default')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the Data-Juicer side (the engine runs with its default settings: one model call per core)")
-    parser.add_argument("--engine-huge-pages", choices=("on", "off"), default="on",
-                        help="start the engine's processes with glibc's huge-page tunable, as its command line does (default on)")
     parser.add_argument("--from-results", action="store_true", help="no new runs: the table again from the result files in --out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # the workers run in it
@@ -247,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [_spawn(_dj_python(), {**base, "name": "data_juicer", "side": "data_juicer"}, args.out)]
         for i, precision in enumerate(precisions):
-            job = {**base, "name": f"engine{i}", "side": "engine", "precision": precision}
-            results.append(_spawn(Path(sys.executable), job, args.out, huge_pages=args.engine_huge_pages == "on"))
+            results.append(_spawn(Path(sys.executable), {**base, "name": f"engine{i}", "side": "engine", "precision": precision}, args.out))
     summaries = [_summary(r, results[0]) for r in results]
     cpu = cpu_description()
     record = {"cpu": cpu, "gates": args.gates, "params": params, "pairs": [p["key"] for p in pairs], "threads": args.threads,

@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
         threads = args.threads or 1  # per actor; 0 ("all cores") would oversubscribe
         try:
-            ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus,
-                                     huge_pages=args.huge_pages == "on")
+            ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
         except ValueError as exc:
             raise RunError(str(exc)) from None
         stats = run_ray(args.models, _load_params(args.params), _settings(args, threads), args.input, args.output, options, ray_options)
@@ -232,20 +231,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-check", choices=MODEL_CHECKS, default="once",
                    help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
-    p.add_argument("--memory-release", choices=MEMORY_RELEASE, default="auto",
-                   help="freed memory back to the system after each stage (trim), also every large buffer at once (mmap: "
-                   "lowest peak; costs CPU time without huge pages), or not at all (off); default auto: mmap with huge pages, else trim")
-    _huge_pages_option(p)
+    p.add_argument("--memory-release", choices=MEMORY_RELEASE, default="trim",
+                   help="freed memory back to the system after each stage (trim, default), also every large buffer at once "
+                   "(mmap: lowest peak, more CPU time; less with GLIBC_TUNABLES=glibc.malloc.hugetlb=1), or not at all (off)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
-
-
-def _huge_pages_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--huge-pages", choices=("on", "off"), default="on",
-                   help="on (default): where the kernel offers transparent huge pages on request, the command restarts itself once "
-                   "with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (fewer page faults: less CPU time); off: run as started")
-
-
-HUGE_PAGE_COMMANDS = ("run", "validate", "demo")  # the commands that run models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model call (0 = one model call per core at once; N = one call at a time on N threads)")
     v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
     v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
-    _huge_pages_option(v)
     s = command("show", help="a report to review a results file: index.html with both images, numbered boxes, filters")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")
     s.add_argument("--out", type=Path, required=True, help="folder for index.html and its scaled pictures (img/)")
@@ -311,19 +299,12 @@ DEBUG_ENV = "IMGDIFF_ONNX_DEBUG"  # set to 1 for tracebacks instead of one-line 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line. With argv None (the real command line), a model-running command may
-    restart its process once to get huge pages (--huge-pages); given an argv, it never does."""
-    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "export":
         from .export import main as export_main
 
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if from_command_line and args.command in HUGE_PAGE_COMMANDS and args.huge_pages == "on":
-        from .memory import restart_with_huge_pages
-
-        restart_with_huge_pages(sys.orig_argv[1:])  # returns only where a restart would not help
     _configure_logging(getattr(args, "quiet", False))
     from .errors import ImgDiffError
     from .signals import Interrupted

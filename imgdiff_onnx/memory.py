@@ -12,13 +12,11 @@ more are unmapped as soon as they are freed: a lower peak, but every such buffer
 again at its next use, which costs CPU time. Both are process-wide; they do nothing elsewhere than
 on glibc. Measured effects: benchmarks/README.md ("Memory").
 
-Huge pages. A fresh buffer costs one page fault per 4 KiB page it touches (FastSAM-x at 1024 px
-touches ~300 MB per image); with the kernel's transparent huge pages in "madvise" mode (the usual
-default) glibc >= 2.35 asks for 2 MiB pages when the process starts with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which removes most of those faults. glibc reads the
-tunable only at start-up, so the command line restarts itself once with it
-(`restart_with_huge_pages`), the Ray runner starts its workers with it, and an embedding process
-(Data-Juicer, a script) gets it from the environment it is started with.
+Huge pages: a process started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35, kernel
+transparent huge pages in "madvise" mode, the usual default) gets its large buffers in 2 MiB
+pages, which takes most of the page faults out of "mmap" (measured: its extra CPU time about
+halved). glibc reads the tunable only at start-up, so the engine cannot turn it on itself;
+`huge_pages_active` says whether the process has it (the engine logs it at load).
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ import ctypes.util
 import logging
 import os
 import platform
-import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -89,7 +86,8 @@ def transparent_huge_pages(mode_file: Path = THP_MODE_FILE) -> str | None:
     return chosen[0] if chosen else None
 
 
-def _glibc_supports_hugetlb() -> bool:
+def glibc_supports_huge_pages() -> bool:
+    """glibc 2.35 or newer (the first with the glibc.malloc.hugetlb tunable)."""
     name, version = platform.libc_ver()
     if name != "glibc" or _glibc() is None:
         return False
@@ -109,55 +107,12 @@ def _hugetlb_value(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _startup_environment() -> Mapping[str, str]:
-    """The environment this process was started with (what glibc read), not os.environ as later
-    changed."""
-    try:
-        raw = Path("/proc/self/environ").read_bytes()
-    except OSError:
-        return os.environ
-    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
-
-
 def huge_pages_active() -> bool:
     """Whether this process's large buffers get transparent huge pages: THP "always", or THP
     "madvise" with glibc >= 2.35 started with glibc.malloc.hugetlb=1 or 2."""
     mode = transparent_huge_pages()
     if mode == "always":
         return True
-    return mode == "madvise" and _glibc_supports_hugetlb() and _hugetlb_value(_startup_environment()) in ("1", "2")
-
-
-def environment_with_huge_pages(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `environ` whose GLIBC_TUNABLES asks glibc for huge pages; its other tunables are
-    kept, and a glibc.malloc.hugetlb it already sets (the user's choice, e.g. 0) is left alone."""
-    env = dict(environ)
-    if _hugetlb_value(env) is None:
-        env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), HUGE_PAGES_SETTING) if t)
-    return env
-
-
-def can_restart_with_huge_pages() -> bool:
-    """True where a restart would give this process huge pages it does not have: Linux THP in
-    "madvise" mode, glibc >= 2.35, and GLIBC_TUNABLES not already setting glibc.malloc.hugetlb."""
-    return transparent_huge_pages() == "madvise" and _glibc_supports_hugetlb() and _hugetlb_value(os.environ) is None
-
-
-def restart_with_huge_pages(argv: list[str]) -> None:
-    """Replace this process by the same command (`argv`, without the interpreter, e.g.
-    sys.orig_argv[1:]) started with huge pages, where can_restart_with_huge_pages(); otherwise
-    return. Call it before any work: nothing of this process survives."""
-    if not can_restart_with_huge_pages():
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], environment_with_huge_pages(os.environ))
-
-
-def resolve_release(choice: str) -> str:
-    """EngineSettings.memory_release as this process runs it: "auto" is "mmap" with huge pages
-    (no page-fault cost to speak of) and "trim" without."""
-    if choice == "auto":
-        return "mmap" if huge_pages_active() else "trim"
-    return choice
+    # os.environ as Python found it at start-up (/proc/self/environ is no guide: glibc may rewrite
+    # that copy while it parses the tunables)
+    return mode == "madvise" and glibc_supports_huge_pages() and _hugetlb_value(os.environ) in ("1", "2")

@@ -84,8 +84,7 @@ class DifferenceAreaGenerator:
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
         started = time.perf_counter()
-        self.memory_release = memory.resolve_release(self.settings.memory_release)
-        if self.memory_release == "mmap":
+        if self.settings.memory_release == "mmap":
             memory.return_freed_memory()  # before loading: the graphs' load-time copies are unmapped when freed
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         n_workers, threads = self.settings.parallelism()
@@ -98,9 +97,9 @@ class DifferenceAreaGenerator:
         self._release_memory()
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s); huge pages %s, memory release %s",
+            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s); memory release %s, huge pages %s",
             self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin, n_workers, threads,
-            "on" if memory.huge_pages_active() else "off", self.memory_release,
+            self.settings.memory_release, "on" if memory.huge_pages_active() else "off",
         )  # fmt: skip
         if self.models.random_init:
             log.warning("model folder %s holds RANDOM-INIT weights: boxes are meaningless", self.models.folder)
@@ -135,7 +134,7 @@ class DifferenceAreaGenerator:
 
     def _release_memory(self) -> None:
         """Between stages: hand the allocator's free pages back (EngineSettings.memory_release)."""
-        if self.memory_release != "off":
+        if self.settings.memory_release != "off":
             memory.trim()
 
     # ---- batch --------------------------------------------------------------------------

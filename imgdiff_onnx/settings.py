@@ -12,8 +12,8 @@ from typing import Literal
 from .integrity import MODEL_CHECKS, ModelCheck
 from .precision import Precision, PrecisionLike
 
-MemoryRelease = Literal["auto", "trim", "mmap", "off"]
-MEMORY_RELEASE: tuple[str, ...] = ("auto", "trim", "mmap", "off")
+MemoryRelease = Literal["trim", "mmap", "off"]
+MEMORY_RELEASE: tuple[str, ...] = ("trim", "mmap", "off")
 
 
 def available_cores() -> int:
@@ -53,14 +53,13 @@ class EngineSettings:
     by default for a lower peak RSS at the same speed.
     memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
     memory_release: how freed model buffers go back to the system (glibc's allocator, Linux;
-    elsewhere nothing is done). "trim": the allocator's free heap pages are returned after
-    loading and after each stage (a pair's FastSAM, each step of a gate). "mmap": in addition,
-    every buffer of 4 MiB or more is mapped on its own and unmapped when freed: the lowest peak
-    (~-20% against "trim"), paid in page faults when the buffer is next needed, which cost CPU
-    time unless the process has transparent huge pages (imgdiff_onnx.memory: the command line
-    turns them on). "auto" (default): "mmap" in a process with huge pages, else "trim". "off":
-    the allocator is left alone. "mmap" changes a process-wide allocator setting. Figures:
-    benchmarks/README.md ("Memory").
+    elsewhere nothing is done). "trim" (default): the allocator's free heap pages are returned
+    after loading and after each stage (a pair's FastSAM, each step of a gate), at no measured
+    cost. "mmap": in addition, every buffer of 4 MiB or more is mapped on its own and unmapped
+    when freed: the lowest peak (~-19% against "trim", measured) for more CPU time (page faults:
+    +13% measured, +7% in a process started with glibc's huge pages, see imgdiff_onnx.memory).
+    "off": the allocator is left alone. "mmap" changes a process-wide allocator setting.
+    Figures: benchmarks/README.md.
     diagnostics: keep every score a gate computed, keyed by candidate window
     (PairResult.diagnostics).
     """
@@ -74,7 +73,7 @@ class EngineSettings:
     model_check: ModelCheck = "once"
     memory_arena: bool = False
     memory_pattern: bool = True
-    memory_release: MemoryRelease = "auto"
+    memory_release: MemoryRelease = "trim"
     diagnostics: bool = False
 
     def __post_init__(self) -> None:

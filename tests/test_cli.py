@@ -14,8 +14,6 @@ import cv2
 import numpy as np
 import pytest
 
-from imgdiff_onnx import memory
-
 from imgdiff_onnx.drawing import GAP, colour, draw_pair
 
 from .conftest import DATA, PAIR_CAPTIONS
@@ -264,17 +262,6 @@ def test_resume_checks_it_continues_the_same_run(tiny_models, dataset, tmp_path)
     args[args.index("--threads") + 1] = "2"
     _cli(*args)
     assert out.read_text() == full.read_text()
-
-
-@pytest.mark.skipif(not memory.can_restart_with_huge_pages(), reason="needs Linux THP in madvise mode, glibc >= 2.35, GLIBC_TUNABLES unset")
-def test_run_restarts_with_huge_pages_and_writes_the_same_file(tiny_models, dataset, tmp_path):
-    on, off = tmp_path / "on.jsonl", tmp_path / "off.jsonl"
-    loud = [a for a in _run_args(tiny_models, dataset, on) if a != "--quiet"]
-    proc = _cli(*loud)
-    assert "huge pages on, memory release mmap" in proc.stderr
-    proc = _cli(*[a if a != str(on) else str(off) for a in loud], "--huge-pages", "off")
-    assert "huge pages off, memory release trim" in proc.stderr
-    assert on.read_text() == off.read_text()
 
 
 @pytest.mark.parametrize(

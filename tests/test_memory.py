@@ -58,13 +58,9 @@ def test_trim_and_threshold_report_success():
         memory.return_freed_memory(-1)
 
 
-@pytest.mark.parametrize(
-    "mode,huge_pages,at_load",
-    [("trim", True, ["trim"]), ("mmap", False, ["threshold", "trim"]), ("off", True, []), ("auto", False, ["trim"]), ("auto", True, ["threshold", "trim"])],
-)
-def test_engine_releases_memory_as_asked(tiny_models, monkeypatch, mode, huge_pages, at_load):
+@pytest.mark.parametrize("mode,at_load", [("trim", ["trim"]), ("mmap", ["threshold", "trim"]), ("off", [])])
+def test_engine_releases_memory_as_asked(tiny_models, monkeypatch, mode, at_load):
     calls = []
-    monkeypatch.setattr(memory, "huge_pages_active", lambda: huge_pages)
     monkeypatch.setattr(memory, "return_freed_memory", lambda *a: calls.append("threshold") or True)
     monkeypatch.setattr(memory, "trim", lambda: calls.append("trim") or True)
     engine = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_release=mode, windows_per_step=2))
@@ -78,24 +74,13 @@ def test_engine_releases_memory_as_asked(tiny_models, monkeypatch, mode, huge_pa
 
 
 def test_memory_release_setting_is_checked():
-    with pytest.raises(ValueError, match="memory_release must be one of auto, trim, mmap, off"):
+    with pytest.raises(ValueError, match="memory_release must be one of trim, mmap, off"):
         EngineSettings(memory_release="always")
-    assert EngineSettings().memory_release == "auto"
 
 
 # ---- huge pages ------------------------------------------------------------------------------
 
-HUGE_PAGES_POSSIBLE = GLIBC and memory.transparent_huge_pages() == "madvise" and memory._glibc_supports_hugetlb()
-
-
-def test_huge_page_tunable_is_added_to_the_others():
-    assert memory.environment_with_huge_pages({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-    assert memory.environment_with_huge_pages(env)["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}  # a copy
-    # the user's own choice (e.g. 0: no huge pages) is left alone
-    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"}
-    assert memory.environment_with_huge_pages(env) == env
+HUGE_PAGES_POSSIBLE = GLIBC and memory.transparent_huge_pages() == "madvise" and memory.glibc_supports_huge_pages()
 
 
 def test_transparent_huge_page_mode_is_the_bracketed_word(tmp_path):
@@ -105,13 +90,6 @@ def test_transparent_huge_page_mode_is_the_bracketed_word(tmp_path):
     mode.write_text("[always] madvise never\n")
     assert memory.transparent_huge_pages(mode) == "always"
     assert memory.transparent_huge_pages(tmp_path / "missing") is None
-
-
-def test_auto_release_is_mmap_only_with_huge_pages(monkeypatch):
-    monkeypatch.setattr(memory, "huge_pages_active", lambda: True)
-    assert [memory.resolve_release(c) for c in ("auto", "trim", "mmap", "off")] == ["mmap", "trim", "mmap", "off"]
-    monkeypatch.setattr(memory, "huge_pages_active", lambda: False)
-    assert [memory.resolve_release(c) for c in ("auto", "trim", "mmap", "off")] == ["trim", "trim", "mmap", "off"]
 
 
 # Touches a 64 MiB malloc'd buffer (glibc maps it on its own) and prints how many MB of the
@@ -134,35 +112,18 @@ print(huge_mb() - before, memory.huge_pages_active())
 """
 
 
-def _huge_pages_in_child(env: dict[str, str]) -> tuple[float, bool]:
-    base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT], capture_output=True, text=True, check=True, env=base | env)
+def _huge_pages_in_child(tunables: str | None) -> tuple[float, bool]:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT], capture_output=True, text=True, check=True, env=env)
     mb, active = out.stdout.split()
     return float(mb), active == "True"
 
 
 @pytest.mark.skipif(not HUGE_PAGES_POSSIBLE, reason="needs Linux THP in madvise mode and glibc >= 2.35")
-def test_the_tunable_gives_large_buffers_huge_pages():
-    assert _huge_pages_in_child({}) == (0.0, False)
-    mb, active = _huge_pages_in_child({"GLIBC_TUNABLES": memory.HUGE_PAGES_SETTING})
+def test_huge_pages_come_with_the_tunable_and_are_reported():
+    assert _huge_pages_in_child(None) == (0.0, False)
+    mb, active = _huge_pages_in_child(f"glibc.malloc.arena_max=4:{memory.HUGE_PAGES_SETTING}")
     assert active and mb >= 32, f"only {mb} MB of the 64 MiB buffer in huge pages"
-    assert _huge_pages_in_child({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == (0.0, False)
-
-
-def test_command_line_restarts_itself_only_from_the_real_command_line(monkeypatch, tmp_path):
-    from imgdiff_onnx import __main__ as cli
-
-    restarts: list[list[str]] = []
-    monkeypatch.setattr(memory, "restart_with_huge_pages", lambda argv: restarts.append(argv))
-    missing = ["run", "--models", str(tmp_path / "none"), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out.jsonl")]
-    assert cli.main(missing) == 2  # given an argv (embedded, tests): never
-    assert restarts == []
-    monkeypatch.setattr(sys, "argv", ["imgdiff-onnx", *missing])
-    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "imgdiff_onnx", *missing])
-    assert cli.main() == 2
-    assert restarts == [["-m", "imgdiff_onnx", *missing]]
-    monkeypatch.setattr(sys, "argv", ["imgdiff-onnx", *missing, "--huge-pages", "off"])
-    assert cli.main() == 2
-    monkeypatch.setattr(sys, "argv", ["imgdiff-onnx", "show", "--input", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "r")])
-    cli.main()
-    assert len(restarts) == 1  # not with --huge-pages off, not for commands that run no model
+    assert _huge_pages_in_child("glibc.malloc.hugetlb=0") == (0.0, False)

@@ -138,26 +138,3 @@ def test_losing_a_node_mid_run_gives_the_uninterrupted_output(tiny_models, tmp_p
     assert result["exit_status"] == 0 and result["lines_written"] == 24
     assert result["identical_to_uninterrupted_run"]
     assert any("died" in w for w in result["warnings"])
-
-
-def test_actors_start_with_the_huge_page_tunable():
-    import ray
-
-    from imgdiff_onnx.adapters.ray_run import RayOptions, actor_runtime_env
-
-    assert actor_runtime_env(RayOptions(huge_pages=False)) is None
-
-    @ray.remote(num_cpus=1)
-    class Probe:
-        def startup_tunables(self) -> list[str]:  # the environment the process was started with
-            environ = Path("/proc/self/environ").read_bytes().decode().split("\0")
-            return [e for e in environ if e.startswith("GLIBC_TUNABLES=")]
-
-    runtime_env = actor_runtime_env(RayOptions())
-    assert runtime_env is not None and "glibc.malloc.hugetlb=1" in runtime_env["env_vars"]["GLIBC_TUNABLES"].split(":")
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        probe = Probe.options(runtime_env=runtime_env).remote()
-        assert ray.get(probe.startup_tunables.remote()) == [f"GLIBC_TUNABLES={runtime_env['env_vars']['GLIBC_TUNABLES']}"]
-    finally:
-        ray.shutdown()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
 from imgdiff_onnx.manifest import read as read_manifest
-from imgdiff_onnx.memory import environment_with_huge_pages
 from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
@@ -40,16 +38,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RayOptions:
     """address: None starts a local Ray (num_cpus CPUs, default all); "auto" or "host:port" joins
-    a cluster. actors x threads must not exceed the CPUs Ray grants. huge_pages: the actors'
-    processes start with glibc's huge-page tunable (imgdiff_onnx.memory), as the command line
-    restarts itself with it."""
+    a cluster. actors x threads must not exceed the CPUs Ray grants."""
 
     address: str | None = None
     actors: int = 1
     threads: int = 1
     num_cpus: int | None = None
     calls_in_flight_per_actor: int = 2
-    huge_pages: bool = True
 
     def __post_init__(self) -> None:
         for name in ("actors", "threads", "calls_in_flight_per_actor"):
@@ -232,16 +227,6 @@ class _ActorPool:
             self._next_write += 1
 
 
-def actor_runtime_env(ray_options: RayOptions) -> dict[str, Any] | None:
-    """The actors' Ray runtime environment: GLIBC_TUNABLES asking for huge pages (the driver's
-    other tunables kept) when ray_options.huge_pages, else none. glibc reads it when the actor's
-    process starts, which is why it cannot be set later."""
-    if not ray_options.huge_pages:
-        return None
-    tunables = {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES"}
-    return {"env_vars": {"GLIBC_TUNABLES": environment_with_huge_pages(tunables)["GLIBC_TUNABLES"]}}
-
-
 def run_ray(
     models: str | Path,
     params: OperatorParams,
@@ -273,7 +258,7 @@ def run_ray(
             stop.install()  # Ray's core worker replaces the SIGTERM handler
         try:
             _grant_check(ray, ray_options)
-            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0, runtime_env=actor_runtime_env(ray_options))(worker)
+            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(worker)
             param_dicts = params.to_dicts()
             reader = iter(input_batches(input_path, writer.done, options.limit, options.pairs_per_batch))
             pool = _ActorPool(ray, lambda: actor_class.remote(models, param_dicts, settings), reader, writer, ray_options, options.timings)
