@@ -9,7 +9,7 @@ that a random-init export saves under MODELS/torch/; the engine with the given p
 the ratios, and the engine's final boxes against Data-Juicer's (F1 at IoU 0.9).
 
     python benchmarks/data_juicer_peer.py --models MODELS --out benchmarks/results/dj_peer \
-        [--gates open|recipe] [--precisions default,fp32,int8] [--pairs real|pasted]
+        [--gates open|recipe] [--precisions default,fp32,int8] [--pairs real|pasted] [--keep-data-juicer]
 """
 
 from __future__ import annotations
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", choices=("real", "pasted"), default="real")
     parser.add_argument("--precisions", default="default", help="engine runs, ';'-separated (each a precision or 'default')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the Data-Juicer side (the engine runs with its default settings: one model call per core)")
+    parser.add_argument("--keep-data-juicer", action="store_true",
+                        help="run the engine only, beside the Data-Juicer result already in --out (same job, checked)")
     parser.add_argument("--from-results", action="store_true", help="no new runs: the table again from the result files in --out")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # the workers run in it
@@ -235,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_results:
         results = [json.loads((args.out / f"result-{name}.json").read_text()) for name in ["data_juicer"] + [f"engine{i}" for i in range(len(precisions))]]
     else:
-        results = [_spawn(_dj_python(), {**base, "name": "data_juicer", "side": "data_juicer"}, args.out)]
+        if args.keep_data_juicer:  # the same pairs, models and gates (checked), run before on this machine
+            kept = json.loads((args.out / "result-data_juicer.json").read_text())
+            if json.loads((args.out / "job-data_juicer.json").read_text()) != {**base, "name": "data_juicer", "side": "data_juicer"}:
+                parser.error(f"--keep-data-juicer: {args.out} holds a Data-Juicer run of other pairs, models or gates")
+            results = [kept]
+        else:
+            results = [_spawn(_dj_python(), {**base, "name": "data_juicer", "side": "data_juicer"}, args.out)]
         for i, precision in enumerate(precisions):
             results.append(_spawn(Path(sys.executable), {**base, "name": f"engine{i}", "side": "engine", "precision": precision}, args.out))
     summaries = [_summary(r, results[0]) for r in results]

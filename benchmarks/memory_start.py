@@ -10,7 +10,7 @@ and their checksums verified ("once"): this is the start of a worker on a host t
 has the models, not the first start after a reboot.
 
     python benchmarks/memory_start.py --models MODELS --out benchmarks/results/memory_start \
-        [--configs default,memory-mmap,memory-off,int8,default+thp] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
+        [--configs default,memory-mmap,memory-off,int8,memory-mmap+thp] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
+from imgdiff_onnx import memory  # noqa: E402
 
 # EngineSettings fields per configuration (everything else at its default)
 CONFIGS: dict[str, dict] = {
@@ -37,10 +38,11 @@ CONFIGS: dict[str, dict] = {
     "memory-mmap": {"memory_release": "mmap"},  # and buffers >= 4 MiB unmapped when freed
     "memory-off": {"memory_release": "off"},  # the C allocator left as it is
     "int8": {"precision": "int8"},
+    "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},
 }
-# the same settings in a process started with glibc's huge-page tunable (what the CLI sets)
-HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# the same settings in a process started with glibc's huge-page tunable (imgdiff_onnx.memory)
+HUGE_PAGES = {"GLIBC_TUNABLES": memory.HUGE_PAGES_SETTING}
 CONFIGS.update({f"{name}+thp": settings for name, settings in list(CONFIGS.items())})
 
 
@@ -51,7 +53,18 @@ def _environment(config: str) -> dict[str, str]:
     return env | HUGE_PAGES if config.endswith("+thp") else env
 
 
+def _vmstat() -> dict[str, int]:
+    """The kernel's huge-page and compaction counters (machine-wide: the benchmark runs alone)."""
+    try:
+        lines = Path("/proc/vmstat").read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split() for line in lines)
+    return {k: int(v) for k, v in pairs if k.startswith(("thp_fault", "thp_split", "compact_stall", "compact_fail"))}
+
+
 def worker(job: dict, spawned_at: float) -> dict:
+    vmstat_before = _vmstat()
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
     from imgdiff_onnx.captions import ensure_available
 
@@ -65,8 +78,13 @@ def worker(job: dict, spawned_at: float) -> dict:
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu,
                      "candidates": r.counts.get("candidates", 0), "boxes": r.boxes.tolist()})  # fmt: skip
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    return {"config": job["config"], "memory_release": engine.memory_release, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "page_faults": faults, "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": process_memory_mb("VmHWM"), "rows": rows}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "config": job["config"], "memory_release": engine.settings.memory_release, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "page_faults": usage.ru_minflt, "user_s": usage.ru_utime, "system_s": usage.ru_stime,
+        "kernel_huge_page_events": {k: v - vmstat_before.get(k, 0) for k, v in _vmstat().items()},
+        "ready_s": ready, "load_s": engine.load_seconds, "rss_ready_mb": rss_ready, "peak_rss_mb": process_memory_mb("VmHWM"), "rows": rows,
+    }  # fmt: skip
 
 
 def _spawn(job: dict, out: Path, name: str) -> dict:
@@ -93,7 +111,11 @@ def _table(by_config: dict[str, list[dict]], rounds: int) -> str:
     row("peak RSS, whole run (MB)", lambda r: r["peak_rss_mb"], "{:.0f}")
     row("pairs: wall s", lambda r: sum(x["seconds"] for x in r["rows"]), "{:.1f}")
     row("pairs: CPU s", lambda r: sum(x["cpu_seconds"] for x in r["rows"]), "{:.1f}")
+    row("whole process: user CPU s", lambda r: r["user_s"], "{:.1f}")
+    row("whole process: system CPU s", lambda r: r["system_s"], "{:.1f}")
     row("page faults, whole process (thousands)", lambda r: r["page_faults"] / 1000, "{:.0f}")
+    row("huge pages faulted in (kernel, thousands)", lambda r: r["kernel_huge_page_events"].get("thp_fault_alloc", 0) / 1000, "{:.1f}")
+    row("compaction stalls (kernel)", lambda r: r["kernel_huge_page_events"].get("compact_stall", 0), "{:.0f}")
     lines.append("| candidates / final boxes | " + " | ".join(
         ", ".join(f"{x['candidates']}/{len(x['boxes'])}" for x in by_config[n][0]["rows"]) for n in names) + " |")  # fmt: skip
     return "\n".join(lines)
