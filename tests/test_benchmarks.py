@@ -103,3 +103,12 @@ def test_memory_start_benchmark_reports_each_configuration(tiny_models, tmp_path
         assert 0 < run["load_s"] < run["ready_s"] and 0 < run["rss_ready_mb"] <= run["peak_rss_mb"]
         assert len(run["rows"]) == 1 and run["rows"][0]["candidates"] > 0
     assert (out / "table.md").read_text().startswith("CPU: ")
+
+
+def test_op_profile_splits_a_graph_run_by_operator_type(tiny_models, tmp_path):
+    out = tmp_path / "ops"
+    _run_benchmark("op_profile.py", tiny_models, out, "--graph", "fastsam", "--precision", "fp32", "--imgsz", "320", "--runs", "1")
+    result = json.loads((out / "fastsam_fp32.json").read_text())
+    assert result["input_shapes"] == {"images": [1, 3, 320, 320]}
+    assert result["cpu_seconds_per_run"][0] > 0 and abs(sum(o["share"] for o in result["ops"]) - 1) < 1e-6
+    assert "Conv" in {o["op"] for o in result["ops"]} and sorted(p.name for p in out.iterdir()) == ["fastsam_fp32.json", "fastsam_fp32.md"]

@@ -1,0 +1,116 @@
+"""Where one graph's time goes, by operator type: onnxruntime's own profiler, one thread.
+
+The graph runs as the engine runs it (CPU, all graph optimisations, arena off), on inputs the
+engine would feed: FastSAM on the real pair's first image letterboxed to --imgsz, CLIP and BLIP's
+vision towers on --batch crops of the test photographs. Reported per run (after one warm-up):
+the process CPU seconds, and per operator type (after onnxruntime's fusions, e.g. QuickGelu is a
+fused SiLU) its kernel seconds, share and count.
+
+    python benchmarks/op_profile.py --models MODELS --graph fastsam --precision fp32 --out benchmarks/results/op_profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from imgdiff_onnx.modelset import ModelSet  # noqa: E402
+from imgdiff_onnx.preprocess import letterbox, normalize_batch  # noqa: E402
+
+GRAPHS = ("fastsam", "clip_vision", "blip_vision")
+
+
+def _inputs(models: ModelSet, graph: str, shared: Path, imgsz: int, batch: int) -> dict[str, np.ndarray]:
+    if graph == "fastsam":
+        bgr = cv2.imread(str(shared / "data" / "pairs" / "img_pair_1.jpg"))
+        return {"images": letterbox(bgr, imgsz, models.letterbox).tensor}
+    photos = [cv2.imread(str(p))[:, :, ::-1] for p in sorted((shared / "data" / "images").glob("*.jpg"))]
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(batch):
+        image = photos[i % len(photos)]
+        h, w = image.shape[:2]
+        ch, cw = int(rng.integers(h // 4, h)), int(rng.integers(w // 4, w))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crops.append(np.ascontiguousarray(image[y : y + ch, x : x + cw]))
+    return {"pixel_values": normalize_batch(crops, models.clip_norm if graph == "clip_vision" else models.blip_norm)}
+
+
+def profile(path: Path, feeds: dict[str, np.ndarray], runs: int, prefix: Path) -> dict:
+    options = ort.SessionOptions()  # as modelset.create_session builds the engine's, plus the profiler
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)  # warm-up, not profiled
+    session.end_profiling()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(prefix)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)  # first run of the profiled session: excluded below
+    cpu = []
+    for _ in range(runs):
+        t = time.process_time()
+        session.run(None, feeds)
+        cpu.append(time.process_time() - t)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()  # onnxruntime's raw trace: megabytes per run of a large graph
+    kernel = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run = len(kernel) // (runs + 1)
+    seconds: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for e in kernel[per_run:]:
+        seconds[e["args"]["op_name"]] += e["dur"] / 1e6 / runs
+        count[e["args"]["op_name"]] += 1
+    total = sum(seconds.values())
+    ops = [{"op": op, "seconds": s, "share": s / total, "count": count[op] // runs} for op, s in seconds.most_common()]
+    return {"cpu_seconds_per_run": cpu, "kernel_seconds_per_run": total, "ops": ops}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--graph", choices=GRAPHS, required=True)
+    parser.add_argument("--precision", choices=("fp32", "int8"), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--imgsz", type=int, default=1024, help="FastSAM input size (default 1024)")
+    parser.add_argument("--batch", type=int, default=16, help="crops per call for the vision towers (default 16)")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    models = ModelSet(args.models, precision=args.precision)
+    path = models.graphs[args.graph].path
+    feeds = _inputs(models, args.graph, args.shared, args.imgsz, args.batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"{args.graph}_{args.precision}"
+    result = profile(path, feeds, args.runs, args.out / f"onnxruntime_{name}")
+    result |= {"cpu": cpu_description(), "graph": args.graph, "precision": args.precision, "file": path.name,
+               "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}  # fmt: skip
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    lines = [cpu_line(result["cpu"]), "", f"{path.name}, inputs {result['input_shapes']}, 1 thread, {args.runs} runs: "
+             f"{min(result['cpu_seconds_per_run']):.3f} CPU s per run (best)", "", "| operator | s per run | share | nodes |", "|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {o['op']} | {o['seconds']:.3f} | {100 * o['share']:.1f}% | {o['count']} |" for o in result["ops"] if o["share"] >= 0.001]
+    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
