@@ -4,8 +4,10 @@ For each configuration and round (rounds interleaved): a new Python process impo
 loads the caption data and the graphs ("ready": wall time from the parent's spawn, so interpreter
 start and imports count), then runs the pairs. Reported per configuration, median over rounds:
 time to ready, RSS when ready, peak RSS (VmHWM) over the whole run, wall and CPU seconds of the
-pairs, and the candidates and final boxes (identical across configurations that compute the
-same thing). One unrecorded warm-up process first, so the model files are in the page cache
+pairs, the whole process's user and system CPU seconds and page faults, the kernel's huge-page
+counters, and the candidates and final boxes (identical across configurations that compute the
+same thing). A configuration named NAME+thp is NAME in a process started with glibc's huge-page
+tunable (GLIBC_TUNABLES=glibc.malloc.hugetlb=1); the others start without it. One unrecorded warm-up process first, so the model files are in the page cache
 and their checksums verified ("once"): this is the start of a worker on a host that already
 has the models, not the first start after a reboot.
 
