@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_image
+from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_image, rescale_and_normalize
 
 from .conftest import DATA
 
@@ -32,6 +32,20 @@ def test_matches_hf_pil_processor(name, model):
     for crop in _crops(rgb):
         expected = processor(images=crop, return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(normalize_image(np.ascontiguousarray(crop), norm), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [CLIP, BLIP], ids=["clip", "blip"])
+def test_value_lookup_gives_the_arithmetic_bit_for_bit(norm):
+    # an image that is already at the output size (no resize, no crop) holding every uint8
+    # value in every channel, in different orders per channel: every table entry is checked
+    h, w = norm.output_size
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image.reshape(-1, 3)[:256] = np.stack([np.arange(256), np.arange(256)[::-1], (np.arange(256) * 7) % 256], axis=1)
+    expected = rescale_and_normalize(image, norm.rescale_factor, norm.mean, norm.std).transpose(2, 0, 1)
+    ours = normalize_image(image, norm)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous and ours.shape == (3, h, w)
+    np.testing.assert_array_equal(ours.view(np.uint32), np.ascontiguousarray(expected).view(np.uint32))
 
 
 def test_saved_preprocessed_image_fixture(tmp_path):
