@@ -72,8 +72,9 @@ def _resize_size(height: int, width: int, norm: ImageNormalization) -> tuple[int
     return norm.resize_height, norm.resize_width
 
 
-def normalize_image(rgb: np.ndarray, norm: ImageNormalization) -> np.ndarray:
-    """One uint8 RGB (H, W, 3) image to float32 (3, h, w) model input."""
+def normalize_image(rgb: np.ndarray, norm: ImageNormalization, out: np.ndarray | None = None) -> np.ndarray:
+    """One uint8 RGB (H, W, 3) image to float32 (3, h, w) model input, written into `out` when
+    given (e.g. one image of a batch: no copy)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")
     height, width = rgb.shape[:2]
@@ -86,7 +87,10 @@ def normalize_image(rgb: np.ndarray, norm: ImageNormalization) -> np.ndarray:
     if norm.crop_height is not None and norm.crop_width is not None:
         image = _center_crop(image, norm.crop_height, norm.crop_width)
     tables = _value_tables(norm.rescale_factor, norm.mean, norm.std)
-    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    if out is None:
+        out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    elif out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {(3, *image.shape[:2])}, got {out.dtype} {out.shape}")
     for c in range(3):  # a lookup per channel: the same bits as the arithmetic, in one pass
         np.take(tables[c], image[:, :, c], out=out[c])
     return out
@@ -125,7 +129,10 @@ def normalize_batch(images: list[np.ndarray], norm: ImageNormalization) -> np.nd
     h, w = norm.output_size
     if not images:
         return np.zeros((0, 3, h, w), dtype=np.float32)
-    return np.stack([normalize_image(image, norm) for image in images])
+    batch = np.empty((len(images), 3, h, w), dtype=np.float32)
+    for image, sample in zip(images, batch):
+        normalize_image(image, norm, out=sample)
+    return batch
 
 
 @dataclass(frozen=True)

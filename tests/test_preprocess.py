@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_image, rescale_and_normalize
+from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch, normalize_image, rescale_and_normalize
 
 from .conftest import DATA
 
@@ -46,6 +46,16 @@ def test_value_lookup_gives_the_arithmetic_bit_for_bit(norm):
     ours = normalize_image(image, norm)
     assert ours.dtype == np.float32 and ours.flags.c_contiguous and ours.shape == (3, h, w)
     np.testing.assert_array_equal(ours.view(np.uint32), np.ascontiguousarray(expected).view(np.uint32))
+
+
+def test_batch_is_written_in_place_with_the_single_image_values():
+    rgb = load_image_file(DATA / "images/cat.jpg").rgb
+    crops = [np.ascontiguousarray(c) for c in _crops(rgb)]
+    batch = normalize_batch(crops, CLIP)
+    assert batch.shape == (len(crops), 3, 224, 224) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch.view(np.uint32), np.stack([normalize_image(c, CLIP) for c in crops]).view(np.uint32))
+    with pytest.raises(ValueError, match=r"out must be float32 \(3, 224, 224\)"):
+        normalize_image(crops[0], CLIP, out=np.empty((3, 384, 384), dtype=np.float32))
 
 
 def test_saved_preprocessed_image_fixture(tmp_path):
