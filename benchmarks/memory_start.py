@@ -7,9 +7,10 @@ time to ready, RSS when ready, peak RSS (VmHWM) over the whole run, wall and CPU
 pairs, the whole process's user and system CPU seconds and page faults, the kernel's huge-page
 counters, and the candidates and final boxes (identical across configurations that compute the
 same thing). A configuration named NAME+thp is NAME in a process started with glibc's huge-page
-tunable (GLIBC_TUNABLES=glibc.malloc.hugetlb=1); the others start without it. One unrecorded warm-up process first, so the model files are in the page cache
-and their checksums verified ("once"): this is the start of a worker on a host that already
-has the models, not the first start after a reboot.
+tunable (GLIBC_TUNABLES=glibc.malloc.hugetlb=1); the others start without it. One unrecorded
+warm-up process first, so the model files are in the page cache and their checksums verified
+("once"): this is the start of a worker on a host that already has the models, not the first
+start after a reboot.
 
     python benchmarks/memory_start.py --models MODELS --out benchmarks/results/memory_start \
         [--configs default,memory-mmap,memory-off,int8,memory-mmap+thp] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
