@@ -22,7 +22,7 @@ from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.preprocess import letterbox, normalize_batch
 
-from . import blip, clip, fastsam, quantize, random_init, verify
+from . import blip, clip, conv_kernels, fastsam, quantize, random_init, verify
 from .onnx_io import describe, store_weights_beside
 from .images import CalibrationImagesError, calibration_set
 from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
@@ -221,10 +221,15 @@ def _quantize(paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, calibrat
     return recipes
 
 
+def _fastsam_samples(pre: mf.Preprocessing, calibration: list[np.ndarray], imgsz: int, count: int = 2) -> list[np.ndarray]:
+    """FastSAM inputs for the bit-for-bit checks of rewritten graphs: the first calibration images, letterboxed."""
+    return [letterbox(np.ascontiguousarray(im[:, :, ::-1]), imgsz, pre.fastsam_settings).tensor for im in calibration[:count]]
+
+
 def _split_fastsam(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], pre: mf.Preprocessing, calibration: list[np.ndarray], imgsz: int) -> None:
     """FastSAM's prototype head as its own graph (prototypes on demand), at every precision or at
     none: kept only if the two graphs give the full graph's outputs bit for bit on calibration images."""
-    samples = [letterbox(np.ascontiguousarray(im[:, :, ::-1]), imgsz, pre.fastsam_settings).tensor for im in calibration[:2]]
+    samples = _fastsam_samples(pre, calibration, imgsz)
     staged = {}
     for precision, path in paths["fastsam"].items():
         main, proto = path.with_name(f"split-{path.name}"), path.with_name(f"split-{mf.graph_file('fastsam_proto', precision)}")
@@ -244,6 +249,16 @@ def _split_fastsam(paths: dict[str, dict[str, Path]], interfaces: dict[str, dict
     for main, proto in staged.values():
         main.unlink(missing_ok=True)
         proto.unlink(missing_ok=True)
+
+
+def _amx_variants(paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, calibration: list[np.ndarray], imgsz: int) -> dict[str, dict[str, dict]]:
+    """The int8 FastSAM graph's AMX variant (export/conv_kernels.py), when any convolution
+    qualifies and the outputs are the same bit for bit: graph -> precision -> manifest record."""
+    if "int8" not in paths["fastsam"]:
+        return {}
+    src = paths["fastsam"]["int8"]
+    record = conv_kernels.build(src, src.with_name(mf.amx_graph_file("fastsam", "int8")), _fastsam_samples(pre, calibration, imgsz))
+    return {"fastsam": {"int8": record}} if record else {}
 
 
 def _verify(models: _Loaded, paths: dict[str, dict[str, Path]], pre: mf.Preprocessing, image_set: Any, imgsz: int, user_images: bool) -> dict:
@@ -267,7 +282,11 @@ GRAPH_MODEL_RECIPE = {"fastsam_proto": "fastsam"}  # the split graph was quantiz
 
 
 def _graph_entries(
-    paths: dict[str, dict[str, Path]], interfaces: dict[str, dict], recipes: dict[str, dict], data_files: dict[str, dict[str, str]]
+    paths: dict[str, dict[str, Path]],
+    interfaces: dict[str, dict],
+    recipes: dict[str, dict],
+    data_files: dict[str, dict[str, str]],
+    amx_variants: dict[str, dict[str, dict]],
 ) -> dict[str, dict[str, mf.GraphEntry]]:
     entries: dict[str, dict[str, mf.GraphEntry]] = {}
     for graph, by_precision in paths.items():
@@ -277,7 +296,8 @@ def _graph_entries(
             invariant = precision == "fp32" or bool(recipe.get("batch_invariant"))
             info = interfaces[graph]
             data_file = data_files.get(graph, {}).get(precision)
-            entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe, data_file)
+            amx = amx_variants.get(graph, {}).get(precision)
+            entries[graph][precision] = mf.GraphEntry(path.name, invariant, tuple(info["inputs"]), tuple(info["outputs"]), info.get("opset"), recipe, data_file, amx)
     return entries
 
 
@@ -301,6 +321,7 @@ def run(args: argparse.Namespace) -> Path:
     pre = mf.Preprocessing(**preprocessing)
     recipes = _quantize(paths, pre, image_set.images, args.verify_imgsz) if "int8" in precisions else {}
     _split_fastsam(paths, interfaces, pre, image_set.images, args.verify_imgsz)
+    amx_variants = _amx_variants(paths, pre, image_set.images, args.verify_imgsz)
     data_files = {"blip_itm": {precision: store_weights_beside(path) for precision, path in paths["blip_itm"].items()}}
     verification = _verify(models, paths, pre, image_set, args.verify_imgsz, user_images=args.calibration_images is not None)
     files = {
@@ -309,7 +330,7 @@ def run(args: argparse.Namespace) -> Path:
     }
     manifest = mf.Manifest(
         precisions=tuple(precisions),
-        graphs=_graph_entries(paths, interfaces, recipes, data_files),
+        graphs=_graph_entries(paths, interfaces, recipes, data_files, amx_variants),
         preprocessing=pre,
         files=files,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -37,6 +37,10 @@ def graph_file(graph: str, precision: str) -> str:
     return f"{graph}.{precision}.onnx"
 
 
+def amx_graph_file(graph: str, precision: str) -> str:
+    return f"{graph}.{precision}.amx.onnx"
+
+
 def _get(data: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
     if not isinstance(data, Mapping) or key not in data:
         raise ManifestError(f"{where}: no {key!r}")
@@ -59,6 +63,10 @@ class GraphEntry:
     # the graph's weights in a file beside it, which onnxruntime maps instead of reading: weights
     # a run never touches (BLIP ITM's word-embedding table, but for a query's few rows) stay on disk
     data_file: str | None = None
+    # the same graph for CPUs where onnxruntime runs its int8 GEMM on AMX tiles: its large
+    # convolutions' weights stored so that onnxruntime sends them to that GEMM, same outputs
+    # bit for bit (export/conv_kernels.py). {"file", "convs", "rule", "identical_outputs_on"}
+    amx_variant: dict | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> "GraphEntry":
@@ -70,12 +78,25 @@ class GraphEntry:
             opset=data.get("opset"),
             quantization=data.get("quantization"),
             data_file=_get(data, "data_file", where, str) if data.get("data_file") is not None else None,
+            amx_variant=cls._amx_variant(data.get("amx_variant"), f"{where}.amx_variant"),
         )
 
-    @property
-    def files(self) -> list[str]:
-        """The files this graph loads: the graph, and its weights when stored beside it."""
-        return [self.file] + ([self.data_file] if self.data_file else [])
+    @staticmethod
+    def _amx_variant(data: Any, where: str) -> dict | None:
+        if data is None:
+            return None
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"{where}: expected an object, got {type(data).__name__}")
+        _get(data, "file", where, str)
+        return dict(data)
+
+    def file_for(self, amx: bool) -> str:
+        """The graph file to load: the AMX variant where onnxruntime uses AMX and there is one."""
+        return self.amx_variant["file"] if amx and self.amx_variant else self.file
+
+    def files_for(self, amx: bool) -> list[str]:
+        """The files a load reads: the graph (file_for), and its weights when stored beside it."""
+        return [self.file_for(amx)] + ([self.data_file] if self.data_file else [])
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs), "opset": self.opset}
@@ -84,6 +105,8 @@ class GraphEntry:
         out["batch_invariant"] = self.batch_invariant
         if self.data_file is not None:
             out["data_file"] = self.data_file
+        if self.amx_variant is not None:
+            out["amx_variant"] = self.amx_variant
         return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from . import manifest as mf
+from .cpu import onnxruntime_uses_amx
 from .integrity import ModelCheck
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder
@@ -79,6 +80,7 @@ class GraphInfo:
     path: Path
     precision: str
     batch_invariant: bool  # False: dynamic int8, feed one sample per call
+    amx_variant: bool = False  # the graph's AMX variant was chosen (manifest.GraphEntry.amx_variant)
 
 
 class SessionPool:
@@ -126,6 +128,8 @@ class ModelSet:
 
     precision: "int8", "fp32", a per-model choice ("fastsam=fp32,clip=int8,blip=int8", a mapping
     or a Precision), or None for the folder's recommendation, else the built-in default.
+    amx: load a graph's AMX variant where the folder has one (same outputs, faster where
+    onnxruntime runs its int8 GEMM on AMX); None (default) = where onnxruntime does.
     """
 
     def __init__(
@@ -134,14 +138,17 @@ class ModelSet:
         precision: PrecisionLike | None = None,
         model_check: ModelCheck = "once",
         pool: SessionPool | None = None,
+        amx: bool | None = None,
     ):
         self.folder = Path(folder)
         self.manifest = mf.read(self.folder)
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
         entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in self.manifest.graphs}  # required + optional present
-        mf.check_files(self.folder, self.manifest, [f for e in entries.values() for f in e.files] + [self.manifest.tokenizer_file], model_check)
+        self.amx = onnxruntime_uses_amx() if amx is None else amx
+        files = [f for e in entries.values() for f in e.files_for(self.amx)]
+        mf.check_files(self.folder, self.manifest, files + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
-            g: GraphInfo(path=self.folder / e.file, precision=self.precision.for_graph(g), batch_invariant=e.batch_invariant)
+            g: GraphInfo(self.folder / e.file_for(self.amx), self.precision.for_graph(g), e.batch_invariant, self.amx and e.amx_variant is not None)
             for g, e in entries.items()
         }
         pre = self.manifest.preprocessing

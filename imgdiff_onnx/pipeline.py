@@ -97,9 +97,10 @@ class DifferenceAreaGenerator:
         self._release_memory()
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s); memory release %s, huge pages %s",
+            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s); memory release %s, huge pages %s%s",
             self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin, n_workers, threads,
             self.settings.memory_release, "on" if memory.huge_pages_active() else "off",
+            "".join(f"; {g} {info.precision} AMX variant" for g, info in self.models.graphs.items() if info.amx_variant),
         )  # fmt: skip
         if self.models.random_init:
             log.warning("model folder %s holds RANDOM-INIT weights: boxes are meaningless", self.models.folder)
