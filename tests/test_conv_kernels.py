@@ -4,6 +4,7 @@ bit for bit, that the runtime loads the variant only when told or where onnxrunt
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,17 @@ def test_the_benchmark_times_both_graphs_and_finds_the_same_boxes(tiny_models, t
     # the variant folder without its variant: the benchmark says what is missing
     no_variant = subprocess.run([sys.executable, str(ROOT / "benchmarks/fastsam_amx.py"), "--models", str(tiny_models)], capture_output=True, text=True)
     assert no_variant.returncode == 2 and "has no AMX variant" in no_variant.stderr
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the no-AMX preload")
+def test_without_the_tile_state_the_runtime_keeps_the_plain_graph(tiny_models, tmp_path):
+    """benchmarks/no_amx.c makes a process look like one on a CPU without AMX: detection says no."""
+    shim = tmp_path / "no_amx.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", str(ROOT / "benchmarks/no_amx.c"), "-o", str(shim), "-ldl"], check=True)
+    folder = _folder_with_variant(tiny_models, tmp_path)
+    code = ("from imgdiff_onnx.cpu import onnxruntime_uses_amx, tile_state_granted; from imgdiff_onnx.modelset import ModelSet; "
+            f"m = ModelSet({str(folder)!r}, precision='int8'); print(onnxruntime_uses_amx(), tile_state_granted(), m.graphs['fastsam'].path.name)")  # fmt: skip
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "fastsam.int8.onnx"]
