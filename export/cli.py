@@ -144,7 +144,8 @@ def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SystemExit(f"--out {out} is not empty; pass --force to replace its model files")
-        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + [mf.graph_file(g, p) for g in mf.GRAPHS + mf.OPTIONAL_GRAPHS for p in mf.PRECISIONS]:
+        graphs = [name(g, p) for name in (mf.graph_file, mf.amx_graph_file) for g in mf.GRAPHS + mf.OPTIONAL_GRAPHS for p in mf.PRECISIONS]
+        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + graphs:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
