@@ -65,7 +65,7 @@ def _weight_dequantizers(model) -> dict[str, object]:
 def _strides(model) -> dict[str, float]:
     """Conv node name -> how many input pixels one output position spans (its overall stride),
     followed through the graph: convolutions and poolings multiply it by their stride, Resize
-    divides it by its scale, every other node passes its first input's on. (onnx shape inference
+    divides it by its scale, every other node passes on the largest of its inputs'. (onnx shape inference
     stops at FastSAM's computed Slice bounds, so sizes are not read from it.)"""
     from onnx import helper, numpy_helper
 
