@@ -41,6 +41,7 @@ CONFIGS: dict[str, dict] = {
     "memory-mmap": {"memory_release": "mmap"},  # and buffers >= 4 MiB unmapped when freed
     "memory-off": {"memory_release": "off"},  # the C allocator left as it is
     "arena": {"memory_arena": True},  # onnxruntime's arena keeps every session's freed buffers
+    "one-worker": {"workers": 1},  # one model call at a time on every core: FastSAM's two images one after the other
     "int8": {"precision": "int8"},
     "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},
