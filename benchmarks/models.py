@@ -126,9 +126,11 @@ class _WholeFastSam:
 
 
 def _ort_session(folder: Path, manifest, graph: str, precision: str, settings):
+    """The graph the engine would load here (an AMX variant where onnxruntime uses AMX)."""
+    from imgdiff_onnx.cpu import onnxruntime_uses_amx
     from imgdiff_onnx.modelset import create_session
 
-    session = create_session(folder / manifest.graph(graph, precision).file, settings)
+    session = create_session(folder / manifest.graph(graph, precision).file_for(onnxruntime_uses_amx()), settings)
     if graph == "fastsam" and "fastsam_proto" in manifest.graphs:
         return _WholeFastSam(session, create_session(folder / manifest.graph("fastsam_proto", precision).file, settings))
     return session
