@@ -42,7 +42,8 @@ def tile_state_granted() -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         permitted = ctypes.c_ulong(0)
-        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_GET_XCOMP_PERM, ctypes.byref(permitted)) != 0:
+        # syscall(2) is variadic and reads longs: pass longs, not ctypes' default C ints
+        if libc.syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_GET_XCOMP_PERM), ctypes.byref(permitted)) != 0:
             return False  # kernels before 5.16 have no AMX support at all
     except (OSError, AttributeError):
         return False
