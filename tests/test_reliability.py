@@ -89,15 +89,19 @@ def test_a_signal_stops_after_the_batch_in_flight_and_resume_completes_the_file(
     assert out.read_text() == full.read_text()
 
 
+# The signals go to the main thread itself (pthread_kill): os.kill addresses the process, and the
+# kernel may hand the signal to one of the threads numpy and onnxruntime start at import, which
+# leaves the main thread asleep until time.sleep ends (a rare flake of this test under load).
 SECOND_SIGNAL = """
-import os, signal, sys, time
+import signal, sys, threading, time
 from imgdiff_onnx.signals import GracefulStop
+main = threading.main_thread().ident
 with GracefulStop() as stop:
-    os.kill(os.getpid(), signal.{name})
+    signal.pthread_kill(main, signal.{name})
     time.sleep(0.2)
     print("first", stop.signum, flush=True)
     try:
-        os.kill(os.getpid(), signal.{name})
+        signal.pthread_kill(main, signal.{name})
         time.sleep(5)
     except KeyboardInterrupt:
         print("KeyboardInterrupt", flush=True)
