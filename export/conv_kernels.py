@@ -65,13 +65,14 @@ def _weight_dequantizers(model) -> dict[str, object]:
 def _strides(model) -> dict[str, float]:
     """Conv node name -> how many input pixels one output position spans (its overall stride),
     followed through the graph: convolutions and poolings multiply it by their stride, Resize
-    divides it by its scale, every other node passes on the largest of its inputs'. (onnx shape inference
-    stops at FastSAM's computed Slice bounds, so sizes are not read from it.)"""
+    divides it by its scale, every other node passes on the largest of its inputs'. (onnx shape
+    inference stops at FastSAM's computed Slice bounds, so sizes are not read from it.)"""
     from onnx import helper, numpy_helper
 
-    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scale_names = {node.input[2] for node in model.graph.node if node.op_type == "Resize" and len(node.input) > 2}
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in scale_names}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if node.op_type == "Constant" and node.output[0] in scale_names and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     stride: dict[str, float] = {model.graph.input[0].name: 1.0}
     convs = {}
@@ -107,12 +108,12 @@ def select_convs(model, rule: GemmRule) -> list[str]:
     return chosen
 
 
-def write_gemm_variant(src: Path, dst: Path, convs: list[str]) -> int:
-    """Copy `src` to `dst` with the named convolutions' weights stored as q - 1, zero point -1."""
+def write_gemm_variant(model, dst: Path, convs: list[str]) -> int:
+    """Store the named convolutions' weights of `model` as q - 1, zero point -1 (in place), and
+    save it at `dst`."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(src))
     inits = {t.name: t for t in model.graph.initializer}
     dequantizers = _weight_dequantizers(model)
     users: dict[str, int] = {}
@@ -153,11 +154,12 @@ def build(src: Path, dst: Path, samples: list[np.ndarray], rule: GemmRule = Gemm
     or None (nothing written) when no convolution qualifies or the outputs differ."""
     import onnx
 
-    convs = select_convs(onnx.load(str(src)), rule)
+    model = onnx.load(str(src))
+    convs = select_convs(model, rule)
     if not convs:
         log.info("%s: no convolution meets the AMX GEMM rule; no variant written", src.name)
         return None
-    shifted = write_gemm_variant(src, dst, convs)
+    shifted = write_gemm_variant(model, dst, convs)
     if shifted == 0 or not same_outputs(src, dst, samples):
         log.warning("%s: the AMX GEMM variant does not reproduce the graph bit for bit; not kept", src.name)
         dst.unlink(missing_ok=True)
