@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnxruntime as ort
 
@@ -28,7 +30,7 @@ class ClipImageEncoder:
         self.batch_size = batch_size
         self._workers = workers
 
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) features for N uint8 RGB images."""
 
         def run(chunk: list[np.ndarray]) -> np.ndarray:

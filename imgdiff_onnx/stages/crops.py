@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from typing import overload
 
 import cv2
 import numpy as np
@@ -36,3 +38,30 @@ def jpeg_roundtrip(rgb: np.ndarray) -> np.ndarray:
         raise ValueError("JPEG encoding failed")
     with Image.open(io.BytesIO(data.tobytes())) as image:
         return np.asarray(image.convert("RGB"))
+
+
+class Crops(Sequence[np.ndarray]):
+    """The crops of (image, window) items, cut (and JPEG round-tripped, D2) when read. A gate
+    hands them to a model, which reads them chunk by chunk, so only one chunk's crops exist at
+    a time: a window of a large photo is megabytes, and a gate step has up to 64 of them."""
+
+    def __init__(self, items: Sequence[tuple[np.ndarray, Window]], jpeg: bool = False):
+        self._items = list(items)
+        self._jpeg = jpeg
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self._cut(image, window) for image, window in self._items[index]]
+        image, window = self._items[index]
+        return self._cut(image, window)
+
+    def _cut(self, image: np.ndarray, window: Window) -> np.ndarray:
+        pixels = np.ascontiguousarray(crop(image, window))
+        return jpeg_roundtrip(pixels) if self._jpeg else pixels

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-Scorer = Callable[[np.ndarray, str], np.ndarray]  # (embeddings of some crops, word) -> probabilities
+Scorer = Callable[[np.ndarray, str, list[int]], np.ndarray]  # (embeddings, word, the rows to score) -> their probabilities
 Record = Callable[[int, str, float], None]  # (crop index, word, probability), for diagnostics
 
 
@@ -28,7 +28,7 @@ def first_matching_words(
             if matched[k] is None and r < len(words) and words[r] not in words[:r]:  # a repeated word cannot pass now
                 by_word.setdefault(words[r], []).append(k)
         for word, idx in by_word.items():
-            for k, p in zip(idx, score(embeds[idx], word)):
+            for k, p in zip(idx, score(embeds, word, idx)):
                 if record is not None:
                     record(k, word, float(p))
                 if lo <= float(p) <= hi:
