@@ -42,6 +42,9 @@ CONFIGS: dict[str, dict] = {
     "memory-off": {"memory_release": "off"},  # the C allocator left as it is
     "arena": {"memory_arena": True},  # onnxruntime's arena keeps every session's freed buffers
     "one-worker": {"workers": 1},  # one model call at a time on every core: FastSAM's two images one after the other
+    "segment-together": {"segment_together": True},  # FastSAM's two images at once, one per worker
+    "no-fastsam-arena": {"fastsam_arena": False},  # FastSAM's buffers from malloc, not the shrinking arena
+    "together-no-arena": {"segment_together": True, "fastsam_arena": False},  # FastSAM as it ran before both
     "int8": {"precision": "int8"},
     "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -38,18 +39,51 @@ class SessionSettings:
     A session may be run by several workers at once, each run with up to `threads` threads.
     cpu_mem_arena and mem_pattern are onnxruntime's CPU memory arena and memory-pattern planning
     (both on by default in onnxruntime).
+    shrinking_arena: the session's buffers come from one arena that all such sessions of the
+    process share, extended by exactly what is asked and handed back at the end of every run
+    made with `run_options(settings)` (onnxruntime's arena shrinkage); cpu_mem_arena is then
+    ignored. A freed buffer is reused within the run instead of being allocated and faulted in
+    again, and the arena holds the run's live buffers, not the allocator heaps' high-water mark.
     """
 
     threads: int = 0
     graph_optimization: str = "all"
     cpu_mem_arena: bool = True
     mem_pattern: bool = True
+    shrinking_arena: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {sorted(_OPT_LEVELS)}, got {self.graph_optimization!r}")
+
+
+_SHRINKING_ARENA_LOCK = threading.Lock()
+_shrinking_arena_registered = False
+
+
+def _register_shrinking_arena() -> None:
+    """The process-wide CPU arena of `shrinking_arena` sessions (onnxruntime's environment
+    allocator; only sessions that ask for it use it): extended by exactly the requested size
+    (kSameAsRequested), so that every region can be given back when it is free."""
+    global _shrinking_arena_registered
+    with _SHRINKING_ARENA_LOCK:
+        if _shrinking_arena_registered:
+            return
+        memory_info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # max_mem 0 (no limit), extend strategy 1 (kSameAsRequested), the rest onnxruntime's defaults
+        ort.create_and_register_allocator(memory_info, ort.OrtArenaCfg(0, 1, -1, -1))
+        _shrinking_arena_registered = True
+
+
+def run_options(settings: SessionSettings) -> ort.RunOptions | None:
+    """The run options a session built with `settings` needs (None: onnxruntime's defaults)."""
+    if not settings.shrinking_arena:
+        return None
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSession:
@@ -59,9 +93,12 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
-    options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena or settings.shrinking_arena
     options.enable_mem_pattern = settings.mem_pattern
     options.log_severity_level = 3
+    if settings.shrinking_arena:
+        _register_shrinking_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -167,12 +204,17 @@ class ModelSet:
         path = self.graphs[graph].path
         return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
 
-    def components(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None) -> Components:
-        """CLIP, BLIP and FastSAM on this folder's graphs and preprocessing."""
+    def components(
+        self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None, segment_settings: SessionSettings | None = None
+    ) -> Components:
+        """CLIP, BLIP and FastSAM on this folder's graphs and preprocessing; FastSAM's graphs with
+        `segment_settings` when given (its prototype head, run tile by tile, without the
+        shrinking arena)."""
         g = self.graphs
+        fastsam = segment_settings or settings
         # the largest graph first: its load-time copies then come on top of nothing else
-        proto = self.session("fastsam_proto", settings) if "fastsam_proto" in g else None
-        segmenter = FastSamSegmenter(self.session("fastsam", settings), self.letterbox, proto)
+        proto = self.session("fastsam_proto", replace(fastsam, shrinking_arena=False)) if "fastsam_proto" in g else None
+        segmenter = FastSamSegmenter(self.session("fastsam", fastsam), self.letterbox, proto, run_options(fastsam))
         clip = ClipImageEncoder(self.session("clip_vision", settings), self.clip_norm, g["clip_vision"].batch_invariant, crop_batch_size, workers)
         blip = BlipMatcher(
             self.session("blip_vision", settings),

@@ -13,8 +13,9 @@ Plan per batch of pairs:
 S5 (two sides) and S6 are ANDed tests of the same candidate, so this order gives the set the
 original's order gives.
 
-On several workers (imgdiff_onnx.parallel) the model calls of each step run at once: the two
-FastSAM images of a pair, and the crop chunks of each gate. (Whole pairs per worker measured
+On several workers (imgdiff_onnx.parallel) the model calls of each step run at once: the crop
+chunks of each gate (and the two FastSAM images of a pair with EngineSettings.segment_together;
+by default they run one after the other, each on all the cores). (Whole pairs per worker measured
 slower than this, see benchmarks/README.md.) Results do not depend on the number of workers
 (tested).
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -41,7 +42,7 @@ from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure
 from .parallel import Workers
 from .params import OperatorParams
 from .settings import EngineSettings
-from .stages.crops import Window, crop, crop_window, jpeg_roundtrip, nonempty
+from .stages.crops import Crops, Window, crop_window, nonempty
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
 from .stages.objects import pair_objects
@@ -91,14 +92,21 @@ class DifferenceAreaGenerator:
         self.workers = Workers(n_workers)
         if components is None:
             sessions = SessionSettings(threads=threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
-            components = self.models.components(sessions, self.settings.crop_batch_size, self.workers)
+            segment = replace(
+                sessions,
+                threads=threads if self.settings.segment_together else n_workers * threads,  # one image at a time: all the cores
+                shrinking_arena=self.settings.fastsam_arena,
+            )
+            components = self.models.components(sessions, self.settings.crop_batch_size, self.workers, segment)
         self.components = components
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
         self._release_memory()
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s); memory release %s, huge pages %s%s",
+            "loaded graphs from %s in %.2f s: precision %s (%s); %d worker(s) x %d thread(s), FastSAM %s; memory release %s, huge pages %s%s",
             self.models.folder, self.load_seconds, self.models.precision, self.models.precision_origin, n_workers, threads,
+            ("two images at once" if self.settings.segment_together else "one image at a time")
+            + (", shrinking arena" if self.settings.fastsam_arena else ""),
             self.settings.memory_release, "on" if memory.huge_pages_active() else "off",
             "".join(f"; {g} {info.precision} AMX variant" for g, info in self.models.graphs.items() if info.amx_variant),
         )  # fmt: skip
@@ -214,7 +222,11 @@ class DifferenceAreaGenerator:
         h, w = img1.shape
         rgb2 = img2.rgb if img2.shape == (h, w) else cv2.resize(img2.rgb, (w, h), interpolation=cv2.INTER_LINEAR)
         s = self.params.segment
-        det1, det2 = self.workers.map(lambda bgr: self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou), [img1.bgr, np.ascontiguousarray(rgb2[:, :, ::-1])])
+        images = [img1.bgr, np.ascontiguousarray(rgb2[:, :, ::-1])]
+        if self.settings.segment_together:
+            det1, det2 = self.workers.map(lambda bgr: self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou), images)
+        else:
+            det1, det2 = (self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou) for bgr in images)
         times["segment"] = time.perf_counter() - t
         self._release_memory()
 
@@ -234,14 +246,9 @@ class DifferenceAreaGenerator:
 
     # ---- S6, S5 ---------------------------------------------------------------------------
 
-    def _crops(self, todo: list[tuple[_Pair, Window]], side: int) -> list[np.ndarray]:
-        def one(item: tuple[_Pair, Window]) -> np.ndarray:
-            pair, window = item
-            image = pair.image1 if side == 1 else pair.image2
-            pixels = np.ascontiguousarray(crop(image, window))
-            return jpeg_roundtrip(pixels) if self.settings.jpeg_roundtrip else pixels
-
-        return self.workers.map(one, todo) if self.settings.jpeg_roundtrip else [one(item) for item in todo]
+    def _crops(self, todo: list[tuple[_Pair, Window]], side: int) -> Crops:
+        """The side's crops of the windows, cut when the model reads them (chunk by chunk)."""
+        return Crops([(p.image1 if side == 1 else p.image2, window) for p, window in todo], self.settings.jpeg_roundtrip)  # type: ignore[misc]
 
     def _score(self, pairs: list[_Pair]) -> None:
         """S6 then S5 on each side, every gate over the distinct windows of all the pairs together,

@@ -32,9 +32,8 @@ class EngineSettings:
     "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
     None (default) for the model folder's recommendation (written by `validate --write`), else
     the built-in default, FastSAM fp32 with CLIP and BLIP int8.
-    workers, threads: cores used = workers x threads. `workers` model calls run at once (the two
-    FastSAM images of a pair, the pairs of a batch, crop chunks), each with `threads` onnxruntime
-    intra-op threads. Defaults (both 0): one worker per core, one thread each, which costs less
+    workers, threads: cores used = workers x threads. `workers` model calls run at once (crop
+    chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0): one worker per core, one thread each, which costs less
     CPU time than one call spread over all cores (see benchmarks/README.md). `threads` alone
     (workers 0) keeps one worker: the process uses exactly `threads` cores, as a Ray actor or a
     Data-Juicer process should. `workers` alone gives each worker cores // workers threads.
@@ -49,8 +48,14 @@ class EngineSettings:
     model_check: "once" (default) checks each model file's sha256 against the manifest the first
     time and trusts it while its size and mtime stay the same; "always" hashes at every load;
     "size" compares sizes only (see imgdiff_onnx.integrity).
-    memory_arena: onnxruntime's CPU memory arena (keeps freed activation buffers for reuse); off
-    by default for a lower peak RSS at the same speed.
+    segment_together: FastSAM's two images of a pair at once, one per worker. Off (default): one
+    after the other, each on all workers x threads cores, which holds one image's activations
+    (~300 MB at 1024 px, fp32) instead of two for a few per cent more FastSAM CPU time.
+    fastsam_arena: FastSAM's activations come from an onnxruntime arena that is handed back at
+    the end of every FastSAM run (SessionSettings.shrinking_arena): buffers are reused within
+    the run instead of faulted in again, for less CPU time and a lower peak. On by default.
+    memory_arena: onnxruntime's CPU memory arena for the other graphs (keeps freed activation
+    buffers for reuse, never handed back); off by default for a lower peak RSS at the same speed.
     memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
     memory_release: how freed model buffers go back to the system (glibc's allocator, Linux;
     elsewhere nothing is done). "trim" (default): the allocator's free heap pages are returned
@@ -71,6 +76,8 @@ class EngineSettings:
     windows_per_step: int = 64
     jpeg_roundtrip: bool = False
     model_check: ModelCheck = "once"
+    segment_together: bool = False
+    fastsam_arena: bool = True
     memory_arena: bool = False
     memory_pattern: bool = True
     memory_release: MemoryRelease = "trim"

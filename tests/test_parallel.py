@@ -31,6 +31,39 @@ def test_map_keeps_input_order_and_runs_on_several_threads():
     workers.close()
 
 
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("invariant", [True, False])
+def test_map_chunks_stacks_chunk_outputs_in_input_order(count, invariant):
+    from imgdiff_onnx.models.batching import map_chunks
+
+    workers = Workers(count)
+    items = list(range(11))
+    sizes = []
+
+    def fn(chunk):
+        sizes.append(len(chunk))
+        time.sleep(0.01 * (11 - chunk[0]) / 11)  # later chunks finish first
+        return np.array([[x, x * x] for x in chunk], dtype=np.float32)
+
+    out = map_chunks(items, fn, batch_size=4, batch_invariant=invariant, workers=workers)
+    workers.close()
+    assert out.dtype == np.float32 and out.shape == (11, 2)
+    np.testing.assert_array_equal(out, [[x, x * x] for x in items])
+    assert sorted(sizes) == ([1] * 11 if not invariant else [3, 4, 4])
+
+
+def test_map_chunks_refuses_a_chunk_whose_output_does_not_fit():
+    from imgdiff_onnx.models.batching import map_chunks
+
+    def fn(chunk):  # the last chunk's rows are wider
+        return np.zeros((len(chunk), 3 if chunk[0] == 8 else 2), np.float32)
+
+    with pytest.raises(ValueError, match=r"a chunk of 2 gave output float32\(2, 3\)"):
+        map_chunks(list(range(10)), fn, batch_size=4, batch_invariant=True)
+    with pytest.raises(ValueError, match="a chunk of 4 gave output"):  # fewer rows than items
+        map_chunks(list(range(8)), lambda chunk: np.zeros((1, 2)), batch_size=4, batch_invariant=True)
+
+
 def test_nested_map_runs_inline_instead_of_deadlocking():
     workers = Workers(2)
     inner_threads = []
@@ -92,8 +125,13 @@ def _pairs() -> list[PairInput]:
     ]
 
 
-def _run(tiny_models, precision: str, workers: int, threads: int, windows_per_step: int = 64) -> list:
-    settings = EngineSettings(precision=precision, workers=workers, threads=threads, windows_per_step=windows_per_step, diagnostics=True)
+def _run(
+    tiny_models, precision: str, workers: int, threads: int, windows_per_step: int = 64, segment_together: bool = False, fastsam_arena: bool = True
+) -> list:
+    settings = EngineSettings(
+        precision=precision, workers=workers, threads=threads, windows_per_step=windows_per_step, diagnostics=True,
+        segment_together=segment_together, fastsam_arena=fastsam_arena,
+    )  # fmt: skip
     engine = DifferenceAreaGenerator(tiny_models, OPEN, settings)
     assert engine.workers.count == workers
     try:
@@ -125,6 +163,16 @@ def test_results_do_not_depend_on_windows_per_step(tiny_models, precision):
     assert pending > 3 and sum(len(r.boxes) for r in whole) > 0, "too little work: the comparison checks little"
     for step in (1, 3):  # several steps per gate, one ending part-full
         _assert_same(_run(tiny_models, precision, 2, 1, windows_per_step=step), whole, step)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_results_do_not_depend_on_how_fastsam_runs(tiny_models, precision):
+    # default: the two images one after the other on both threads, in the shrinking arena;
+    # together: one image per worker on one thread each; without the arena: plain malloc
+    base = _run(tiny_models, precision, 2, 1)
+    assert sum(len(r.boxes) for r in base) > 0, "no box at all: the comparison checks little"
+    for together, arena in ((True, True), (False, False), (True, False)):
+        _assert_same(_run(tiny_models, precision, 2, 1, segment_together=together, fastsam_arena=arena), base, (together, arena))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -103,6 +103,35 @@ def test_d2_jpeg_roundtrip_option_changes_only_crop_pixels(tiny_models, engine):
     np.testing.assert_array_equal(a.candidate_boxes, b.candidate_boxes)
 
 
+def test_crops_are_cut_when_read_and_match_the_windows(engine):
+    from imgdiff_onnx.stages.crops import Crops, crop, jpeg_roundtrip
+
+    rgb = np.asarray(Image.open(PAIR1).convert("RGB"))
+    windows = [(0, 10, 0, 20), (100, 300, 50, 90), (-5, 40, 3, 7)]  # a negative start wraps, as in the original
+    crops = Crops([(rgb, w) for w in windows])
+    assert len(crops) == 3
+    for k, w in enumerate(windows):
+        np.testing.assert_array_equal(crops[k], crop(rgb, w))
+        assert crops[k].flags.c_contiguous
+    chunk = crops[1:3]
+    assert isinstance(chunk, list) and len(chunk) == 2
+    np.testing.assert_array_equal(chunk[0], crop(rgb, windows[1]))
+    jpeg = Crops([(rgb, windows[1])], jpeg=True)
+    np.testing.assert_array_equal(jpeg[0], jpeg_roundtrip(np.ascontiguousarray(crop(rgb, windows[1]))))
+    assert not np.array_equal(jpeg[0], crops[1])  # the round trip changes pixels
+
+
+@pytest.mark.parametrize("which", ["engine", "engine_int8"])
+def test_itm_scores_rows_of_the_embeddings_as_their_copy_would_score(request, which):
+    engine = request.getfixturevalue(which)
+    rgb = np.asarray(Image.open(PAIR1).convert("RGB"))
+    crops = [np.ascontiguousarray(rgb[r : r + 200, c : c + 150]) for r, c in ((0, 0), (300, 200), (500, 600), (100, 700))]
+    embeds = engine.blip.encode_images(crops)
+    for rows in ([2, 0], [1, 2, 3], [3]):
+        np.testing.assert_array_equal(engine.blip.score(embeds, "plane", rows), engine.blip.score(embeds[rows], "plane"))
+    np.testing.assert_array_equal(engine.blip.score(embeds, "plane"), engine.blip.score(embeds, "plane", [0, 1, 2, 3]))
+
+
 def test_d4_degenerate_crops_fail():
     assert crop_window(np.array([10.2, 10.2, 0.3, 0.3], np.float32)) == (10, 10, 10, 10)
     assert crop_window(np.array([5.0, 7.0, 4.0, 2.0], np.float32)) == (6, 8, 3, 7)
@@ -249,14 +278,42 @@ def test_very_large_image_pair_is_processed_in_image1_pixels(engine):
 
 @pytest.mark.parametrize("arena,pattern", [(False, False), (True, False), (False, True)])
 def test_memory_settings_reach_every_session(tiny_models, arena, pattern):
-    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_arena=arena, memory_pattern=pattern))
+    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, memory_arena=arena, memory_pattern=pattern, fastsam_arena=False))
     sessions = [gen.clip._session, gen.blip._vision, gen.blip._itm, gen.segmenter._session]
     assert [s.get_session_options().enable_cpu_mem_arena for s in sessions] == [arena] * 4
     assert [s.get_session_options().enable_mem_pattern for s in sessions] == [pattern] * 4
 
 
+def _threads_and_arena(session) -> tuple[int, bool, str]:
+    options = session.get_session_options()
+    try:
+        shared = options.get_session_config_entry("session.use_env_allocators")
+    except RuntimeError:  # onnxruntime: "does not have configuration with key"
+        shared = ""
+    return options.intra_op_num_threads, options.enable_cpu_mem_arena, shared
+
+
+@pytest.mark.parametrize("together", [False, True])
+@pytest.mark.parametrize("workers,threads", [(2, 1), (1, 2), (2, 2)])
+def test_fastsam_runs_on_every_core_one_image_at_a_time_in_the_shrinking_arena(tiny_models, together, workers, threads):
+    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(workers=workers, threads=threads, segment_together=together))
+    try:
+        fastsam_threads = threads if together else workers * threads
+        assert _threads_and_arena(gen.segmenter._session) == (fastsam_threads, True, "1")
+        assert gen.segmenter._run_options is not None
+        assert gen.segmenter._run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+        for other in (gen.clip._session, gen.blip._vision, gen.blip._itm):
+            assert _threads_and_arena(other) == (threads, False, "")
+    finally:
+        gen.close()
+    plain = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(workers=workers, threads=threads, fastsam_arena=False))
+    assert _threads_and_arena(plain.segmenter._session)[1:] == (False, "") and plain.segmenter._run_options is None
+    plain.close()
+
+
 def test_memory_defaults_arena_off_pattern_on():
-    assert EngineSettings().memory_arena is False and EngineSettings().memory_pattern is True
+    s = EngineSettings()
+    assert s.memory_arena is False and s.memory_pattern is True and s.fastsam_arena is True and s.segment_together is False
 
 
 # ---- result objects and per-box evidence -------------------------------------------------------

@@ -128,11 +128,11 @@ class _FailingOn:
         self._session, self._bad = session, bad
         self.failures = 0
 
-    def run(self, outputs, feeds):
+    def run(self, outputs, feeds, run_options=None):
         if self._bad(feeds):
             self.failures += 1
             raise ort.capi.onnxruntime_pybind11_state.RuntimeException("injected: Non-zero status code returned while running MatMul node")
-        return self._session.run(outputs, feeds)
+        return self._session.run(outputs, feeds, run_options)
 
     def __getattr__(self, name):
         return getattr(self._session, name)

@@ -92,11 +92,19 @@ class FastSamSegmenter:
     """FastSAM graphs, one image per call (each image has its own letterbox shape).
 
     proto_session: the `fastsam_proto` graph of a split folder (prototypes on demand), or None
-    when `fastsam` outputs the prototypes itself.
+    when `fastsam` outputs the prototypes itself. run_options: for the `fastsam` graph's runs
+    (what its session settings need, see modelset.run_options).
     """
 
-    def __init__(self, session: ort.InferenceSession, settings: LetterboxSettings, proto_session: ort.InferenceSession | None = None):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        settings: LetterboxSettings,
+        proto_session: ort.InferenceSession | None = None,
+        run_options: ort.RunOptions | None = None,
+    ):
         self._session = session
+        self._run_options = run_options
         self._settings = settings
         self._proto_session = proto_session
         if proto_session is not None:
@@ -123,7 +131,7 @@ class FastSamSegmenter:
         """The `fastsam` graph: predictions, and the prototypes (one graph) or the features the
         prototype head reads (split)."""
         second = "protos" if self._proto_session is None else "proto_features"
-        predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images})
+        predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images}, self._run_options)
         return predictions, out
 
     def _tiled_prototypes(self, features: np.ndarray) -> Prototypes:
