@@ -45,6 +45,7 @@ CONFIGS: dict[str, dict] = {
     "segment-together": {"segment_together": True},  # FastSAM's two images at once, one per worker
     "no-fastsam-arena": {"fastsam_arena": False},  # FastSAM's buffers from malloc, not the shrinking arena
     "together-no-arena": {"segment_together": True, "fastsam_arena": False},  # FastSAM as it ran before both
+    "steps-32": {"windows_per_step": 32},  # gates score 32 windows at a time instead of 64
     "int8": {"precision": "int8"},
     "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},

@@ -258,7 +258,7 @@ def test_resume_checks_it_continues_the_same_run(tiny_models, dataset, tmp_path)
     dataset.write_text(original)
     assert len(_read(out)) == 4  # nothing was touched by the refused resumes
     # settings that do not change results may differ
-    args = _run_args(tiny_models, dataset, out, "--resume", "--pairs-per-batch", "3", "--crop-batch-size", "2", "--memory-release", "mmap")
+    args = _run_args(tiny_models, dataset, out, "--resume", "--pairs-per-batch", "3", "--crop-batch-size", "2", "--memory-release", "mmap", "--segment-together")
     args[args.index("--threads") + 1] = "2"
     _cli(*args)
     assert out.read_text() == full.read_text()
