@@ -25,7 +25,8 @@ class TorchSession:
         self.output_names = output_names
 
     @torch.no_grad()
-    def run(self, output_names, feeds: dict[str, np.ndarray]):
+    def run(self, output_names, feeds: dict[str, np.ndarray], run_options=None):
+        """run_options: onnxruntime's (the engine passes its arena settings), nothing to do in torch."""
         out = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.input_names])
         out = out if isinstance(out, (tuple, list)) else (out,)
         by_name = {name: t.numpy() for name, t in zip(self.output_names, out)}
