@@ -33,7 +33,8 @@ class GracefulStop:
     """Context manager: while active, the first SIGINT/SIGTERM sets `signum` (the run checks it
     between batches); a second one has the signal's usual effect (SIGINT: KeyboardInterrupt;
     SIGTERM: the process ends at once; the lock dies with it and --resume drops a torn line). Outside the main thread (where
-    Python cannot install handlers) it does nothing and the signals keep their default effect."""
+    Python cannot install handlers) it does nothing and the signals keep their default effect. A
+    signal the process was started with ignored stays ignored, as Python itself leaves SIGINT."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -41,8 +42,12 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:  # the second: the signal's own effect (KeyboardInterrupt for SIGINT)
+            previous = self._previous.get(signum)
             self.__exit__()
-            signal.raise_signal(signum)
+            if callable(previous):  # Python's SIGINT handler raises KeyboardInterrupt right here
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:  # the default action (SIGTERM ends the process), restored by __exit__
+                signal.raise_signal(signum)
             return
         self.signum = signum
         log.warning("%s received: stopping after the batch in flight is written (send it again to stop at once)", signal.Signals(signum).name)
@@ -52,6 +57,8 @@ class GracefulStop:
         does, for SIGTERM) so that the run still stops cleanly."""
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
+                if sig not in self._previous and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # started with it ignored (a background job of a non-interactive shell ignores SIGINT): it stays so
                 previous = signal.signal(sig, self._handle)
                 self._previous.setdefault(sig, previous)
 
@@ -60,6 +67,6 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+        for sig, handler in self._previous.items():  # None: a handler not set from Python, which cannot be restored
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
         self._previous.clear()

@@ -17,6 +17,17 @@ PAIR1 = DATA / "pairs" / "img_pair_1.jpg"
 PAIR2 = DATA / "pairs" / "img_pair_2.jpg"
 PAIR_CAPTIONS = ("A plane in the sky flying alone.", "A boat in the ocean sailing alone.")
 
+# A child that tests send SIGINT/SIGTERM must not inherit them ignored: a test run started in the
+# background of a non-interactive shell ignores SIGINT, and so would its children (the engine
+# leaves an ignored signal ignored). These lines give the child Python's usual start.
+DEFAULT_SIGNALS = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+
+
+def imgdiff_command(*args: str) -> list[str]:
+    """`python -m imgdiff_onnx ARGS` with SIGINT and SIGTERM at their usual effect."""
+    code = DEFAULT_SIGNALS + "import runpy; runpy.run_module('imgdiff_onnx', run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", code, *args]
+
 # The exact caption step needs NLTK data; the product never reads ../shared, the tests do.
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 # Model verification stamps go to a folder of this test session, not the user's cache.

@@ -93,7 +93,9 @@ def test_sigterm_stops_a_ray_run_cleanly_and_resume_completes_it(tiny_models, da
     import time
 
     out = tmp_path / "ray.jsonl"
-    args = [sys.executable, "-m", "imgdiff_onnx", *_run_args(tiny_models, dataset, out, *RAY_2X1)]
+    from .conftest import imgdiff_command
+
+    args = imgdiff_command(*_run_args(tiny_models, dataset, out, *RAY_2X1))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= 2):

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.errors import CaptionDataError, ModelFolderError, ParameterError, RecordErrorBase, RunError
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 
-from .conftest import DATA
+from .conftest import DATA, DEFAULT_SIGNALS, imgdiff_command
 from .test_cli import _cli, _read, _run_args, dataset  # noqa: F401 - the dataset fixture
 
 
@@ -54,7 +55,7 @@ def test_every_package_error_shares_one_base():
 
 
 def _start(models: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "imgdiff_onnx", *_run_args(models, data, out, "--pairs-per-batch", "1", *extra)]
+    args = imgdiff_command(*_run_args(models, data, out, "--pairs-per-batch", "1", *extra))
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -112,10 +113,45 @@ print("not stopped", flush=True)
 
 @pytest.mark.parametrize("name, code, said", [("SIGTERM", -signal.SIGTERM, ""), ("SIGINT", 130, "KeyboardInterrupt")])
 def test_the_first_signal_asks_and_the_second_stops_at_once(name, code, said):
-    proc = subprocess.run([sys.executable, "-c", SECOND_SIGNAL.format(name=name)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", DEFAULT_SIGNALS + SECOND_SIGNAL.format(name=name)], capture_output=True, text=True, timeout=60)
     lines = proc.stdout.split()
     assert lines[:2] == ["first", str(int(getattr(signal, name)))]
     assert proc.returncode == code and " ".join(lines[2:]) == said, proc.stderr
+
+
+def test_the_second_signal_goes_to_the_handler_that_was_there_before():
+    from imgdiff_onnx.signals import GracefulStop
+
+    seen = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        custom = signal.getsignal(signal.SIGINT)
+        with GracefulStop() as stop:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.05)
+            assert stop.signum == signal.SIGINT and seen == []
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.05)
+            assert seen == [signal.SIGINT]  # called by the second signal, at once
+            assert signal.getsignal(signal.SIGINT) is custom  # and put back
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    from imgdiff_onnx.signals import GracefulStop
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with GracefulStop() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle  # the other one is still handled
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.05)
+            assert stop.signum is None
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # ---- onnxruntime failures -----------------------------------------------------------------
