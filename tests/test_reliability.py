@@ -91,8 +91,9 @@ def test_a_signal_stops_after_the_batch_in_flight_and_resume_completes_the_file(
 
 
 # The signals go to the main thread itself (pthread_kill): os.kill addresses the process, and the
-# kernel may hand the signal to one of the threads numpy and onnxruntime start at import, which
-# leaves the main thread asleep until time.sleep ends (a rare flake of this test under load).
+# kernel may hand the signal to one of the threads numpy and onnxruntime start at import. The
+# child starts with Python's usual handlers (DEFAULT_SIGNALS): a suite run in the background of a
+# non-interactive shell ignores SIGINT, and so would the child, which then has no KeyboardInterrupt.
 SECOND_SIGNAL = """
 import signal, sys, threading, time
 from imgdiff_onnx.signals import GracefulStop
