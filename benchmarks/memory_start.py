@@ -46,6 +46,7 @@ CONFIGS: dict[str, dict] = {
     "no-fastsam-arena": {"fastsam_arena": False},  # FastSAM's buffers from malloc, not the shrinking arena
     "together-no-arena": {"segment_together": True, "fastsam_arena": False},  # FastSAM as it ran before both
     "steps-32": {"windows_per_step": 32},  # gates score 32 windows at a time instead of 64
+    "crop-batch-8": {"crop_batch_size": 8},  # CLIP (batch-invariant) scores 8 crops per call instead of 16
     "int8": {"precision": "int8"},
     "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},
