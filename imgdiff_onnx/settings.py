@@ -53,7 +53,9 @@ class EngineSettings:
     (~300 MB at 1024 px, fp32) instead of two for a few per cent more FastSAM CPU time.
     fastsam_arena: FastSAM's activations come from an onnxruntime arena that is handed back at
     the end of every FastSAM run (SessionSettings.shrinking_arena): buffers are reused within
-    the run instead of faulted in again, for less CPU time and a lower peak. On by default.
+    the run instead of faulted in again, for less CPU time and a lower peak. On by default. It
+    registers onnxruntime's process-wide (environment) CPU arena allocator once per process;
+    only sessions created with `session.use_env_allocators` use it.
     memory_arena: onnxruntime's CPU memory arena for the other graphs (keeps freed activation
     buffers for reuse, never handed back); off by default for a lower peak RSS at the same speed.
     memory_pattern: onnxruntime's memory-pattern planning; on, as in onnxruntime.
