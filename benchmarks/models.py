@@ -121,7 +121,7 @@ class _WholeFastSam:
 
         self._segmenter = FastSamSegmenter(main, LetterboxSettings(), proto)
 
-    def run(self, names, feeds):
+    def run(self, names, feeds, run_options=None):
         return list(self._segmenter.prototypes(feeds["images"]))
 
 

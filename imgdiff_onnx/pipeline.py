@@ -223,10 +223,11 @@ class DifferenceAreaGenerator:
         rgb2 = img2.rgb if img2.shape == (h, w) else cv2.resize(img2.rgb, (w, h), interpolation=cv2.INTER_LINEAR)
         s = self.params.segment
         images = [img1.bgr, np.ascontiguousarray(rgb2[:, :, ::-1])]
-        if self.settings.segment_together:
-            det1, det2 = self.workers.map(lambda bgr: self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou), images)
-        else:
-            det1, det2 = (self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou) for bgr in images)
+
+        def segment(bgr: np.ndarray):
+            return self.segmenter.segment(bgr, s.imgsz, s.conf, s.iou)
+
+        det1, det2 = self.workers.map(segment, images) if self.settings.segment_together else [segment(bgr) for bgr in images]
         times["segment"] = time.perf_counter() - t
         self._release_memory()
 

@@ -93,7 +93,7 @@ class _TorchFastSamSession:
     def __init__(self, predictor_model):
         self._model = predictor_model
 
-    def run(self, names, feed):
+    def run(self, names, feed, run_options=None):
         import torch
 
         assert list(names) == ["predictions", "protos"]

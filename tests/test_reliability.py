@@ -232,7 +232,7 @@ def test_run_graph_wraps_only_onnxruntime_errors():
         def __init__(self, exc):
             self.exc = exc
 
-        def run(self, outputs, feeds):
+        def run(self, outputs, feeds, run_options=None):
             raise self.exc
 
     with pytest.raises(ModelRunError, match=r"clip_vision graph: InvalidArgument: bad rank \(inputs pixel_values \(1, 3\)\)"):

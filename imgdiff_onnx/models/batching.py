@@ -23,7 +23,7 @@ def run_graph(
     """`session.run` (with `run_options` when given), with onnxruntime's own exceptions (which share no base class but
     Exception) turned into ModelRunError naming the graph and the input shapes."""
     try:
-        return session.run(outputs, feeds) if run_options is None else session.run(outputs, feeds, run_options)
+        return session.run(outputs, feeds, run_options)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises Fail, InvalidArgument, RuntimeException...
         if type(exc).__module__.startswith("onnxruntime"):
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
