@@ -45,6 +45,7 @@ CONFIGS: dict[str, dict] = {
     "segment-together": {"segment_together": True},  # FastSAM's two images at once, one per worker
     "no-fastsam-arena": {"fastsam_arena": False},  # FastSAM's buffers from malloc, not the shrinking arena
     "together-no-arena": {"segment_together": True, "fastsam_arena": False},  # FastSAM as it ran before both
+    "no-warm-up": {"warm_up": False},  # BLIP vision's first (memory-planning) run made in the first gate step, not at load
     "steps-32": {"windows_per_step": 32},  # gates score 32 windows at a time instead of 64
     "crop-batch-8": {"crop_batch_size": 8},  # CLIP (batch-invariant) scores 8 crops per call instead of 16
     "int8": {"precision": "int8"},

@@ -90,7 +90,8 @@ class DifferenceAreaGenerator:
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         n_workers, threads = self.settings.parallelism()
         self.workers = Workers(n_workers)
-        if components is None:
+        built_here = components is None
+        if built_here:
             sessions = SessionSettings(threads=threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
             segment = replace(
                 sessions,
@@ -100,6 +101,8 @@ class DifferenceAreaGenerator:
             components = self.models.components(sessions, self.settings.crop_batch_size, self.workers, segment)
         self.components = components
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
+        if built_here and self.settings.warm_up:
+            self.blip.warm_up()
         self._release_memory()
         self.load_seconds = time.perf_counter() - started
         log.info(

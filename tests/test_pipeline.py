@@ -7,6 +7,7 @@ import sys
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -313,7 +314,72 @@ def test_fastsam_runs_on_every_core_one_image_at_a_time_in_the_shrinking_arena(t
 
 def test_memory_defaults_arena_off_pattern_on():
     s = EngineSettings()
-    assert s.memory_arena is False and s.memory_pattern is True and s.fastsam_arena is True and s.segment_together is False
+    assert s.memory_arena is False and s.memory_pattern is True and s.fastsam_arena is True and s.segment_together is False and s.warm_up is True
+
+
+def test_fastsam_in_the_shrinking_arena_writes_its_outputs_into_arrays_of_ours(tiny_models):
+    """The first run of an input shape is an ordinary run (it gives the output shapes); later runs
+    of that shape go through IOBinding into fresh arrays: the same numbers, arrays that own their
+    memory, nothing of onnxruntime's allocator left alive after the run."""
+    gen = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, precision="fp32"))
+    plain = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, precision="fp32", fastsam_arena=False))
+    try:
+        session = gen.segmenter._session
+        calls = {"run": 0, "run_with_iobinding": 0}
+
+        class Counting:
+            def __getattr__(self, name):
+                if name in calls:
+                    calls[name] += 1
+                return getattr(session, name)
+
+        gen.segmenter._session = Counting()
+        image = cv2.imread(PAIR1)
+        small = cv2.resize(image, (320, 240))
+        runs = [gen.segmenter.segment(im, 640, 0.05, 0.5) for im in (image, image, small, image, small)]
+        assert calls == {"run": 2, "run_with_iobinding": 3}  # one ordinary run per letterbox shape
+        want = [plain.segmenter.segment(im, 640, 0.05, 0.5) for im in (image, small)]
+        for got, ref in zip(runs, [want[0], want[0], want[1], want[0], want[1]]):
+            np.testing.assert_array_equal(got.xywh, ref.xywh)
+            np.testing.assert_array_equal(got.scores, ref.scores)
+        letterboxed = np.zeros((1, 3, 640, 640), np.float32)
+        first, second = gen.segmenter._network(letterboxed), gen.segmenter._network(letterboxed)
+        for a, b in zip(first, second):
+            np.testing.assert_array_equal(a, b)
+            assert b.flags.owndata and b.flags.c_contiguous
+    finally:
+        gen.close()
+        plain.close()
+
+
+def test_an_onnxruntime_error_in_a_bound_run_names_the_graph():
+    from imgdiff_onnx.errors import ModelRunError
+    from imgdiff_onnx.models.batching import OwnOutputs
+
+    class Session:
+        def run(self, outputs, feeds, run_options=None):
+            return [np.zeros((1, 2), np.float32)]
+
+        def io_binding(self):
+            raise ort.capi.onnxruntime_pybind11_state.InvalidArgument("bad binding")
+
+    runner = OwnOutputs("fastsam", ["predictions"])
+    feeds = {"images": np.zeros((1, 3, 32, 32), np.float32)}
+    assert runner.run(Session(), feeds, None)[0].shape == (1, 2)
+    with pytest.raises(ModelRunError, match=r"fastsam graph: InvalidArgument: bad binding \(inputs images \(1, 3, 32, 32\)\)"):
+        runner.run(Session(), feeds, None)
+
+
+def test_blip_vision_is_warmed_up_at_load_unless_asked_not_to(tiny_models, monkeypatch):
+    from imgdiff_onnx.models.blip import BlipMatcher
+
+    seen: list[int] = []
+    original = BlipMatcher.encode_images
+    monkeypatch.setattr(BlipMatcher, "encode_images", lambda self, images: seen.append(len(images)) or original(self, images))
+    DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1)).close()
+    assert seen == [1]
+    DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(threads=1, warm_up=False)).close()
+    assert seen == [1]
 
 
 # ---- result objects and per-box evidence -------------------------------------------------------

@@ -171,6 +171,12 @@ class _FailingOn:
             raise ort.capi.onnxruntime_pybind11_state.RuntimeException("injected: Non-zero status code returned while running MatMul node")
         return self._session.run(outputs, feeds, run_options)
 
+    def run_with_iobinding(self, binding, run_options=None):  # FastSAM's runs into arrays of ours (models.batching.OwnOutputs)
+        if self._bad(None):
+            self.failures += 1
+            raise ort.capi.onnxruntime_pybind11_state.RuntimeException("injected: Non-zero status code returned while running Conv node")
+        return self._session.run_with_iobinding(binding, run_options)
+
     def __getattr__(self, name):
         return getattr(self._session, name)
 

@@ -57,6 +57,12 @@ class BlipMatcher:
 
         return map_chunks(images, run, self.batch_size, self._vision_invariant, self._workers)
 
+    def warm_up(self) -> None:
+        """One vision run on a blank crop (every crop is resized to the graph's one input shape),
+        so that onnxruntime's first run of that shape, which plans the buffers of the later ones
+        and holds several times their memory, happens now (EngineSettings.warm_up)."""
+        self.encode_images([np.full((32, 32, 3), 128, dtype=np.uint8)])
+
     def tokens(self, word: str) -> np.ndarray:
         return np.asarray(self._tokenizer.encode(word).ids, dtype=np.int64)
 

@@ -18,7 +18,7 @@ from .. import boxes as bx
 from ..errors import ModelFolderError
 from ..masks import Prototypes, nonempty_masks
 from ..preprocess import LetterboxSettings, letterbox
-from .batching import run_graph
+from .batching import OwnOutputs, run_graph
 
 MAX_NMS = 30000  # Ultralytics: at most this many candidates enter NMS (highest scores)
 PROTO_TILE = 16  # prototype cells per tile side (8 feature cells, 64 input pixels)
@@ -105,6 +105,9 @@ class FastSamSegmenter:
     ):
         self._session = session
         self._run_options = run_options
+        # in a shrinking arena (run_options given) the outputs go into arrays of ours, so that the
+        # arena keeps none of its regions after the run
+        self._own_outputs = {second: OwnOutputs("fastsam", ["predictions", second]) for second in ("protos", "proto_features")}
         self._settings = settings
         self._proto_session = proto_session
         if proto_session is not None:
@@ -131,7 +134,10 @@ class FastSamSegmenter:
         """The `fastsam` graph: predictions, and the prototypes (one graph) or the features the
         prototype head reads (split)."""
         second = "protos" if self._proto_session is None else "proto_features"
-        predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images}, self._run_options)
+        if self._run_options is not None:
+            predictions, out = self._own_outputs[second].run(self._session, {"images": images}, self._run_options)
+        else:
+            predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images})
         return predictions, out
 
     def _tiled_prototypes(self, features: np.ndarray) -> Prototypes:
