@@ -145,7 +145,8 @@ def _prepare_out(out: Path, force: bool) -> None:
         if not force:
             raise SystemExit(f"--out {out} is not empty; pass --force to replace its model files")
         graphs = [name(g, p) for name in (mf.graph_file, mf.amx_graph_file) for g in mf.GRAPHS + mf.OPTIONAL_GRAPHS for p in mf.PRECISIONS]
-        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + graphs:
+        weights = [f"{graph}.data" for graph in graphs]  # external weights (onnx_io.store_weights_beside)
+        for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + graphs + weights:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -105,11 +105,12 @@ class FastSamSegmenter:
     ):
         self._session = session
         self._run_options = run_options
-        # in a shrinking arena (run_options given) the outputs go into arrays of ours, so that the
-        # arena keeps none of its regions after the run
-        self._own_outputs = {second: OwnOutputs("fastsam", ["predictions", second]) for second in ("protos", "proto_features")}
         self._settings = settings
         self._proto_session = proto_session
+        self._outputs = ["predictions", "protos" if proto_session is None else "proto_features"]
+        # in a shrinking arena (run_options given) the outputs go into arrays of ours, so that the
+        # arena keeps none of its regions after the run
+        self._own_outputs = OwnOutputs("fastsam", self._outputs)
         if proto_session is not None:
             channels = proto_session.get_outputs()[0].shape[1]
             if not isinstance(channels, int):
@@ -133,11 +134,11 @@ class FastSamSegmenter:
     def _network(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The `fastsam` graph: predictions, and the prototypes (one graph) or the features the
         prototype head reads (split)."""
-        second = "protos" if self._proto_session is None else "proto_features"
+        feeds = {"images": images}
         if self._run_options is not None:
-            predictions, out = self._own_outputs[second].run(self._session, {"images": images}, self._run_options)
+            predictions, out = self._own_outputs.run(self._session, feeds, self._run_options)
         else:
-            predictions, out = run_graph(self._session, "fastsam", ["predictions", second], {"images": images})
+            predictions, out = run_graph(self._session, "fastsam", self._outputs, feeds)
         return predictions, out
 
     def _tiled_prototypes(self, features: np.ndarray) -> Prototypes:
