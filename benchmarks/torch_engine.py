@@ -8,12 +8,14 @@ isolates the inference backend, and (a) vs (b) isolates the algorithm.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imgdiff_onnx.modelset import GraphInfo, ModelSet, SessionSettings
+from imgdiff_onnx.modelset import Components, GraphInfo, ModelSet, SessionSettings
+from imgdiff_onnx.parallel import Workers
 
 
 class TorchSession:
@@ -73,3 +75,9 @@ class TorchModelSet(ModelSet):
 
     def session(self, graph: str, settings: SessionSettings):
         return self._sessions[graph]
+
+    def components(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None, segment_settings: SessionSettings | None = None) -> Components:
+        """As the folder's, but FastSAM without onnxruntime's shrinking arena (torch has none, so
+        no run options and no output binding)."""
+        segment = replace(segment_settings, shrinking_arena=False) if segment_settings is not None else None
+        return super().components(settings, crop_batch_size, workers, segment)
