@@ -33,11 +33,12 @@ class EngineSettings:
     None (default) for the model folder's recommendation (written by `validate --write`), else
     the built-in default, FastSAM fp32 with CLIP and BLIP int8.
     workers, threads: cores used = workers x threads. `workers` model calls run at once (crop
-    chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0): one worker per core, one thread each, which cost up to
-    8% less CPU time than one call spread over all cores in one measurement and the same in
-    another (see benchmarks/README.md). `threads` alone
-    (workers 0) keeps one worker: the process uses exactly `threads` cores, as a Ray actor or a
-    Data-Juicer process should. `workers` alone gives each worker cores // workers threads.
+    chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0):
+    one worker per core, one thread each, which cost up to 8% less CPU time than one call spread
+    over all cores in one measurement and the same in another (see benchmarks/README.md).
+    `threads` alone (workers 0) keeps one worker: the process uses exactly `threads` cores, as a
+    Ray actor or a Data-Juicer process should. `workers` alone gives each worker cores // workers
+    threads.
     Results do not depend on either.
     crop_batch_size: crops per model call where the graph is batch-invariant.
     windows_per_step: crop windows a gate scores at a time. It bounds the memory a gate holds
