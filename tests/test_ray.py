@@ -130,6 +130,52 @@ def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
     assert not _room_for_one_more(FakeRay(3), [False, False], threads=2)
 
 
+def _pool_dispatching(batches: int, actors: int, in_flight: int = 2):
+    """The driver's pool after its first dispatch, on stand-in actors that only record their calls."""
+    from imgdiff_onnx.adapters.ray_run import RayOptions, _ActorPool, _Unit
+
+    class Actor:
+        def __init__(self, index: int):
+            self.index, self.calls = index, []
+            self.process = self  # actor.process.remote(lines, timings)
+
+        def remote(self, lines, timings):
+            self.calls.append(lines)
+            return (self.index, len(self.calls))  # the call's handle
+
+    made: list[Actor] = []
+
+    def new_actor() -> Actor:
+        made.append(Actor(len(made)))
+        return made[-1]
+
+    reader = iter([[f"line {b}"] for b in range(batches)])
+    pool = _ActorPool(None, new_actor, reader, None, RayOptions(actors=actors, calls_in_flight_per_actor=in_flight), timings=False)
+    pool._refill()
+    pool._dispatch()
+    return pool, made
+
+
+def test_batches_spread_over_every_actor_before_any_gets_a_second():
+    # two batches, two actors: one each (filling the first actor's two calls in flight left the
+    # second idle, and a short run took twice as long)
+    pool, actors = _pool_dispatching(batches=2, actors=2)
+    assert [a.calls for a in actors] == [[["line 0"]], [["line 1"]]] and pool.busy == [1, 1]
+    pool, actors = _pool_dispatching(batches=3, actors=2)
+    assert [len(a.calls) for a in actors] == [2, 1] and not pool.queue
+    # more batches than calls in flight: each actor gets its two; the seventh is not read yet
+    pool, actors = _pool_dispatching(batches=7, actors=3)
+    assert [len(a.calls) for a in actors] == [2, 2, 2] and len(pool.queue) == 0 and pool.busy == [2, 2, 2]
+    # a retry waits for an idle actor and then runs alone on it
+    from imgdiff_onnx.adapters.ray_run import _Unit
+
+    pool.busy[1] = 0
+    pool.queue.append(_Unit(9, ["again"], retry=True))
+    pool.queue.append(_Unit(10, ["after"]))
+    pool._dispatch()
+    assert actors[1].calls[-1] == ["again"] and pool.alone == [False, True, False] and [u.seq for u in pool.queue] == [10]
+
+
 def test_losing_a_node_mid_run_gives_the_uninterrupted_output(tiny_models, tmp_path):
     # Ray's two-node simulator on this machine: the second raylet (and its actor) is killed once a
     # quarter of the lines are written; the run must go on with the survivor, line for line equal.

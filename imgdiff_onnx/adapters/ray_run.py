@@ -153,14 +153,21 @@ class _ActorPool:
             self._next_seq += 1
 
     def _dispatch(self) -> None:
-        for slot in range(len(self.actors)):
-            while self.queue and self.started[slot] and not self.retired[slot] and not self.alone[slot] and self.busy[slot] < self._in_flight:
-                if self.queue[0].retry and self.busy[slot] > 0:
-                    break
-                unit = self.queue.popleft()
-                self.pending[self.actors[slot].process.remote(unit.lines, self._timings)] = (unit, slot, self.generation[slot])
-                self.busy[slot] += 1
-                self.alone[slot] = unit.retry
+        """Send queued batches to the least busy actor, one at a time, up to the calls in flight
+        each may have: every actor gets a first batch before any gets a second (filling one actor's
+        calls first left the others idle when a run has few batches). A retry goes to an idle actor."""
+        while self.queue:
+            retry = self.queue[0].retry
+            free = [slot for slot in range(len(self.actors))
+                    if self.started[slot] and not self.retired[slot] and not self.alone[slot]
+                    and self.busy[slot] < (1 if retry else self._in_flight)]  # fmt: skip
+            if not free:
+                return
+            slot = min(free, key=lambda s: self.busy[s])
+            unit = self.queue.popleft()
+            self.pending[self.actors[slot].process.remote(unit.lines, self._timings)] = (unit, slot, self.generation[slot])
+            self.busy[slot] += 1
+            self.alone[slot] = unit.retry
 
     def _actor_started(self, ready: Any) -> None:
         slot, gen = self.starting.pop(ready)
