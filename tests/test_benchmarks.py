@@ -112,3 +112,42 @@ def test_op_profile_splits_a_graph_run_by_operator_type(tiny_models, tmp_path):
     assert result["input_shapes"] == {"images": [1, 3, 320, 320]}
     assert result["cpu_seconds_per_run"][0] > 0 and abs(sum(o["share"] for o in result["ops"]) - 1) < 1e-6
     assert "Conv" in {o["op"] for o in result["ops"]} and sorted(p.name for p in out.iterdir()) == ["fastsam_fp32.json", "fastsam_fp32.md"]
+
+
+def test_scaling_benchmark_interleaves_rounds_and_compares_a_baseline_checkout(tiny_models, tmp_path):
+    # the baseline configuration runs another checkout's `python -m imgdiff_onnx run`; this checkout stands in for it
+    out = tmp_path / "scaling"
+    _run_benchmark("ray_scaling.py", tiny_models, out, "--pairs", "1", "--rounds", "2", "--configs", "single-1x2,baseline",
+                   "--reference", "baseline", "--baseline-code", str(ROOT))  # fmt: skip
+    summary = json.loads((out / "ray_scaling.json").read_text())
+    assert summary["reference"] == "baseline" and summary["identical_boxes"] is True
+    assert set(summary["configs"]) == {"single-1x2", "baseline"}
+    for name, config in summary["configs"].items():
+        assert [run["round"] for run in config["runs"]] == [0, 1]
+        assert all(run["seconds"] > 0 and run["machine_cpu_seconds"] > 0 and run["steal_seconds"] >= 0 for run in config["runs"])
+        assert ("cpu_seconds" in config["runs"][0]) and len(config["speed_vs_reference"]) == 2
+    assert summary["configs"]["baseline"]["speed_vs_reference"] == [1.0, 1.0]
+    # the second round starts with the other configuration
+    logs = sorted(out.glob("log_*.txt"), key=lambda p: p.stat().st_mtime)
+    assert [p.stem for p in logs] == ["log_single-1x2_r0", "log_baseline_r0", "log_baseline_r1", "log_single-1x2_r1"]
+    single = summary["configs"]["single-1x2"]
+    assert single["best_seconds"] == min(run["seconds"] for run in single["runs"])
+    assert single["best_speed_vs_reference"] == round(summary["configs"]["baseline"]["best_seconds"] / single["best_seconds"], 3)
+    # the summary can be recomputed from the saved runs alone
+    table = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ray_scaling.py"), "--out", str(out), "--resummarize"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "table.md").read_text() == table and json.loads((out / "ray_scaling.json").read_text()) == summary
+
+
+def test_machine_cpu_seconds_reads_busy_and_steal_time(tmp_path):
+    import os
+
+    from benchmarks.ray_scaling import machine_cpu_seconds
+
+    stat = tmp_path / "stat"
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  {10 * tick} {1 * tick} {4 * tick} {500 * tick} {7 * tick} {2 * tick} {3 * tick} {6 * tick} 0 0\ncpu0 1 2 3\n")
+    assert machine_cpu_seconds(stat) == (20.0, 6.0)
