@@ -207,10 +207,10 @@ def summarize(runs: dict[str, list[dict]], reference: str, total: int) -> dict[s
         cpu_ratio = [r1["machine_cpu_seconds"] / r0["machine_cpu_seconds"] for r0, r1 in zip(ref, rows)]
         best = min(r["seconds"] for r in rows)
         results[name] = {
-            "median_seconds": statistics.median(r["seconds"] for r in rows),
+            "median_seconds": round(statistics.median(r["seconds"] for r in rows), 2),
             "best_seconds": best,
             "pairs_per_hour": round(total * 3600 / statistics.median(r["seconds"] for r in rows), 1),
-            "median_machine_cpu_seconds": statistics.median(r["machine_cpu_seconds"] for r in rows),
+            "median_machine_cpu_seconds": round(statistics.median(r["machine_cpu_seconds"] for r in rows), 2),
             "best_machine_cpu_seconds": min(r["machine_cpu_seconds"] for r in rows),
             "speed_vs_reference": [round(v, 3) for v in speed],
             "median_speed_vs_reference": round(statistics.median(speed), 3),
