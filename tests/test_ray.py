@@ -132,7 +132,7 @@ def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
 
 def _pool_dispatching(batches: int, actors: int, in_flight: int = 2):
     """The driver's pool after its first dispatch, on stand-in actors that only record their calls."""
-    from imgdiff_onnx.adapters.ray_run import RayOptions, _ActorPool, _Unit
+    from imgdiff_onnx.adapters.ray_run import RayOptions, _ActorPool
 
     class Actor:
         def __init__(self, index: int):
