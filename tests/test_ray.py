@@ -163,6 +163,8 @@ def test_batches_spread_over_every_actor_before_any_gets_a_second():
     assert [a.calls for a in actors] == [[["line 0"]], [["line 1"]]] and pool.busy == [1, 1]
     pool, actors = _pool_dispatching(batches=3, actors=2)
     assert [len(a.calls) for a in actors] == [2, 1] and not pool.queue
+    pool, actors = _pool_dispatching(batches=4, actors=3)
+    assert [len(a.calls) for a in actors] == [2, 1, 1]
     # more batches than calls in flight: each actor gets its two; the seventh is not read yet
     pool, actors = _pool_dispatching(batches=7, actors=3)
     assert [len(a.calls) for a in actors] == [2, 2, 2] and len(pool.queue) == 0 and pool.busy == [2, 2, 2]
