@@ -153,27 +153,21 @@ def main() -> int:
         for name in names[shift:] + names[:shift]:
             stem = f"{name}_r{round_index}"
             output = (args.out / f"out_{stem}.jsonl").resolve()
-            cmd = [sys.executable, "-m", "imgdiff_onnx", "run", "--input", str(dataset), "--output", str(output),
-                   "--overwrite", "--quiet", *config_args(name, t)]  # fmt: skip
+            baseline = name == "baseline"
+            code = args.baseline_code.resolve() if baseline else ROOT  # its package comes first on the path
+            models = (args.baseline_models or args.models) if baseline else args.models
+            cmd = [sys.executable, "-m", "imgdiff_onnx", "run", "--models", str(models.resolve()), "--input", str(dataset),
+                   "--output", str(output), "--overwrite", "--quiet", *config_args(name, t)]  # fmt: skip
             if args.pairs_per_batch is not None:
                 cmd += ["--pairs-per-batch", str(args.pairs_per_batch)]
-            env = dict(os.environ)
-            if name == "baseline":
-                code = args.baseline_code.resolve()
-                cmd[4:4] = ["--models", str((args.baseline_models or args.models).resolve())]
-                env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-                cwd = code
-            else:
-                cmd[4:4] = ["--models", str(args.models.resolve())]
-                env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-                cwd = ROOT
-            if args.precision != "default" and name != "baseline":
+            if args.precision != "default" and not baseline:
                 cmd += ["--precision", args.precision]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             busy0, steal0 = machine_cpu_seconds()
             started = time.perf_counter()
             with open(args.out / f"log_{stem}.txt", "w") as log:  # a file, not a pipe: Ray logs a lot
-                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+                subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=code, env=env)
             seconds = time.perf_counter() - started
             busy1, steal1 = machine_cpu_seconds()
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -206,10 +200,11 @@ def summarize(runs: dict[str, list[dict]], reference: str, total: int) -> dict[s
         speed = [r0["seconds"] / r1["seconds"] for r0, r1 in zip(ref, rows)]
         cpu_ratio = [r1["machine_cpu_seconds"] / r0["machine_cpu_seconds"] for r0, r1 in zip(ref, rows)]
         best = min(r["seconds"] for r in rows)
+        median = statistics.median(r["seconds"] for r in rows)
         results[name] = {
-            "median_seconds": round(statistics.median(r["seconds"] for r in rows), 2),
+            "median_seconds": round(median, 2),
             "best_seconds": best,
-            "pairs_per_hour": round(total * 3600 / statistics.median(r["seconds"] for r in rows), 1),
+            "pairs_per_hour": round(total * 3600 / median, 1),
             "median_machine_cpu_seconds": round(statistics.median(r["machine_cpu_seconds"] for r in rows), 2),
             "best_machine_cpu_seconds": min(r["machine_cpu_seconds"] for r in rows),
             "speed_vs_reference": [round(v, 3) for v in speed],
