@@ -114,6 +114,31 @@ def test_op_profile_splits_a_graph_run_by_operator_type(tiny_models, tmp_path):
     assert "Conv" in {o["op"] for o in result["ops"]} and sorted(p.name for p in out.iterdir()) == ["fastsam_fp32.json", "fastsam_fp32.md"]
 
 
+def test_op_profile_builds_and_profiles_the_int8_attention_variant(tiny_models, tmp_path):
+    out = tmp_path / "ops"
+    _run_benchmark("op_profile.py", tiny_models, out, "--graph", "blip_vision", "--precision", "int8-attention", "--batch", "1", "--runs", "1")
+    _run_benchmark("op_profile.py", tiny_models, out, "--graph", "blip_vision", "--precision", "int8", "--batch", "1", "--runs", "1")
+    variant, shipped = (json.loads((out / f"blip_vision_{p}.json").read_text()) for p in ("int8-attention", "int8"))
+    # products are split by whether one input is a weight: the shipped graph's attention products are float ...
+    float_products = {"MatMul of two activations", "FusedMatMul of two activations"}
+    shipped_ops = {o["op"] for o in shipped["ops"]}
+    assert shipped_ops & float_products and "DynamicQuantizeMatMul" in shipped_ops
+    assert "DynamicQuantizeMatMul of two activations" not in shipped_ops
+    # ... and the variant's are int8, with no float product left
+    variant_ops = {o["op"] for o in variant["ops"]}
+    assert "DynamicQuantizeMatMul of two activations" in variant_ops and "DynamicQuantizeMatMul" in variant_ops
+    assert not variant_ops & (float_products | {"MatMul", "FusedMatMul"})
+    assert variant["max_abs_difference_vs_fp32"] > 0 and variant["int8_max_abs_difference_vs_fp32"] > 0
+    # the rebuilt graph is not left behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"blip_vision_{p}.{e}" for p in ("int8", "int8-attention") for e in ("json", "md"))
+
+
+def test_op_profile_refuses_int8_attention_for_fastsam(tiny_models, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "op_profile.py"), "--models", str(tiny_models), "--out", str(tmp_path), "--graph", "fastsam", "--precision", "int8-attention"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "vision towers" in proc.stderr
+
+
 def test_scaling_benchmark_interleaves_rounds_and_compares_a_baseline_checkout(tiny_models, tmp_path):
     # the baseline configuration runs another checkout's `python -m imgdiff_onnx run`; this checkout stands in for it
     out = tmp_path / "scaling"
