@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -347,12 +348,24 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
+def _warnings_and_errors(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def configure_logging(quiet: bool) -> None:
     """Our loggers at INFO (WARNING with --quiet); third-party chatter (onnxruntime's quantizer logs
-    at INFO on the root logger) stays at WARNING."""
+    at INFO on the root logger) stays at WARNING.
+
+    With --quiet the libraries' own info and progress bars go too: Ultralytics' info lines (its
+    logger resets its level when imported, so a filter does it) and the Hugging Face progress
+    bars (read from the environment when transformers is imported, which the export does only
+    after this; an explicit HF_HUB_DISABLE_PROGRESS_BARS wins)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("imgdiff_onnx", "imgdiff_onnx_export"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        logging.getLogger("ultralytics").addFilter(_warnings_and_errors)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,36 @@ benchmarks/README.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+class _PreprocessingAdvice(logging.Filter):
+    """onnxruntime's quantizers warn on the root logger, at every call, that the model could be
+    pre-processed (`quant_pre_process`) first. These recipes quantize the exported graphs as
+    they are, which is how their figures were measured, so the advice is nothing a user can act
+    on; every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    advice = _PreprocessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 DYNAMIC_RECIPE = {
     "method": "onnxruntime.quantization.quantize_dynamic",
@@ -87,18 +110,19 @@ def quantize_transformer_static(src: Path, dst: Path, input_name: str, calibrati
     """`calibration`: model inputs (1, ...) as the runtime feeds them (whole images and crops)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(src),
-        str(dst),
-        _FeedReader(input_name, calibration),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    with _without_preprocessing_advice():
+        quantize_static(
+            str(src),
+            str(dst),
+            _FeedReader(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"MatMulConstBOnly": True},
+        )
     log.info("quantized %s -> %s (static QDQ MatMul/Gemm, %d calibration inputs)", src.name, dst.name, len(calibration))
     recipe = dict(STATIC_TRANSFORMER_RECIPE)
     recipe["calibration_inputs"] = len(calibration)
@@ -108,13 +132,14 @@ def quantize_transformer_static(src: Path, dst: Path, input_name: str, calibrati
 def quantize_transformer(src: Path, dst: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul", "Gemm"],
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    with _without_preprocessing_advice():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
     log.info("quantized %s -> %s (dynamic MatMul/Gemm)", src.name, dst.name)
     return dict(DYNAMIC_RECIPE)
 
@@ -151,17 +176,18 @@ def quantize_fastsam(src: Path, dst: Path, calibration: list[np.ndarray]) -> dic
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     float_nodes = _fastsam_float_nodes(src)
-    quantize_static(
-        str(src),
-        str(dst),
-        _FeedReader("images", calibration),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        calibrate_method=CalibrationMethod.MinMax,
-        nodes_to_exclude=float_nodes,
-    )
+    with _without_preprocessing_advice():
+        quantize_static(
+            str(src),
+            str(dst),
+            _FeedReader("images", calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_nodes,
+        )
     log.info("quantized %s -> %s (static QDQ, %d calibration images, %d nodes kept float)", src.name, dst.name, len(calibration), len(float_nodes))
     recipe = dict(STATIC_RECIPE)
     recipe["calibration_images"] = len(calibration)

@@ -47,6 +47,8 @@ def _clip_config(size: str):
             "num_hidden_layers": 1,
             "num_attention_heads": 2,
             "vocab_size": 1000,
+            "bos_token_id": 998,  # CLIP's own ids (49406, 49407) lie outside this small vocabulary
+            "eos_token_id": 999,
         },
         vision_config={
             "hidden_size": 32,

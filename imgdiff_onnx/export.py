@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 INSTALL_HINT = (
@@ -11,12 +12,10 @@ INSTALL_HINT = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        import ultralytics  # noqa: F401
-    except ImportError as exc:
-        print(f"error: {INSTALL_HINT} (missing: {exc.name})", file=sys.stderr)
+    # looked up, not imported: the export configures the libraries' logging before it imports them
+    missing = [name for name in ("torch", "transformers", "ultralytics") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: {INSTALL_HINT} (missing: {', '.join(missing)})", file=sys.stderr)
         return 2
     from imgdiff_onnx_export.cli import main as export_main
 

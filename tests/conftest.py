@@ -40,7 +40,13 @@ def run_export(out: Path, *args: str) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"tiny export failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    export_output(out).write_text(proc.stdout + proc.stderr)
     return out
+
+
+def export_output(out: Path) -> Path:
+    """What run_export's (quiet) export printed, kept beside the model folder."""
+    return out.parent / f"{out.name}.export-output.txt"
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx_export.sources import SourceUnavailable, resolve_hf, resolve_ultralytics
 
-from .conftest import run_export
+from .conftest import export_output, run_export
 
 
 def _manifest(folder):
@@ -278,3 +278,47 @@ def test_force_replaces_every_model_file_and_keeps_the_rest(tmp_path):
         _prepare_out(tmp_path, force=False)
     _prepare_out(tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # a stale AMX variant or weights file would otherwise be hashed into the new manifest
+
+
+def test_quantizing_drops_onnxruntimes_preprocessing_advice_and_nothing_else(tmp_path, caplog):
+    import logging
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from imgdiff_onnx_export.quantize import _without_preprocessing_advice, quantize_transformer
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight],
+    )  # fmt: skip
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    with caplog.at_level(logging.INFO):
+        quantize_transformer(src, tmp_path / "m.int8.onnx")
+        with _without_preprocessing_advice():
+            logging.warning("Please consider to run pre-processing before quantization.")
+            logging.warning("another warning")
+        logging.warning("Please consider: outside the quantizer calls this passes")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("quantized m.onnx -> m.int8.onnx") for m in messages)
+    assert "another warning" in messages and "Please consider: outside the quantizer calls this passes" in messages
+    assert not any(m.startswith("Please consider to run") or m.startswith("Please consider pre-processing") for m in messages)
+
+
+def test_a_quiet_export_prints_nothing(tiny_models):
+    # the tiny export of this session ran with --quiet: no info lines, progress bars or library chatter
+    # (Ultralytics' info, Hugging Face progress bars, onnxruntime's pre-processing advice)
+    assert export_output(tiny_models).read_text() == ""
+
+
+def test_export_without_its_extra_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from imgdiff_onnx import export as export_entry
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("transformers", "ultralytics") else real(name, *a))
+    assert export_entry.main(["--out", "never-written"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'imgdiff-onnx[export]'" in err and "(missing: transformers, ultralytics)" in err
