@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RecordErrorBase
-from .pipeline import DifferenceAreaGenerator, PairFailure, PairInput, PairResult
+from .pipeline import DifferenceAreaGenerator, PairError, PairFailure, PairInput, PairResult
 from .runfile import line_digest
 
 RESULT_KEY = "imgdiff"
 
 
-class RecordError(RecordErrorBase):
-    """A record is malformed (missing or mistyped field); the message names the record."""
+class RecordError(PairError):
+    """A record is malformed (missing or mistyped field): `key` names the record, `message` says
+    what is wrong, str() gives both."""
 
 
 def record_key(record: Mapping[str, Any], fallback: str) -> str:
@@ -35,11 +35,11 @@ def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInp
     """The engine input of one record; raises RecordError naming `key` and the problem."""
     missing = [k for k in ("image_path1", "image_path2") if not record.get(k)]
     if missing:
-        raise RecordError(f"{key}: missing {', '.join(missing)}")
+        raise RecordError(key, f"missing {', '.join(missing)}")
     paths = []
     for k in ("image_path1", "image_path2"):
         if not isinstance(record[k], str):
-            raise RecordError(f"{key}: {k} must be a string, got {type(record[k]).__name__}")
+            raise RecordError(key, f"{k} must be a string, got {type(record[k]).__name__}")
         p = Path(record[k]).expanduser()
         paths.append(p if p.is_absolute() else base / p)
     # captions and object lists are checked by the engine (stages/objects.py), the one place for both
@@ -52,8 +52,13 @@ class InputLine:
     number: int  # 1-based input line number
     record: dict | None
     pair: PairInput | None
-    error: str | None
+    error: str | None  # what is wrong with the line (the results file's `error`), without the key
     digest: str = ""  # of the input line's text: lets --resume check the processed prefix line by line
+
+    @property
+    def key(self) -> str:
+        """The record's `id`, or "line N" (how log lines name the record)."""
+        return record_key(self.record, f"line {self.number}") if self.record is not None else f"line {self.number}"
 
 
 def parse_line(number: int, text: str, base: Path) -> InputLine:
@@ -63,16 +68,18 @@ def parse_line(number: int, text: str, base: Path) -> InputLine:
 
 
 def _parse(number: int, text: str, base: Path) -> InputLine:
+    if not text.strip():
+        return InputLine(number, None, None, "empty line (expected a JSON object)")
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        return InputLine(number, None, None, f"line {number}: invalid JSON ({exc.msg} at column {exc.colno})")
+        return InputLine(number, None, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
     if not isinstance(record, dict):
-        return InputLine(number, None, None, f"line {number}: expected a JSON object, got {type(record).__name__}")
+        return InputLine(number, None, None, f"expected a JSON object, got {type(record).__name__}")
     try:
         return InputLine(number, record, pair_from_record(record, record_key(record, f"line {number}"), base), None)
     except RecordError as exc:
-        return InputLine(number, record, None, str(exc))
+        return InputLine(number, record, None, exc.message)
 
 
 def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> dict[str, Any]:
@@ -96,13 +103,13 @@ def output_line(line: InputLine, outcome: PairResult | PairFailure | None, timin
 @dataclass(frozen=True)
 class OutputLine:
     text: str  # the JSON line, without newline
-    error: str | None  # None when the record was processed
+    error: str | None  # "KEY: what is wrong" for the log; None when the record was processed
 
 
 def error_output(line: InputLine, message: str) -> OutputLine:
     """A record that could not be processed for a reason outside the record (e.g. its worker died)."""
     failed = InputLine(line.number, line.record, line.pair, message, line.digest)
-    return OutputLine(output_line(failed, None, False), message)
+    return OutputLine(output_line(failed, None, False), f"{line.key}: {message}")
 
 
 def process_pairs(engine: DifferenceAreaGenerator, pairs: list[PairInput | None]) -> list[PairResult | PairFailure | None]:
@@ -116,6 +123,6 @@ def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timin
     """Output lines for `lines`, in order; crop scoring is batched across all of them."""
     out = []
     for ln, outcome in zip(lines, process_pairs(engine, [ln.pair for ln in lines])):
-        error = ln.error if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
+        error = f"{ln.key}: {ln.error}" if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
         out.append(OutputLine(output_line(ln, outcome, timings), error))
     return out

@@ -83,6 +83,24 @@ def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_p
     assert proc.returncode == 2 and "--resume" in proc.stderr
 
 
+def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
+    from imgdiff_onnx.records import parse_line, process_lines
+
+    texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"})]
+    out = process_lines(None, [parse_line(n, text, tmp_path) for n, text in enumerate(texts, 1)], False)  # no pair reaches an engine
+    problems = [
+        "empty line (expected a JSON object)",
+        "invalid JSON (Expecting property name enclosed in double quotes at column 2)",
+        "image_path1 must be a string, got list",
+        "missing image_path1",
+    ]
+    # the results file's `error` says what is wrong (its `line` and `id` say where) ...
+    assert [json.loads(o.text)["imgdiff"]["error"] for o in out] == problems
+    assert [json.loads(o.text)["imgdiff"]["line"] for o in out] == [1, 2, 3, 4]
+    # ... and the log line names the record: its id, else its line
+    assert [o.error for o in out] == [f"{key}: {problem}" for key, problem in zip(["line 1", "line 2", "r3", "line 4"], problems)]
+
+
 def test_sigkill_then_resume_equals_uninterrupted_run(tiny_models, dataset, tmp_path):
     full = tmp_path / "full.jsonl"
     _cli(*_run_args(tiny_models, dataset, full, "--pairs-per-batch", "1"))

@@ -196,9 +196,7 @@ class _ActorPool:
         if died and current:
             self._replace(slot)
         if unit.retry:
-            line = unit.lines[0]
-            key = line.pair.key if line.pair is not None else f"line {line.number}"
-            return [error_output(line, f"{key}: {reason} twice while processing this record")]
+            return [error_output(unit.lines[0], f"{reason} twice while processing this record")]
         log.warning("retrying the %d records of a failed call one by one (%s)", len(unit.lines), reason)
         self.queue.extendleft(_Unit(unit.seq, [line], retry=True) for line in reversed(unit.lines))
         return []
