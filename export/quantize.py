@@ -51,6 +51,7 @@ def _without_preprocessing_advice() -> Iterator[None]:
     finally:
         root.removeFilter(advice)
 
+
 DYNAMIC_RECIPE = {
     "method": "onnxruntime.quantization.quantize_dynamic",
     "op_types": ["MatMul", "Gemm"],
