@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def sample(pid: int, output: Path) -> dict | None:
         rss = process_memory_mb("VmRSS", pid)
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (FileNotFoundError, ProcessLookupError):
+        return None
+    if math.isnan(rss):  # exited, not yet reaped: a zombie has no memory fields and no descriptors
         return None
     lines = output.read_bytes().count(b"\n") if output.exists() else 0
     return {"t": time.perf_counter(), "rss_mb": rss, "fds": fds, "lines": lines}

@@ -225,7 +225,7 @@ def read_pairs(input_path: Path, limit: int | None) -> tuple[list[PairInput], li
     for batch in input_batches(input_path, 0, limit, 256):
         for line in batch:
             if line.pair is None:
-                errors.append(line.error or f"line {line.number}: not a record")
+                errors.append(f"line {line.number}: {line.error}")
             else:
                 pairs.append(line.pair)
     return pairs, errors
