@@ -364,7 +364,9 @@ def configure_logging(quiet: bool) -> None:
     for name in ("imgdiff_onnx", "imgdiff_onnx_export"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
     if quiet:
-        logging.getLogger("ultralytics").addFilter(_warnings_and_errors)
+        ultralytics = logging.getLogger("ultralytics")
+        if _warnings_and_errors not in ultralytics.filters:  # once, however often the export runs in a process
+            ultralytics.addFilter(_warnings_and_errors)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
