@@ -20,6 +20,7 @@ limit, and `objects1`/`objects2` in the record skip the caption step).
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from difflib import SequenceMatcher
 
 import numpy as np
@@ -28,34 +29,65 @@ from .errors import RecordErrorBase
 
 BEST_RATIO, CUTOFF = 0.74, 0.75  # difflib.Differ._fancy_replace's constants
 DEFAULT_BUDGET = 5_000_000  # position look-ups in synch-point searches (about a few seconds at most)
+# Bounds on the search for close word pairs, so that time and memory stay bounded on any captions
+# (measured in benchmarks/README.md, "Caption step on hostile captions"):
+MAX_WORD_PAIRS = 64_000_000  # distinct words of caption 1 x distinct words of caption 2 (8,000 x 8,000)
+MAX_HISTOGRAM_CELLS = 8_000_000  # (distinct words) x (distinct characters) x (most repeats of a character in a word)
+MAX_CLOSE_PAIRS = 1_000_000  # pairs above quick_ratio 0.74, each checked with SequenceMatcher in Python
+BLOCK_CELLS = 1_000_000  # word pairs per block of the close-pair search
 
 
 class WordDiffTooComplex(RecordErrorBase):
     """The captions' difference would take more than the work budget to compute exactly."""
 
 
-def _quick_ratios(a_words: list[str], b_words: list[str]) -> np.ndarray:
-    """difflib's quick_ratio (2 * common characters as multisets / total length) for every pair."""
+def _too_complex(what: str) -> WordDiffTooComplex:
+    return WordDiffTooComplex(f"the captions' word difference {what} (very long or unusual captions); "
+                              "give objects1/objects2 in the record to skip the caption step")  # fmt: skip
+
+
+def _close_candidates(a_words: list[str], b_words: list[str]) -> list[tuple[int, int]]:
+    """(i, j) of every pair whose difflib quick_ratio (2 * common characters as multisets / total
+    length) is above BEST_RATIO, computed in row blocks so that memory stays bounded.
+
+    Common characters are sum over c of min(count_a(c), count_b(c)) = sum over k >= 1 of the
+    number of characters that both words hold at least k times: one matrix product per k, exact
+    in float32 for these small integers."""
+    pairs = len(a_words) * len(b_words)
+    if pairs > MAX_WORD_PAIRS:
+        raise _too_complex(f"compares each of {len(a_words):,} distinct words with each of {len(b_words):,} "
+                           f"({pairs:,} pairs; limit {MAX_WORD_PAIRS:,})")  # fmt: skip
     chars = sorted({c for w in a_words + b_words for c in w})
     index = {c: k for k, c in enumerate(chars)}
+    levels = max((max(Counter(w).values(), default=0) for w in a_words + b_words), default=0)
+    cells = (len(a_words) + len(b_words)) * max(1, len(chars)) * max(1, levels)
+    if cells > MAX_HISTOGRAM_CELLS:
+        raise _too_complex(f"needs a table of {cells:,} character counts (limit {MAX_HISTOGRAM_CELLS:,})")
 
-    def histogram(words: list[str]) -> np.ndarray:
-        h = np.zeros((len(words), max(1, len(chars))), dtype=np.int32)
+    def at_least(words: list[str]) -> np.ndarray:
+        """(levels, words, chars) float32: 1 where the word holds the character at least k+1 times."""
+        counts = np.zeros((len(words), max(1, len(chars))), dtype=np.int32)
         for r, w in enumerate(words):
-            for c in w:
-                h[r, index[c]] += 1
-        return h
+            for c, n in Counter(w).items():
+                counts[r, index[c]] = n
+        return np.stack([(counts > k).astype(np.float32) for k in range(max(1, levels))])
 
-    ha, hb = histogram(a_words), histogram(b_words)
-    la = np.array([len(w) for w in a_words], dtype=np.float64)
-    lb = np.array([len(w) for w in b_words], dtype=np.float64)
-    out = np.empty((len(a_words), len(b_words)), dtype=np.float64)
-    step = max(1, 4_000_000 // max(1, hb.size))
+    ha, hb = at_least(a_words), at_least(b_words)
+    la = np.array([len(w) for w in a_words], dtype=np.float32)
+    lb = np.array([len(w) for w in b_words], dtype=np.float32)
+    out: list[tuple[int, int]] = []
+    step = max(1, BLOCK_CELLS // max(1, len(b_words)))
     for s in range(0, len(a_words), step):
-        common = np.minimum(ha[s : s + step, None, :], hb[None, :, :]).sum(axis=2)
+        common = sum(ha[k, s : s + step] @ hb[k].T for k in range(ha.shape[0]))
         length = la[s : s + step, None] + lb[None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + step] = np.where(length > 0, 2.0 * common / length, 1.0)
+        # quick_ratio > BEST_RATIO, as difflib computes it (in float64, length 0 counts as 1.0)
+        close = (2.0 * common.astype(np.float64) > BEST_RATIO * length) | (length == 0)
+        rows, cols = np.nonzero(close)
+        keep = 2.0 * common[rows, cols].astype(np.float64) / np.maximum(length[rows, cols], 1) > BEST_RATIO
+        keep |= length[rows, cols] == 0
+        out.extend(zip((rows[keep] + s).tolist(), cols[keep].tolist()))
+        if len(out) > MAX_CLOSE_PAIRS:
+            raise _too_complex(f"has more than {MAX_CLOSE_PAIRS:,} pairs of similar words to compare")
     return out
 
 
@@ -83,9 +115,8 @@ class _Block:
         self.common = sorted(set(self.pa.of) & set(self.pb.of))
         # close pairs: distinct words whose ratio beats 0.74, by ratio (highest first)
         ua, ub = sorted(self.pa.of), sorted(self.pb.of)
-        quick = _quick_ratios(ua, ub) if ua and ub else np.zeros((0, 0))
         pairs = []
-        for i, j in zip(*np.nonzero(quick > BEST_RATIO)):
+        for i, j in _close_candidates(ua, ub) if ua and ub else []:
             u, v = ua[i], ub[j]
             if u != v:
                 r = SequenceMatcher(None, u, v).ratio()  # a-word first, as difflib's cruncher
@@ -102,10 +133,7 @@ class _Block:
     def _spend(self, n: int) -> None:
         self.budget -= n
         if self.budget < 0:
-            raise WordDiffTooComplex(
-                f"the captions' word difference needs more than {self.limit:,} steps to compute exactly "
-                "(very long, repetitive captions); give objects1/objects2 in the record to skip the caption step"
-            )
+            raise _too_complex(f"needs more than {self.limit:,} steps to compute exactly")
 
     def synch(self, alo: int, ahi: int, blo: int, bhi: int) -> tuple[int, int, bool] | None:
         """(i, j, identical) of difflib's synch pair in a[alo:ahi] x b[blo:bhi], or None (plain replace)."""
