@@ -9,6 +9,7 @@ the models the folder was exported from when they are given.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -26,12 +27,35 @@ def _build(cls, group: str, values: Mapping[str, Any] | None):
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def _check_range(group: str, low_name: str, low: float, high_name: str, high: float) -> None:
-    for name, value in ((low_name, low), (high_name, high)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ParameterError(f"{group}.{name} must be a number, got {value!r}")
+MAX_IMGSZ = 4096  # FastSAM's input side: larger sizes are refused before anything is allocated
+# (a size that is not a multiple of the stride is rounded up to one, as Ultralytics' check_imgsz does)
+
+
+def _number(group: str, name: str, value: object, low: float, high: float) -> float:
+    """A finite number (bool refused) in [low, high], as a float: 1 and 1.0 are one value."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ParameterError(f"{group}.{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ParameterError(f"{group}.{name} must be in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _check_range(args: object, group: str, low_name: str, high_name: str, bounds: tuple[float, float]) -> None:
+    """Both ends of a closed interval checked and stored as floats; low <= high."""
+    low, high = (_number(group, name, getattr(args, name), *bounds) for name in (low_name, high_name))
+    object.__setattr__(args, low_name, low)
+    object.__setattr__(args, high_name, high)
     if low > high:
-        raise ParameterError(f"{group}: {low_name}={low} is greater than {high_name}={high}; nothing could pass")
+        raise ParameterError(f"{group}: {low_name}={low:g} is greater than {high_name}={high:g}; nothing could pass")
+
+
+def _text(args: object, group: str, name: str) -> None:
+    if not isinstance(getattr(args, name), str):
+        raise ParameterError(f"{group}.{name} must be a string, got {getattr(args, name)!r}")
+
+
+COSINE = (-1.0, 1.0)  # CLIP cosine similarity
+PROBABILITY = (0.0, 1.0)  # BLIP ITM probability, FastSAM confidence and IoU
 
 
 @dataclass(frozen=True)
@@ -45,8 +69,9 @@ class PairSimilarityArgs:
     hf_clip: str = "openai/clip-vit-base-patch32"
 
     def __post_init__(self) -> None:
-        _check_range("image_pair_similarity_filter_args", "min_score_1", self.min_score_1, "max_score_1", self.max_score_1)
-        _check_range("image_pair_similarity_filter_args", "min_score_2", self.min_score_2, "max_score_2", self.max_score_2)
+        _check_range(self, "image_pair_similarity_filter_args", "min_score_1", "max_score_1", COSINE)
+        _check_range(self, "image_pair_similarity_filter_args", "min_score_2", "max_score_2", COSINE)
+        _text(self, "image_pair_similarity_filter_args", "hf_clip")
 
 
 @dataclass(frozen=True)
@@ -59,12 +84,14 @@ class SegmentArgs:
     model_path: str = "FastSAM-x.pt"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.imgsz, int) or isinstance(self.imgsz, bool) or self.imgsz < 32:
-            raise ParameterError(f"image_segment_mapper_args.imgsz must be an integer >= 32, got {self.imgsz!r}")
+        imgsz = self.imgsz
+        if isinstance(imgsz, float) and imgsz.is_integer():
+            object.__setattr__(self, "imgsz", imgsz := int(imgsz))  # 1024.0 from a JSON writer is 1024
+        if not isinstance(imgsz, int) or isinstance(imgsz, bool) or not 32 <= imgsz <= MAX_IMGSZ:
+            raise ParameterError(f"image_segment_mapper_args.imgsz must be an integer from 32 to {MAX_IMGSZ}, got {imgsz!r}")
         for name in ("conf", "iou"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ParameterError(f"image_segment_mapper_args.{name} must be in [0, 1], got {value!r}")
+            object.__setattr__(self, name, _number("image_segment_mapper_args", name, getattr(self, name), *PROBABILITY))
+        _text(self, "image_segment_mapper_args", "model_path")
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,8 @@ class TextMatchingArgs:
     hf_blip: str = "Salesforce/blip-itm-base-coco"
 
     def __post_init__(self) -> None:
-        _check_range("image_text_matching_filter_args", "min_score", self.min_score, "max_score", self.max_score)
+        _check_range(self, "image_text_matching_filter_args", "min_score", "max_score", PROBABILITY)
+        _text(self, "image_text_matching_filter_args", "hf_blip")
 
 
 @dataclass(frozen=True)

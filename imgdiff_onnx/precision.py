@@ -7,7 +7,7 @@ written the same way on a command line, in YAML and in Python:
     "int8"                          every model int8
     "fp32"                          every model fp32
     "fastsam=fp32,clip=int8,blip=int8"
-    "int8,fastsam=fp32"             a word for all, then per-model overrides (later items win)
+    "int8,fastsam=fp32"             a word for all, then per-model overrides (each named once)
     {"fastsam": "fp32", "clip": "int8", "blip": "int8"}   (YAML / dict form)
 
 Models not named take the built-in default (`DEFAULT`). The default keeps FastSAM fp32: an int8
@@ -72,6 +72,11 @@ class Precision:
                 raise PrecisionError(f"empty precision {value!r}; expected e.g. 'int8', 'fp32' or 'fastsam=fp32,clip=int8,blip=int8'")
         else:
             raise PrecisionError(f"precision must be a string or a mapping, got {type(value).__name__}")
+        named = [name for name, _ in items]
+        twice = sorted({name for name in named if named.count(name) > 1})
+        if twice:
+            what = ", ".join("a word for all" if n == "*" else n for n in twice)
+            raise PrecisionError(f"precision {value!r} names {what} twice; name each model once (e.g. 'int8,fastsam=fp32')")
         chosen = {f.name: getattr(DEFAULT, f.name) for f in fields(cls)}
         for name, prec in items:
             if not isinstance(prec, str) or prec not in PRECISIONS:
