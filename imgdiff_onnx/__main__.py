@@ -26,24 +26,25 @@ PARAM_GROUPS = ("image_pair_similarity_filter_args", "image_segment_mapper_args"
 
 
 def _load_params(path: Path | None):
-    """Data-Juicer's three parameter dicts from JSON or YAML: either the dicts themselves, or a
-    Data-Juicer recipe, whose `process:` entry for this operator (or the original) gives them."""
+    """(OperatorParams, precision or None) from JSON or YAML: either Data-Juicer's three parameter
+    dicts themselves (and optionally `precision`), or a Data-Juicer recipe, whose `process:` entry
+    for this operator (or the original) gives them (and its `precision`, if any)."""
     from .jsonl import RunError
     from .params import OperatorParams
 
     if path is None:
-        return OperatorParams()
+        return OperatorParams(), None
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RunError(f"--params {path}: cannot read it ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"--params {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text) or {}
         else:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_no_constant)
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / json.JSONDecodeError: one line, with the position
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
         raise RunError(f"--params {path}: not valid {kind}: {' '.join(str(exc).split())}") from None
@@ -51,14 +52,21 @@ def _load_params(path: Path | None):
         raise RunError(f"--params {path}: expected a mapping with Data-Juicer's three parameter dicts, got {type(data).__name__}")
     if "process" in data:
         data = _operator_entry(path, data["process"])
+    data = dict(data)
+    precision = data.pop("precision", None)
     for group in PARAM_GROUPS:
         if data.get(group) is not None and not isinstance(data[group], dict):
             raise RunError(f"--params {path}: {group} must be a mapping of parameter names to values, got {type(data[group]).__name__}")
-    return OperatorParams.from_mapping(data)
+    return OperatorParams.from_mapping(data), precision
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _operator_entry(path: Path, process: object) -> dict:
-    """This operator's arguments in a Data-Juicer recipe's process list (its three dicts only)."""
+    """This operator's arguments in a Data-Juicer recipe's process list (its three dicts and its
+    precision)."""
     from .jsonl import RunError
 
     entries = [e for e in process if isinstance(e, dict)] if isinstance(process, list) else []
@@ -66,11 +74,24 @@ def _operator_entry(path: Path, process: object) -> dict:
         for name in OPERATOR_NAMES:
             if name in entry:
                 args = entry[name] or {}
-                return {group: args.get(group) for group in PARAM_GROUPS}
+                if not isinstance(args, dict):
+                    raise RunError(f"--params {path}: the {name} entry must be a mapping of its arguments, got {type(args).__name__}")
+                picked = {group: args.get(group) for group in PARAM_GROUPS}
+                if args.get("precision") is not None:
+                    picked["precision"] = args["precision"]
+                return picked
     raise RunError(f"--params {path}: a Data-Juicer recipe, but its process list has no {' or '.join(OPERATOR_NAMES)} entry")
 
 
-def _settings(args: argparse.Namespace, threads: int):
+def _precision(args: argparse.Namespace, from_file: object):
+    """--precision, else the params file's `precision`; both given and different: the command
+    line wins, and the log says so."""
+    if args.precision is not None and from_file is not None and str(args.precision) != str(from_file):
+        log.warning("--precision %s replaces the precision %s of --params %s", args.precision, from_file, args.params)
+    return args.precision if args.precision is not None else from_file
+
+
+def _settings(args: argparse.Namespace, threads: int, precision: object = None):
     from .jsonl import RunError
     from .precision import PrecisionError
     from .settings import EngineSettings
@@ -79,7 +100,7 @@ def _settings(args: argparse.Namespace, threads: int):
         if value < 0:
             raise RunError(f"--{name} must be 0 (automatic) or more, got {value}")
     try:
-        return EngineSettings(precision=args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
+        return EngineSettings(precision=precision if precision is not None else args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
                               jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check, memory_release=args.memory_release,
                               segment_together=args.segment_together)
     except PrecisionError:
@@ -88,14 +109,14 @@ def _settings(args: argparse.Namespace, threads: int):
         raise RunError(f"--{str(exc).split(' ')[0].replace('_', '-')}: {exc}") from None
 
 
-def _engine(models: Path, params, args: argparse.Namespace):
+def _engine(models: Path, params, args: argparse.Namespace, precision: object = None):
     from .pipeline import DifferenceAreaGenerator
 
-    return DifferenceAreaGenerator(models, params, _settings(args, args.threads))
+    return DifferenceAreaGenerator(models, params, _settings(args, args.threads, precision))
 
 
 def run(args: argparse.Namespace) -> int:
-    from .jsonl import RunError, RunOptions, run as run_jsonl
+    from .jsonl import RunError, RunOptions, check_start, run as run_jsonl
 
     try:
         options = RunOptions(
@@ -108,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise RunError(str(exc)) from None
+    params, file_precision = _load_params(args.params)
+    precision = _precision(args, file_precision)
+    # the cheap checks (input, output, caption data) before any model loads
+    check_start(args.input, args.output, options)
     if args.ray is not None:
         from .adapters.ray_run import RayOptions, run_ray
 
@@ -116,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
             ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
         except ValueError as exc:
             raise RunError(str(exc)) from None
-        stats = run_ray(args.models, _load_params(args.params), _settings(args, threads), args.input, args.output, options, ray_options)
+        stats = run_ray(args.models, params, _settings(args, threads, precision), args.input, args.output, options, ray_options)
     else:
-        stats = run_jsonl(_engine(args.models, _load_params(args.params), args), args.input, args.output, options)
+        stats = run_jsonl(_engine(args.models, params, args, precision), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
     return 0
 
@@ -140,7 +165,7 @@ def validate(args: argparse.Namespace) -> int:
             crop_batch_size=args.crop_batch_size,
             progress=not args.quiet,
         )
-        summary = run_validate(args.models, _load_params(args.params), args.input, options)
+        summary = run_validate(args.models, _load_params(args.params)[0], args.input, options)
     except ValueError as exc:  # bad option, no readable pair, folder without both precisions
         raise RunError(f"validate: {exc}") from None
     paths = write_outputs(summary, args.out)

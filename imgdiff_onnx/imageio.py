@@ -70,10 +70,13 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def load_image_file(path: str | Path) -> LoadedImage:
     path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(f"image not found: {path}")
-    if not path.is_file():
-        raise ImageLoadError(f"not a file: {path}")
+    try:
+        if not path.exists():
+            raise ImageLoadError(f"image not found: {path}")
+        if not path.is_file():
+            raise ImageLoadError(f"not a file: {path}")
+    except OSError as exc:  # e.g. a file name longer than the file system allows
+        raise ImageLoadError(f"cannot look up {path} ({exc.strerror or exc})") from None
     previous = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS

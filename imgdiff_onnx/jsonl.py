@@ -16,18 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .captions import ensure_available
 from .errors import RunError
+from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
 from .manifest import Manifest
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
-from .runfile import OutputInUse, OutputLock, RunIdentity, line_digest, models_digest, params_text, sidecar
+from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
 from .signals import GracefulStop, Interrupted
 
 log = logging.getLogger(__name__)
@@ -53,67 +55,104 @@ class RunOptions:
             raise ValueError(f"--pairs-per-batch must be 1 or more, got {self.pairs_per_batch}")
 
 
+def _cut_torn_tail(output: Path) -> None:
+    """Cut a last line that has no line break (a crash mid-write), reading only the file's end."""
+    with open(output, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - (1 << 16))
+            handle.seek(start)
+            block = handle.read(end - start)
+            if start + len(block) == size and block.endswith(b"\n"):
+                return  # complete
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            end = start
+        else:
+            cut = 0
+        log.warning("%s: dropping a torn last line (%d bytes) before resuming", output, size - cut)
+        handle.truncate(cut)
+
+
+_POSITION = re.compile(rb'"' + RESULT_KEY.encode() + rb'": \{"line": (\d+), "input_digest": "([0-9a-f]{16})"')
+
+
+def _result_position(raw: bytes) -> tuple[object, object]:
+    """(line, input_digest) of a results line: read from the bytes where the line holds exactly one
+    result key (strings escape their quotes, so it cannot come from a string), else parsed."""
+    found = _POSITION.findall(raw)
+    if len(found) == 1:
+        return int(found[0][0]), found[0][1].decode("ascii")
+    fields = json.loads(raw)[RESULT_KEY]
+    return fields["line"], fields.get("input_digest")
+
+
 def _completed_lines(output: Path, input_path: Path) -> int:
-    """Complete lines already in `output`, each checked against its input line (number and digest);
-    a torn last line (crash mid-write) is cut off."""
+    """Complete lines already in `output`, each checked against its input line (number and
+    digest), both files streamed; a torn last line (crash mid-write) is cut off."""
     if not output.exists():
         return 0
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        log.warning("%s: dropping a torn last line (%d bytes) before resuming", output, len(data) - cut)
-        with open(output, "r+b") as handle:
-            handle.truncate(cut)
-        data = data[:cut]
-    lines = data.splitlines()
-    with open(input_path, encoding="utf-8", errors="replace") as handle:
-        digests = [line_digest(text.strip()) for text, _ in zip(handle, range(len(lines)))]
-    for i, raw in enumerate(lines, start=1):
-        try:
-            fields = json.loads(raw)[RESULT_KEY]
-            number, digest = fields["line"], fields.get("input_digest")
-        except (ValueError, KeyError, TypeError):
-            raise RunError(f"{output}: line {i} is not a result line of this tool; refusing to resume into it") from None
-        if number != i:
-            raise RunError(f"{output}: line {i} holds the result of input line {number}; not a prefix of one run")
-        if i > len(digests) or digest != digests[i - 1]:
-            raise RunError(f"{output}: line {i} is the result of another input line {i} than {input_path}'s (the input changed?); "
-                           "resume only with the input that started the file")  # fmt: skip
-    return len(lines)
-
-
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(1 for _ in handle)
+    _cut_torn_tail(output)
+    inputs = read_lines(input_path)
+    done = 0
+    with open(output, "rb") as handle:
+        for i, raw in enumerate(handle, start=1):
+            try:
+                number, digest = _result_position(raw)
+            except (ValueError, KeyError, TypeError):
+                raise RunError(f"{output}: line {i} is not a result line of this tool; refusing to resume into it") from None
+            if number != i:
+                raise RunError(f"{output}: line {i} holds the result of input line {number}; not a prefix of one run")
+            expected = next(inputs, None)
+            if expected is None or digest != expected.digest:
+                raise RunError(f"{output}: line {i} is the result of another input line {i} than {input_path}'s (the input changed?); "
+                               "resume only with the input that started the file")  # fmt: skip
+            done = i
+    return done
 
 
 def input_batches(path: Path, skip: int, limit: int | None, batch_size: int) -> Iterator[list[InputLine]]:
     """Parsed input lines after the first `skip`, in batches; relative paths resolve against the file's folder."""
     base = path.resolve().parent
     batch: list[InputLine] = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
-            if limit is not None and number > limit:
-                break
-            if number <= skip:
-                continue
-            batch.append(parse_line(number, text.strip(), base))
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
+    for raw in read_lines(path, skip, limit):
+        batch.append(parse_line(raw, base))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
     if batch:
         yield batch
+
+
+def is_results_file(path: Path) -> bool:
+    """Was `path` written by a run of this tool: its run record is beside it, or its first line is
+    a result line (for files whose run record was lost)."""
+    if RunIdentity.read(path) is not None:
+        return True
+    with open(path, "rb") as handle:
+        first = handle.readline(MAX_LINE_BYTES)
+    try:
+        fields = json.loads(first)[RESULT_KEY]
+        return fields["line"] == 1 and isinstance(fields["input_digest"], str)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 class ResultWriter:
     """Appends result lines in input order, fsync'ed per batch, with counts and a progress bar.
 
-    Opening (after `check_start`) locks the output, checks it against the options (refuse /
-    resume / overwrite) and tells how many input lines are already done (`done`) and how many
-    there are to do in all (`total`).
+    Opening locks the output (every name of the file meets the lock), checks it against the
+    options (refuse / resume / overwrite) and tells how many input lines are already done (`done`)
+    and how many there are to do in all (`total`). An overwritten file is emptied, and a new run
+    record written, only when the first batch of new results is written: a run that fails before
+    that leaves the old file as it was.
     """
 
     def __init__(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None):
+        check_output(input_path, output_path, options)
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -123,7 +162,7 @@ class ResultWriter:
         except OutputInUse as exc:
             raise RunError(str(exc)) from None
         except OSError as exc:
-            raise RunError(f"--output {output_path}: cannot create its lock file ({exc.strerror or exc})") from None
+            raise RunError(f"--output {output_path}: cannot open it for writing ({exc.strerror or exc})") from None
         try:
             self._open(input_path, output_path, options, identity)
         except BaseException:
@@ -131,41 +170,52 @@ class ResultWriter:
             raise
 
     def _open(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None) -> None:
-        started = output_path.exists() and output_path.stat().st_size > 0
-        if started and not (options.resume or options.overwrite):
-            raise RunError(f"{output_path} exists; pass --resume to continue it or --overwrite to start again")
+        real = self._lock.real  # the file itself, whichever name it was given by
+        check_output(input_path, output_path, options)  # again, now that no other run can change it
+        started = real.stat().st_size > 0
         if started and options.resume and identity is not None:
-            recorded = RunIdentity.read(output_path)
+            recorded = RunIdentity.read(real)
             if recorded is None:
-                raise RunError(f"{output_path}: no record of the run that wrote it ({sidecar(output_path, 'run.json').name}), so a "
+                raise RunError(f"{output_path}: no record of the run that wrote it ({sidecar(real, 'run.json').name}), so a "
                                "resume cannot be checked; start again with --overwrite or write to another --output")  # fmt: skip
             differ = identity.differences(recorded)
             if differ:
                 raise RunError(f"{output_path} was written by a run with other {', '.join(differ)}; resume with the same "
                                "settings, or start again with --overwrite")  # fmt: skip
-        if options.overwrite and output_path.exists():
-            output_path.unlink()
-        self.done = _completed_lines(output_path, input_path) if options.resume else 0
+        self.done = _completed_lines(real, input_path) if options.resume and started else 0
         total = count_lines(input_path)
         self.total = total if options.limit is None else min(total, options.limit)
         if self.done > self.total:
             raise RunError(f"{output_path} has {self.done} results but the input has only {self.total} lines to process")
         if self.done:
             log.info("resuming after %d completed lines", self.done)
-        if identity is not None and self.done == 0:
-            identity.write(output_path)
+        self._replace = started and options.overwrite
+        self._identity = identity if self.done == 0 else None
+        self._real = real
         self.stats = {"ok": 0, "error": 0}
         self._bar = ProgressBar(self.total, options.progress, initial=self.done)
-        self._out = open(output_path, "a", encoding="utf-8")
+        self._out = open(real, "ab")
+
+    def _begin(self) -> None:
+        """Before the first new results: empty a file being overwritten, record the run."""
+        if self._replace:
+            self._out.truncate(0)
+            self._replace = False
+        if self._identity is not None:
+            self._identity.write(self._real)
+            self._identity = None
 
     def write(self, lines: list[OutputLine]) -> None:
+        if not lines:
+            return
+        self._begin()
         for line in lines:
             if line.error is None:
                 self.stats["ok"] += 1
             else:
                 self.stats["error"] += 1
                 log.warning("%s", line.error)
-            self._out.write(line.text + "\n")
+        self._out.write("".join(line.text + "\n" for line in lines).encode("utf-8"))
         self._out.flush()
         os.fsync(self._out.fileno())
         self._bar.update(len(lines))
@@ -176,18 +226,20 @@ class ResultWriter:
         return self.done + self.stats["ok"] + self.stats["error"]
 
     def interrupted(self, signum: int) -> Interrupted:
-        return Interrupted(signum, self.written, self.total, str(self._out.name))
+        return Interrupted(signum, self.written, self.total, str(self._real))
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Close and unlock; a file this run created and left empty is removed unless the run
+        `finished` (an empty input gives an empty results file)."""
         self._out.close()
         self._bar.close()
-        self._lock.release()
+        self._lock.release(keep=finished)
 
     def __enter__(self) -> "ResultWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(finished=exc_type is None)
 
 
 def needs_captions(input_path: Path, limit: int | None) -> bool:
@@ -198,13 +250,37 @@ def needs_captions(input_path: Path, limit: int | None) -> bool:
     return False
 
 
-def check_start(input_path: Path, options: RunOptions) -> None:
-    """What must hold before any output is touched: the input is a readable file, and the caption
-    data is there when some record needs it (not discovered at the first such record)."""
+def check_output(input_path: Path, output_path: Path, options: RunOptions) -> None:
+    """The output may be written as the options say: it is not the input (by any name), and an
+    existing file is continued only with --resume and replaced only with --overwrite when it is a
+    results file of this tool. Nothing is opened for writing here."""
+    check_not_input(input_path, output_path)
+    if output_path.is_dir():
+        raise RunError(f"--output {output_path} is a folder; give the results file's name")
+    try:
+        started = output_path.exists() and output_path.stat().st_size > 0
+    except OSError as exc:
+        raise RunError(f"--output {output_path}: cannot look it up ({exc.strerror or exc})") from None
+    if not started:
+        return
+    if not (options.resume or options.overwrite):
+        raise RunError(f"{output_path} exists; pass --resume to continue it or --overwrite to start again")
+    if options.overwrite and not is_results_file(output_path):
+        raise RunError(f"{output_path} is not a results file of this tool (no run record beside it, and its first line is not a "
+                       "result line); --overwrite replaces only those: move it away, or choose another --output")  # fmt: skip
+
+
+def check_start(input_path: Path, output_path: Path, options: RunOptions) -> None:
+    """What must hold before models load or any output is touched: the input is a readable file,
+    the output may be written as the options say, and the caption data is there when some record
+    needs it (not discovered at the first such record)."""
     if input_path.is_dir():
         raise RunError(f"--input {input_path} is a folder; give the JSONL file of records")
     if not input_path.is_file():
         raise RunError(f"input file not found: {input_path}")
+    if not os.access(input_path, os.R_OK):
+        raise RunError(f"--input {input_path}: not readable (permission denied)")
+    check_output(input_path, output_path, options)
     if needs_captions(input_path, options.limit):
         ensure_available()
 
@@ -223,7 +299,7 @@ def run_identity(input_path: Path, manifest: Manifest, precision: str, params: O
 
 def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, options: RunOptions) -> dict[str, int]:
     """Process `input_path` into `output_path`; returns counts of ok / error lines written now."""
-    check_start(input_path, options)
+    check_start(input_path, output_path, options)
     identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, engine.settings.jpeg_roundtrip, options)
     with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
         for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):

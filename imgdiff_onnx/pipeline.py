@@ -197,9 +197,8 @@ class DifferenceAreaGenerator:
     def _prepare(self, pair: PairInput) -> _Pair:
         times: dict[str, float] = {}
         t = time.perf_counter()
-        if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)):
-            if Path(pair.image1).resolve() == Path(pair.image2).resolve():
-                raise PairError(pair.key, f"image_path1 and image_path2 are the same file ({pair.image1})")
+        if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)) and _same_file(pair.image1, pair.image2):
+            raise PairError(pair.key, f"image_path1 and image_path2 are the same file ({pair.image1})")
         objects1, objects2, diff = pair_objects(pair)
         times["captions"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -328,6 +327,15 @@ class DifferenceAreaGenerator:
         result.times["overlap"] = time.perf_counter() - t
         result.diagnostics = ledger.diagnostics
         return result
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Do two paths name one file? (A path that cannot be resolved, e.g. a symlink loop, is left
+    for the image loader to report.)"""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _no_objects_reason(diff: CaptionDifference | None, side: int) -> str:

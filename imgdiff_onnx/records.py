@@ -10,16 +10,22 @@ the caller (the JSONL file's folder for runs; `image_root` for the operator).
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ImgDiffError
+from .jsonlines import LineError, RawLine, parse_record, strict_dumps
 from .pipeline import DifferenceAreaGenerator, PairError, PairFailure, PairInput, PairResult
-from .runfile import line_digest
+
+log = logging.getLogger(__name__)
 
 RESULT_KEY = "imgdiff"
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX
+MAX_KEY_CHARS = 200  # how much of a record's id names it in log lines
 
 
 class RecordError(PairError):
@@ -28,7 +34,26 @@ class RecordError(PairError):
 
 
 def record_key(record: Mapping[str, Any], fallback: str) -> str:
-    return str(record.get("id", fallback))
+    key = str(record.get("id", fallback))
+    return key if len(key) <= MAX_KEY_CHARS else key[:MAX_KEY_CHARS] + "..."
+
+
+def _image_path(key: str, name: str, value: object, base: Path) -> Path:
+    if not isinstance(value, str):
+        raise RecordError(key, f"{name} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise RecordError(key, f"{name} holds a NUL character, which no file name can")
+    size = len(value.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise RecordError(key, f"{name} is {size:,} bytes long (limit {MAX_PATH_BYTES:,})")
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~someone/..." of an unknown user
+        raise RecordError(key, f"{name} starts with the home folder of an unknown user ({value.split('/')[0][:100]})") from None
+    p = p if p.is_absolute() else base / p
+    if len(os.fsencode(p)) > MAX_PATH_BYTES:
+        raise RecordError(key, f"{name} resolves to a path of {len(os.fsencode(p)):,} bytes (limit {MAX_PATH_BYTES:,})")
+    return p
 
 
 def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInput:
@@ -36,12 +61,7 @@ def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInp
     missing = [k for k in ("image_path1", "image_path2") if not record.get(k)]
     if missing:
         raise RecordError(key, f"missing {', '.join(missing)}")
-    paths = []
-    for k in ("image_path1", "image_path2"):
-        if not isinstance(record[k], str):
-            raise RecordError(key, f"{k} must be a string, got {type(record[k]).__name__}")
-        p = Path(record[k]).expanduser()
-        paths.append(p if p.is_absolute() else base / p)
+    paths = [_image_path(key, k, record[k], base) for k in ("image_path1", "image_path2")]
     # captions and object lists are checked by the engine (stages/objects.py), the one place for both
     objects = [tuple(v) if isinstance(v, list) else v for v in (record.get("objects1"), record.get("objects2"))]
     return PairInput(paths[0], paths[1], record.get("caption1"), record.get("caption2"), objects[0], objects[1], key=key)
@@ -61,25 +81,17 @@ class InputLine:
         return record_key(self.record, f"line {self.number}") if self.record is not None else f"line {self.number}"
 
 
-def parse_line(number: int, text: str, base: Path) -> InputLine:
-    line = _parse(number, text, base)
-    line.digest = line_digest(text)
-    return line
-
-
-def _parse(number: int, text: str, base: Path) -> InputLine:
-    if not text.strip():
-        return InputLine(number, None, None, "empty line (expected a JSON object)")
+def parse_line(raw: RawLine, base: Path) -> InputLine:
+    """One input line as a record and its engine input, or what is wrong with it; never raises
+    for what the line holds."""
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return InputLine(number, None, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
-    if not isinstance(record, dict):
-        return InputLine(number, None, None, f"expected a JSON object, got {type(record).__name__}")
+        record = parse_record(raw)
+    except LineError as exc:
+        return InputLine(raw.number, None, None, str(exc), raw.digest)
     try:
-        return InputLine(number, record, pair_from_record(record, record_key(record, f"line {number}"), base), None)
+        return InputLine(raw.number, record, pair_from_record(record, record_key(record, f"line {raw.number}"), base), None, raw.digest)
     except RecordError as exc:
-        return InputLine(number, record, None, exc.message)
+        return InputLine(raw.number, record, None, exc.message, raw.digest)
 
 
 def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> dict[str, Any]:
@@ -95,9 +107,16 @@ def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, tim
 
 
 def output_line(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> str:
+    """The results line: strict JSON, whatever the outcome holds (a non-finite score from the
+    engine makes the record an error rather than a line other tools cannot read)."""
     record = dict(line.record) if line.record is not None else {}
     record[RESULT_KEY] = result_fields(line, outcome, timings)
-    return json.dumps(record, ensure_ascii=False)
+    try:
+        return strict_dumps(record)
+    except ValueError:
+        problem = "the engine computed a score that is not a finite number (NaN or infinity) for this record"
+        record[RESULT_KEY] = result_fields(line, PairFailure(line.key, problem), timings)
+        return strict_dumps(record)
 
 
 @dataclass(frozen=True)
@@ -119,10 +138,26 @@ def process_pairs(engine: DifferenceAreaGenerator, pairs: list[PairInput | None]
     return [None if p is None else next(outcomes) for p in pairs]
 
 
+def _outcomes_isolating(engine: DifferenceAreaGenerator, lines: list[InputLine]) -> list[PairResult | PairFailure | None]:
+    """process_pairs, and when it fails unexpectedly (a bug, or memory running out on one record)
+    each pair again alone, so that only the record it fails on becomes an error and the run goes
+    on. Deliberate errors (ImgDiffError) are not caught here: they stop the run."""
+    try:
+        return process_pairs(engine, [ln.pair for ln in lines])
+    except ImgDiffError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one record's unforeseen failure must not end a week-long run
+        if len(lines) == 1:
+            log.error("unexpected failure on %s", lines[0].key, exc_info=True)
+            return [PairFailure(lines[0].key, f"unexpected failure ({type(exc).__name__}: {exc}); please report it with the record")]
+        log.warning("unexpected failure in a batch (%s: %s); processing its %d records one by one", type(exc).__name__, exc, len(lines))
+    return [outcome for ln in lines for outcome in _outcomes_isolating(engine, [ln])]
+
+
 def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timings: bool) -> list[OutputLine]:
     """Output lines for `lines`, in order; crop scoring is batched across all of them."""
     out = []
-    for ln, outcome in zip(lines, process_pairs(engine, [ln.pair for ln in lines])):
+    for ln, outcome in zip(lines, _outcomes_isolating(engine, lines)):
         error = f"{ln.key}: {ln.error}" if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
         out.append(OutputLine(output_line(ln, outcome, timings), error))
     return out

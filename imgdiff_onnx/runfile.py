@@ -1,8 +1,11 @@
 """What guards a results file: one writer at a time, and the identity of the run that wrote it.
 
-- `OutputLock`: an exclusive advisory lock (flock) on `.<output>.lock` beside the results file,
-  held for the whole run. A second run on the same file is refused at once, naming the holder's
-  pid. The kernel drops the lock when its process ends, however it ends (kill -9 included).
+- `OutputLock`: an exclusive advisory lock (flock) on the results file itself, held for the
+  whole run, so that every name of the file meets it. A second run on the same file is refused
+  at once, naming the holder's pid (kept in `.<output>.lock`). The kernel drops the lock when
+  its process ends, however it ends (kill -9 included).
+- `check_not_input`: an output that is the input file (by any name) is refused before anything
+  is opened for writing.
 - `RunIdentity`: everything that changes the results (input file, models, precision, parameters,
   JPEG round trip, per-stage timings in the lines) is written to `.<output>.run.json` when a run
   starts a file; `--resume` compares it with the resuming run's and refuses a mismatch, naming
@@ -32,53 +35,95 @@ def sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(f".{output.name}.{suffix}")
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Do two paths name one file: the same path after resolving links, or the same device and
+    inode (a hard link)? A path that does not exist is no other file."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(input_path: Path, output: Path) -> None:
+    """Refuse an output that is the input file, or whose lock or run record would be (checked
+    before anything is opened for writing)."""
+    for what, path in (("--output", output), ("its lock file", sidecar(output, "lock")), ("its run record", sidecar(output, "run.json"))):
+        if same_file(input_path, path):
+            name = f"{output} ({what} {path})" if path != output else str(output)
+            raise RunError(f"--output {name} is the input file {input_path}; write the results to another file")
+
+
 class OutputLock:
-    """Exclusive lock on a results file for the lifetime of a run."""
+    """Exclusive lock on a results file for the lifetime of a run.
+
+    The lock is a flock on the results file itself, so every name of the file (a symlink, a hard
+    link, `./x/../out.jsonl`) meets the same lock; the file is created empty if it does not exist
+    (and removed again at release if it is still empty). The holder's pid is written to
+    `.<output>.lock` beside the file's resolved path, for the message a second run gets.
+    """
 
     def __init__(self, output: Path):
         self.output = output
-        self.path = sidecar(output, "lock")
+        self.real = Path(os.path.realpath(output))
+        self.path = sidecar(self.real, "lock")
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> "OutputLock":
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd, created = os.open(self.real, os.O_RDWR), False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise OutputInUse(
-                        f"{self.output} is being written by another run (pid {holder}); wait for it to finish, "
-                        "or write to another --output"
-                    ) from None
+                    raise OutputInUse(f"{self.output} is being written by another run ({self._holder()}); wait for it to finish, "
+                                      "or write to another --output") from None  # fmt: skip
                 raise
-            # the file we locked must still be the one at the path (a finishing run removes it)
+            # the file we locked must still be the one at the path (a finishing run removes an empty one)
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.real).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                self._fd = fd
+                self._fd, self._created = fd, created
+                self.path.write_text(f"{os.getpid()}\n", encoding="ascii")
                 return self
             os.close(fd)
 
-    def release(self) -> None:
+    def _holder(self) -> str:
+        try:
+            pid = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            pid = ""
+        return f"pid {pid}" if pid else "pid unknown: it may name the file by another path"
+
+    @property
+    def created(self) -> bool:
+        """This lock created the results file."""
+        return self._created
+
+    def release(self, keep: bool = False) -> None:
+        """Unlock; a file this lock created is removed if it is still empty, unless `keep` (a run
+        that finished, with nothing to write, leaves its empty results file)."""
         if self._fd is not None:
             try:
-                os.unlink(self.path)  # still holding the lock: a waiting opener re-checks the inode
+                self.path.unlink()
             except FileNotFoundError:
                 pass
+            if self._created and not keep and os.fstat(self._fd).st_size == 0:
+                try:
+                    os.unlink(self.real)  # still holding the lock: a waiting opener re-checks the inode
+                except FileNotFoundError:
+                    pass
             os.close(self._fd)
             self._fd = None
-
-
-def line_digest(text: str) -> str:
-    """Short digest of one input line (its text without the line break)."""
-    return hashlib.sha256(text.rstrip("\r\n").encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -92,8 +137,9 @@ class RunIdentity:
     format: str = "imgdiff-onnx-results/1"
 
     def differences(self, other: "RunIdentity") -> list[str]:
+        """The fields that differ; parameters compare by value (1 and 1.0 are the same)."""
         mine, theirs = asdict(self), asdict(other)
-        return [k for k in mine if mine[k] != theirs[k]]
+        return [k for k in mine if not _same_value(k, mine[k], theirs[k])]
 
     def write(self, output: Path) -> None:
         path = sidecar(output, "run.json")
@@ -110,6 +156,15 @@ class RunIdentity:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError):
             return None
+
+
+def _same_value(name: str, a: object, b: object) -> bool:
+    if name == "params" and isinstance(a, str) and isinstance(b, str):
+        try:
+            return json.loads(a) == json.loads(b)
+        except ValueError:
+            return False
+    return a == b
 
 
 def models_digest(manifest: Manifest) -> str:

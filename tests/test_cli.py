@@ -84,10 +84,12 @@ def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_p
 
 
 def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
+    from imgdiff_onnx.jsonlines import RawLine, line_digest
     from imgdiff_onnx.records import parse_line, process_lines
 
     texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"})]
-    out = process_lines(None, [parse_line(n, text, tmp_path) for n, text in enumerate(texts, 1)], False)  # no pair reaches an engine
+    raws = [RawLine(n, t.encode(), line_digest(t.encode()), len(t.encode())) for n, t in enumerate(texts, 1)]
+    out = process_lines(None, [parse_line(raw, tmp_path) for raw in raws], False)  # no pair reaches an engine
     problems = [
         "empty line (expected a JSON object)",
         "invalid JSON (Expecting property name enclosed in double quotes at column 2)",
@@ -206,10 +208,11 @@ def test_bad_params_file_is_one_line(tiny_models, dataset, tmp_path, name, text,
 
 def test_overwrite_touches_nothing_until_start_up_checks_pass(tiny_models, dataset, tmp_path):
     out = tmp_path / "out.jsonl"
-    out.write_text("precious\n")
+    _cli(*_run_args(tiny_models, dataset, out, "--limit", "1"))  # a results file of ours: --overwrite may replace it
+    precious = out.read_text()
     proc = _cli_env(*_run_args(tiny_models, dataset, out, "--overwrite"), env={"NLTK_DATA": str(tmp_path / "nothing"), "HOME": str(tmp_path)})
     assert proc.returncode == 2 and "NLTK data missing" in proc.stderr and "Traceback" not in proc.stderr
-    assert out.read_text() == "precious\n"
+    assert out.read_text() == precious
 
 
 def test_input_folder_and_resume_with_overwrite_are_refused(tiny_models, dataset, tmp_path):
@@ -229,12 +232,12 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_file(tiny_models, 
     try:
         proc = _cli(*_run_args(tiny_models, dataset, out, "--limit", "2"), check=False)
         assert proc.returncode == 2 and f"{out} is being written by another run (pid {os.getpid()})" in proc.stderr
-        assert not out.exists()
+        assert out.read_bytes() == b""  # as the holder left it (its lock created the file)
     finally:
         lock.release()
     _cli(*_run_args(tiny_models, dataset, out, "--limit", "2"))  # released: the run goes ahead
     assert len(_read(out)) == 2
-    assert not (tmp_path / ".out.jsonl.lock").exists()  # a finished run leaves no lock file
+    assert not (tmp_path / ".out.jsonl.lock").exists()  # a finished run leaves no pid file
 
 
 def test_concurrent_resume_is_refused_and_the_first_run_finishes_intact(tiny_models, dataset, tmp_path):

@@ -283,6 +283,7 @@ def test_the_engine_refuses_a_model_file_changed_at_the_same_size(tiny_models, t
     _flip_a_byte(copy / "clip_vision.int8.onnx")
     with pytest.raises(ModelFolderError, match="clip_vision.int8.onnx: contents differ"):
         DifferenceAreaGenerator(copy, settings=EngineSettings(precision="int8"))
+    (tmp_path / "x.jsonl").write_text("{}\n")
     proc = _cli("run", "--models", str(copy), "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o.jsonl"),
                 "--precision", "int8", "--quiet", check=False)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "contents differ" in proc.stderr
@@ -302,6 +303,7 @@ def test_the_engine_checks_weights_stored_beside_a_graph(tiny_models, tmp_path):
 
 
 def test_the_debug_flag_shows_the_traceback(tmp_path):
+    (tmp_path / "x.jsonl").write_text("{}\n")
     args = ["run", "--models", str(tmp_path / "none"), "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o.jsonl")]
     plain = _cli(*args, check=False)
     assert plain.returncode == 2 and plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr

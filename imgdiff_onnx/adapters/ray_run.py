@@ -26,8 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
-from imgdiff_onnx.manifest import read as read_manifest
-from imgdiff_onnx.modelset import resolve_precision
+from imgdiff_onnx.modelset import ModelSet
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
@@ -74,6 +73,13 @@ class _Unit:
 class _Batch:
     expected: int
     outputs: dict[int, OutputLine] = field(default_factory=dict)  # by input line number
+
+
+def _init_failure(exc: Exception) -> str:
+    """The last line of the error an actor's constructor raised (Ray's message holds its traceback)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.split(":")[0].replace(".", "").isidentifier() and ("Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0])]
+    return errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
 
 
 def _grant_check(ray: Any, options: RayOptions) -> None:
@@ -191,6 +197,10 @@ class _ActorPool:
         """A call failed: replace a dead actor, retry the call's records one by one, or report a
         record whose retry failed too."""
         died = isinstance(exc, self._actor_error)
+        if died and getattr(exc, "actor_init_failed", False):
+            # the engine cannot load on a worker: every record would fail the same way
+            raise RunError(f"a Ray actor could not load the engine, so no record can be processed: {_init_failure(exc)}; "
+                           "the results written so far are kept: fix the cause and run again with --resume")  # fmt: skip
         cause = getattr(exc, "cause", None)
         reason = "its worker died" if died else f"its worker raised {type(cause).__name__ if cause else 'an error'}"
         if died and current:
@@ -248,12 +258,13 @@ def run_ray(
     except ImportError:
         raise RunError("the Ray run needs Ray: pip install 'imgdiff-onnx[ray]'") from None
     models = str(Path(models).resolve())
-    # read and resolved once on the driver, before any actor tries (and dies) to load it, so every
-    # actor runs the same precision and a bad folder or precision fails here
-    manifest = read_manifest(Path(models))
-    precision, _ = resolve_precision(settings.precision, manifest, Path(models))
+    check_start(input_path, output_path, options)
+    # the folder is checked on the driver as the single process checks it (manifest, precision,
+    # file sizes and hashes) before any actor tries (and dies) to load it, so every actor runs the
+    # same precision and a bad folder fails here, with no result line written
+    model_set = ModelSet(models, settings.precision, settings.model_check)
+    manifest, precision = model_set.manifest, model_set.precision
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
-    check_start(input_path, options)
     identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options)
     with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
         started_ray = not ray.is_initialized()
