@@ -242,10 +242,28 @@ class ResultWriter:
         self.close(finished=exc_type is None)
 
 
+_scanned: dict[tuple, bool] = {}  # needs_captions answers, by file version and limit
+
+
 def needs_captions(input_path: Path, limit: int | None) -> bool:
-    """Does any record of the input (up to `limit`) rely on the caption step (no objects1/objects2)?"""
-    for batch in input_batches(input_path, 0, limit, 1024):
-        if any(line.pair is not None and line.pair.objects1 is None for line in batch):
+    """Does any record of the input (up to `limit`) rely on the caption step (no objects1/objects2)?
+    A line that holds the text "objects1" is taken to give the object words without being parsed
+    (if it does not, that record meets the caption check when it is processed). The answer is
+    kept for the same file version, so the second start-up check of a run does not scan again."""
+    st = input_path.stat()
+    key = (str(input_path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, limit)
+    if key not in _scanned:
+        _scanned[key] = _scan_for_captions(input_path, limit)
+    return _scanned[key]
+
+
+def _scan_for_captions(input_path: Path, limit: int | None) -> bool:
+    base = input_path.resolve().parent
+    for raw in read_lines(input_path, 0, limit):
+        if raw.data is None or b'"objects1"' in raw.data:
+            continue
+        line = parse_line(raw, base)
+        if line.pair is not None and line.pair.objects1 is None:
             return True
     return False
 

@@ -23,9 +23,8 @@ import json
 import operator
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ImgDiffError
 
@@ -41,16 +40,20 @@ class LineError(ImgDiffError, ValueError):
     """One input line cannot be read as a record; the message says why (without the line number)."""
 
 
-@dataclass(frozen=True)
-class RawLine:
-    """One input line: its bytes without the `\\n` (None when it was too long to keep), and the
-    digest of those bytes without surrounding JSON whitespace (results lines carry it, so that a
-    resume checks it continues the same input)."""
+class RawLine(NamedTuple):
+    """One input line: its bytes without the `\n` (None when it was too long to keep), and its
+    length. `digest` is the digest of those bytes without surrounding JSON whitespace (results
+    lines carry it, so that a resume checks it continues the same input); computed when asked
+    (a too-long line's is computed while it is skipped)."""
 
     number: int  # 1-based
     data: bytes | None
-    digest: str
     length: int  # bytes, without the line break
+    skipped_digest: str = ""
+
+    @property
+    def digest(self) -> str:
+        return line_digest(self.data) if self.data is not None else self.skipped_digest
 
 
 def line_digest(data: bytes) -> str:
@@ -77,7 +80,7 @@ def read_lines(path: Path, skip: int = 0, limit: int | None = None, max_bytes: i
             if ended or len(line) <= max_bytes:
                 data = line[:-1] if ended else line
                 if number > skip:
-                    yield RawLine(number, data, line_digest(data), len(data))
+                    yield RawLine(number, data, len(data))
                 continue
             # too long: hash and count the rest without holding it (the digest only has to be
             # the same every time the file is read)
@@ -93,7 +96,7 @@ def read_lines(path: Path, skip: int = 0, limit: int | None = None, max_bytes: i
                 length += len(chunk)
                 digest.update(chunk)
             if number > skip:
-                yield RawLine(number, None, digest.hexdigest()[:16], length)
+                yield RawLine(number, None, length, digest.hexdigest()[:16])
 
 
 def count_lines(path: Path) -> int:

@@ -3,8 +3,9 @@
     python -m tests.ray_faults CRASH_KEYS MARKER_DIR <arguments of `python -m imgdiff_onnx run`>
 
 CRASH_KEYS: comma-separated record keys; "key" crashes its actor every time, "key~" only the
-first time (a marker file in MARKER_DIR remembers). The run is the CLI's own `run --ray`, with
-run_ray given the crashing worker class.
+first time (a marker file in MARKER_DIR remembers); "@init" makes every actor fail to load its
+engine (as models missing on a node would). The run is the CLI's own `run --ray`, with run_ray
+given the crashing worker class.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def crashing_worker(spec: str, marker_dir: Path) -> type[EngineWorker]:
     entries = [(entry.rstrip("~"), entry.endswith("~")) for entry in spec.split(",") if entry]
 
     class CrashingWorker(EngineWorker):
+        def __init__(self, *args, **kwargs):
+            if ("@init", False) in entries:
+                raise FileNotFoundError("no model folder at this path on this node")
+            super().__init__(*args, **kwargs)
+
         def process(self, lines: list[InputLine], timings: bool) -> list[OutputLine]:
             keys = {line.pair.key for line in lines if line.pair is not None}
             for key, once in entries:

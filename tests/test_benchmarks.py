@@ -176,3 +176,29 @@ def test_machine_cpu_seconds_reads_busy_and_steal_time(tmp_path):
     # user nice system idle iowait irq softirq steal guest guest_nice
     stat.write_text(f"cpu  {10 * tick} {1 * tick} {4 * tick} {500 * tick} {7 * tick} {2 * tick} {3 * tick} {6 * tick} 0 0\ncpu0 1 2 3\n")
     assert machine_cpu_seconds(stat) == (20.0, 6.0)
+
+
+def test_resume_scale_benchmark_resumes_after_the_completed_lines(tiny_models, tmp_path):
+    out = tmp_path / "resume"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "resume_scale.py"), "--models", str(tiny_models), "--out", str(out), "--lines", "300"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # it checks the file has every line after the resume
+    result = json.loads((out / "resume_scale.json").read_text())
+    assert result["lines"] == 300 and 0 < result["seconds_to_first_new_line"] <= result["seconds_total"] and result["peak_rss_mb"] > 0
+
+
+def test_caption_limits_benchmark_reports_exact_results_and_limits(tmp_path):
+    out = tmp_path / "captions"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "caption_limits.py"), "--out", str(out), "--words", "300,12000", "--cases", "distinct"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "caption_limits.json").read_text())["rows"]
+    assert rows[0]["outcome"].startswith("exact") and rows[1]["outcome"].startswith("record error") and "limit 64,000,000" in rows[1]["outcome"]
+
+
+def test_batch_memory_benchmark_scores_growing_batches(tiny_models, tmp_path):
+    out = tmp_path / "batch"
+    _run_benchmark("batch_memory.py", tiny_models, out, "--batches", "1,2")
+    rows = json.loads((out / "batch_memory.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 2] and rows[1]["candidates"] == 2 * rows[0]["candidates"] > 0
+    assert not rows[1]["errors"] and all(r["peak_rss_mb"] >= r["rss_ready_mb"] > 0 for r in rows)

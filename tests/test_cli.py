@@ -84,11 +84,11 @@ def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_p
 
 
 def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
-    from imgdiff_onnx.jsonlines import RawLine, line_digest
+    from imgdiff_onnx.jsonlines import RawLine
     from imgdiff_onnx.records import parse_line, process_lines
 
     texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"})]
-    raws = [RawLine(n, t.encode(), line_digest(t.encode()), len(t.encode())) for n, t in enumerate(texts, 1)]
+    raws = [RawLine(n, t.encode(), len(t.encode())) for n, t in enumerate(texts, 1)]
     out = process_lines(None, [parse_line(raw, tmp_path) for raw in raws], False)  # no pair reaches an engine
     problems = [
         "empty line (expected a JSON object)",

@@ -33,7 +33,7 @@ def _strict(line: bytes) -> dict:
 
 
 def _raw(data: bytes, number: int = 1) -> RawLine:
-    return RawLine(number, data, line_digest(data), len(data))
+    return RawLine(number, data, len(data))
 
 
 # ---- framing: bytes to records -------------------------------------------------------------------
@@ -250,3 +250,72 @@ def test_a_lock_that_created_the_file_removes_it_if_nothing_was_written(tmp_path
     out.write_text("")  # an empty file someone else made stays
     OutputLock(out).acquire().release()
     assert out.exists()
+
+
+# ---- parameters are values, checked once ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dicts", "message"),
+    [
+        (({"min_score_1": float("nan")}, None, None), "min_score_1 must be a finite number, got nan"),
+        (({"max_score_2": float("inf")}, None, None), "max_score_2 must be a finite number, got inf"),
+        (({"min_score_2": True}, None, None), "min_score_2 must be a finite number, got True"),
+        (({"min_score_1": "0.5"}, None, None), "min_score_1 must be a finite number, got '0.5'"),
+        (({"min_score_1": -1.5}, None, None), "min_score_1 must be in [-1, 1], got -1.5"),
+        ((None, None, {"min_score": 1.2}), "min_score must be in [0, 1], got 1.2"),
+        ((None, None, {"min_score": 0.6, "max_score": 0.5}), "min_score=0.6 is greater than max_score=0.5"),
+        ((None, {"imgsz": 10**9}, None), "imgsz must be an integer from 32 to 4096, got 1000000000"),
+        ((None, {"imgsz": 640.5}, None), "imgsz must be an integer from 32 to 4096, got 640.5"),
+        ((None, {"imgsz": True}, None), "imgsz must be an integer from 32 to 4096, got True"),
+        ((None, {"conf": float("nan")}, None), "conf must be a finite number, got nan"),
+        ((None, {"iou": 1.5}, None), "iou must be in [0, 1], got 1.5"),
+        ((None, {"model_path": 3}, None), "model_path must be a string, got 3"),
+    ],
+)
+def test_parameters_out_of_their_range_are_refused(dicts, message):
+    from imgdiff_onnx.errors import ParameterError
+    from imgdiff_onnx.params import OperatorParams
+
+    with pytest.raises(ParameterError) as caught:
+        OperatorParams.from_dicts(*dicts)
+    assert message in str(caught.value)
+
+
+def test_parameters_are_compared_by_value():
+    from imgdiff_onnx.params import OperatorParams
+    from imgdiff_onnx.runfile import RunIdentity, params_text
+
+    ints = OperatorParams.from_dicts({"min_score_1": 0, "max_score_1": 1}, {"imgsz": 640.0}, {"min_score": 0})
+    floats = OperatorParams.from_dicts({"min_score_1": 0.0, "max_score_1": 1.0}, {"imgsz": 640}, {"min_score": 0.0})
+    assert ints == floats and params_text(ints.to_dicts()) == params_text(floats.to_dicts())
+    old = RunIdentity("in", "m", "fp32", json.dumps({"a": {"x": 1}}), False, False)  # as an older version recorded it
+    assert old.differences(RunIdentity("in", "m", "fp32", json.dumps({"a": {"x": 1.0}}), False, False)) == []
+    assert old.differences(RunIdentity("in", "m", "fp32", json.dumps({"a": {"x": 2}}), False, False)) == ["params"]
+
+
+def test_a_precision_in_the_params_file_is_honoured_and_the_command_line_wins(tiny_models, hostile, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    op = {**PARAMS, "precision": "fp32", "threads": 1, "model_dir": "models"}
+    recipe.write_text(json.dumps({"process": [{"imgdiff_difference_area_generator_onnx_mapper": op}]}))  # JSON is YAML
+    args = ["--limit", "1"]
+    out = tmp_path / "from-recipe.jsonl"
+    proc = _run(tiny_models, hostile, out, *args, "--params", str(recipe))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / ".from-recipe.jsonl.run.json").read_text())["precision"] == "fp32"
+    out = tmp_path / "given.jsonl"
+    proc = _run(tiny_models, hostile, out, *args, "--params", str(recipe), "--precision", "int8")
+    assert proc.returncode == 0 and "--precision int8 replaces the precision fp32 of --params" in proc.stderr
+    assert json.loads((tmp_path / ".given.jsonl.run.json").read_text())["precision"] == "int8"
+    proc = _run(tiny_models, hostile, tmp_path / "twice.jsonl", *args, "--precision", "clip=int8,clip=fp32")
+    assert proc.returncode == 2 and "names clip twice" in proc.stderr and not (tmp_path / "twice.jsonl").exists()
+
+
+def test_a_resume_is_not_refused_for_how_a_number_is_written(tiny_models, hostile, tmp_path):
+    out = tmp_path / "out.jsonl"
+    assert _run(tiny_models, hostile, out, "--limit", "2").returncode == 0
+    spelled = {**PARAMS, "image_segment_mapper_args": {"imgsz": 320.0}, "image_text_matching_filter_args": {"min_score": 0.0}}
+    (hostile.parent / "params.json").write_text(json.dumps(spelled))
+    proc = _run(tiny_models, hostile, out, "--resume", "--limit", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert len(out.read_text().splitlines()) == 3

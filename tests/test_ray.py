@@ -88,6 +88,30 @@ def test_missing_model_folder_is_refused_before_any_actor_starts(dataset, tmp_pa
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
 
 
+def test_a_corrupt_model_folder_is_refused_on_the_driver_with_no_result_line(tiny_models, dataset, tmp_path):  # noqa: F811
+    import shutil
+
+    copy = tmp_path / "models"
+    shutil.copytree(tiny_models, copy)
+    graph = copy / "blip_vision.int8.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other contents
+    graph.write_bytes(bytes(data))
+    out = tmp_path / "ray.jsonl"
+    proc = _cli_env(*_run_args(copy, dataset, out, *RAY_2X1, "--model-check", "always"), check=False)
+    assert proc.returncode == 2 and "blip_vision.int8.onnx: contents differ" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_actors_that_cannot_load_the_engine_stop_the_run_instead_of_writing_errors(tiny_models, dataset, tmp_path):  # noqa: F811
+    out = tmp_path / "ray.jsonl"
+    args = [sys.executable, "-m", "tests.ray_faults", "@init", str(tmp_path), *_run_args(tiny_models, dataset, out, *RAY_2X1)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr[-6000:]
+    assert "a Ray actor could not load the engine" in proc.stderr and "no model folder at this path on this node" in proc.stderr
+    assert not out.exists() and not (tmp_path / ".ray.jsonl.run.json").exists()
+
+
 def test_sigterm_stops_a_ray_run_cleanly_and_resume_completes_it(tiny_models, dataset, single, tmp_path):  # noqa: F811
     import signal
     import time
