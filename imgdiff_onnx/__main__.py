@@ -151,10 +151,12 @@ def run(args: argparse.Namespace) -> int:
 def validate(args: argparse.Namespace) -> int:
     from .jsonl import RunError
     from .validate import ValidateOptions, validate as run_validate
-    from .validate_report import write_outputs, write_recommendation
+    from .outfolder import claim, named
+    from .validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
 
     if not args.input.is_file():
         raise RunError(f"input file not found: {args.input}")
+    claim(args.out, "validation", named(*OUTPUT_NAMES))  # before the long runs, not after them
     try:
         options = ValidateOptions(
             limit=args.limit,
@@ -192,11 +194,15 @@ def demo(args: argparse.Namespace) -> int:
     from . import samples
     from .jsonl import RunOptions, run as run_jsonl
     from .manifest import MANIFEST_NAME
+    from .outfolder import claim, named
     from .params import OperatorParams
     from .report import write_report
 
     out: Path = args.out
     models = args.models or out / f"models-{args.size}"
+    demo_files = ("pairs", "pairs.jsonl", "results.jsonl", ".results.jsonl.run.json", "report", "models-tiny", "models-full",
+                  "models-tiny.export-output.txt", "models-full.export-output.txt")  # fmt: skip
+    claim(out, "demo", named(*demo_files))
     if not (models / MANIFEST_NAME).is_file():
         log.info("exporting random-init %s models to %s (needs the export extra)", args.size, models)
         cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", args.size, "--out", str(models), "--force"]

@@ -18,6 +18,7 @@ import base64
 import html
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import outfolder
 from .drawing import GAP, PALETTE, side_by_side
 from .errors import RunError
 from .imageio import ImageLoadError, load_image_file
@@ -97,11 +99,21 @@ def _entry(number: int, record: dict) -> dict[str, Any]:
     }
 
 
+_PICTURE = re.compile(r"\d{7}\.jpg")
+
+
+def _report_file(path: Path) -> bool:
+    """What a report writes: index.html, and img/ holding only its numbered pictures."""
+    if path.name == "index.html" and path.is_file():
+        return True
+    return path.name == "img" and path.is_dir() and all(_PICTURE.fullmatch(p.name) and p.is_file() for p in path.iterdir())
+
+
 def write_report(results: Path, out: Path, limit: int | None = None, single_file: bool = False, thumb_width: int = THUMB_WIDTH,
                  progress: bool = True) -> Path:  # fmt: skip
     """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path."""
     rows = read_results(Path(results), limit)
-    out.mkdir(parents=True, exist_ok=True)
+    outfolder.claim(out, "report", _report_file)
     images = out / "img"
     if images.exists():
         shutil.rmtree(images)  # pictures of an earlier report of another file must not linger

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from . import manifest as mf
+from . import outfolder
 
 
 def cpu_name() -> str:
@@ -104,10 +105,13 @@ def chart(summary: dict) -> np.ndarray:
     return img
 
 
+OUTPUT_NAMES = ("validation.json", "validation.md", "validation.png")
+
+
 def write_outputs(summary: dict, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    outfolder.claim(out, "validation", outfolder.named(*OUTPUT_NAMES))
     summary = {**summary, "cpu": summary.get("cpu") or cpu_name()}
-    paths = {"json": out / "validation.json", "markdown": out / "validation.md", "plot": out / "validation.png"}
+    paths = {kind: out / name for kind, name in zip(("json", "markdown", "plot"), OUTPUT_NAMES)}
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown(summary), encoding="utf-8")
     cv2.imwrite(str(paths["plot"]), chart(summary))

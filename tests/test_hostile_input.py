@@ -319,3 +319,41 @@ def test_a_resume_is_not_refused_for_how_a_number_is_written(tiny_models, hostil
     proc = _run(tiny_models, hostile, out, "--resume", "--limit", "3")
     assert proc.returncode == 0, proc.stderr
     assert len(out.read_text().splitlines()) == 3
+
+
+# ---- output folders: show, validate and demo write only where nothing of the user's is lost --------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_show_into_a_folder_of_the_users_files_is_refused_and_removes_nothing(tiny_models, hostile, tmp_path):
+    results = tmp_path / "results.jsonl"
+    assert _run(tiny_models, hostile, results, "--limit", "2").returncode == 0
+    photos = tmp_path / "data"
+    (photos / "img").mkdir(parents=True)
+    shutil.copy(hostile.parent / "a.jpg", photos / "img" / "0000001.jpg")  # named like a report picture, in someone's folder
+    shutil.copy(hostile.parent / "b.jpg", photos / "img" / "holiday.jpg")
+    before = {p.name: p.read_bytes() for p in (photos / "img").iterdir()}
+    proc = _cli("show", "--input", str(results), "--out", str(photos), "--quiet")
+    assert proc.returncode == 2 and "holds files this command did not write (img)" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (photos / "img").iterdir()} == before and not (photos / "index.html").exists()
+    report = tmp_path / "report"
+    for _ in range(2):  # a report folder is its own to rewrite
+        proc = _cli("show", "--input", str(results), "--out", str(report), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    (report / ".imgdiff-onnx-output").unlink()  # a report of an older version, without the marker: still recognised
+    assert _cli("show", "--input", str(results), "--out", str(report), "--quiet").returncode == 0
+
+
+def test_validate_and_demo_refuse_a_folder_of_other_files_before_any_work(tiny_models, hostile, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "validation.md").write_text("my notes")
+    (mine / "thesis.tex").write_text("precious")
+    proc = _cli("validate", "--models", str(tiny_models), "--input", str(hostile), "--out", str(mine), "--quiet")
+    assert proc.returncode == 2 and "holds files this command did not write (thesis.tex)" in proc.stderr
+    proc = _cli("demo", "--models", str(tiny_models), "--out", str(mine), "--quiet")
+    assert proc.returncode == 2 and "holds files this command did not write (thesis.tex, validation.md)" in proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "validation.md"] and (mine / "validation.md").read_text() == "my notes"
