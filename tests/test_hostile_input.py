@@ -357,3 +357,47 @@ def test_validate_and_demo_refuse_a_folder_of_other_files_before_any_work(tiny_m
     proc = _cli("demo", "--models", str(tiny_models), "--out", str(mine), "--quiet")
     assert proc.returncode == 2 and "holds files this command did not write (thesis.tex, validation.md)" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "validation.md"] and (mine / "validation.md").read_text() == "my notes"
+
+
+# ---- the framing invariants end to end, on the tiny models (a few examples) ------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_models):
+    from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
+
+    engine = DifferenceAreaGenerator(tiny_models, OperatorParams.from_mapping(PARAMS), EngineSettings(threads=1))
+    yield engine
+    engine.close()
+
+
+def test_hostile_lines_around_real_records_keep_the_invariants_end_to_end(tiny_engine):
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from imgdiff_onnx.jsonl import RunOptions, run
+
+    from .conftest import PAIR1, PAIR2
+
+    real = json.dumps({"image_path1": str(PAIR1), "image_path2": str(PAIR2), "objects1": ["plane"], "objects2": ["boat"]}).encode()
+    hostile = st.one_of(st.sampled_from(_hostile_lines()[:10]), st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")))
+    body = st.lists(st.one_of(st.just(real), hostile), min_size=1, max_size=5)
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(lines=body, cut=st.floats(min_value=0, max_value=1))
+    def check(lines, cut):
+        with tempfile.TemporaryDirectory() as tmp:
+            data, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+            data.write_bytes(b"\n".join(lines) + b"\n")
+            run(tiny_engine, data, out, RunOptions(progress=False, pairs_per_batch=2))
+            written = out.read_bytes()
+            rows = [_strict(line) for line in written.split(b"\n")[:-1]]
+            assert [r["imgdiff"]["line"] for r in rows] == list(range(1, len(lines) + 1))
+            assert all((r["imgdiff"]["status"] == "ok") == (line == real) for r, line in zip(rows, lines))
+            out.write_bytes(written[: int(cut * len(written))])
+            run(tiny_engine, data, out, RunOptions(progress=False, pairs_per_batch=2, resume=True))
+            assert out.read_bytes() == written
+
+    check()
