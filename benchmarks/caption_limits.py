@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
+from benchmarks.machine import save_record  # noqa: E402
 
 CHILD = r"""
 import json, random, string, sys, time
@@ -64,13 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.run([sys.executable, "-c", CHILD, str(words), case], capture_output=True, text=True, cwd=ROOT, check=True)
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    cpu = cpu_description()
-    (args.out / "caption_limits.json").write_text(json.dumps({"rows": rows, "cpu": cpu}, indent=1) + "\n")
-    lines = ["| words per caption | case | seconds | peak above a small record | outcome |", "|---|---|---|---|---|"]
-    lines += [f"| {r['words']:,} | {r['case']} | {r['seconds']:.2f} | {r['peak_above_mb']:.0f} MB | {r['outcome']} |" for r in rows]
-    table = "\n".join(lines) + f"\n\n{cpu_line(cpu)}\n"
-    (args.out / "table.md").write_text(table)
-    print(table)
+    rows_text = [[f"{r['words']:,}", r["case"], f"{r['seconds']:.2f}", f"{r['peak_above_mb']:.0f} MB", r["outcome"]] for r in rows]
+    save_record(args.out, "caption_limits", {"rows": rows}, ["words per caption", "case", "seconds", "peak above a small record", "outcome"], rows_text)
     return 0
 
 

@@ -3,6 +3,7 @@ how much memory a process holds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -43,3 +44,15 @@ def process_memory_mb(field: str = "VmHWM", pid: int | str = "self") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def save_record(out: Path, name: str, data: dict, header: list[str], rows: list[list[str]], note: str = "") -> str:
+    """A benchmark's record: OUT/NAME.json (the data and this CPU) and OUT/table.md (a markdown
+    table of `rows` under `header`, then the CPU line and `note`); returns the table, also printed."""
+    cpu = cpu_description()
+    (out / f"{name}.json").write_text(json.dumps({**data, "cpu": cpu}, indent=1) + "\n")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in rows]
+    table = "\n".join(lines) + f"\n\n{cpu_line(cpu)}{'; ' + note if note else ''}\n"
+    (out / "table.md").write_text(table)
+    print(table)
+    return table

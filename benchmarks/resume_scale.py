@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
+from benchmarks.machine import process_memory_mb, save_record  # noqa: E402
 from benchmarks.soak import OPEN_PARAMS, tiny_models  # noqa: E402
 
 
@@ -110,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         lines = out.read_bytes().count(b"\n")
         if lines != args.lines + 8:
             raise SystemExit(f"expected {args.lines + 8} result lines after the resume, found {lines}")
-    summary = {"lines": args.lines, **sizes, **result, "fabricate_seconds": fabricated, "cpu": cpu_description(),
+    summary = {"lines": args.lines, **sizes, **result, "fabricate_seconds": fabricated,
                "command": " ".join(["python benchmarks/resume_scale.py", "--out", str(args.out), "--lines", str(args.lines)])}  # fmt: skip
-    (args.out / "resume_scale.json").write_text(json.dumps(summary, indent=1) + "\n")
-    table = (f"| completed lines | input | results file | to first new line | whole resume (8 records) | peak RSS |\n|---|---|---|---|---|---|\n"
-             f"| {args.lines:,} | {sizes['input_mb']:.0f} MB | {sizes['results_mb']:.0f} MB | {result['seconds_to_first_new_line']:.1f} s "
-             f"| {result['seconds_total']:.1f} s | {result['peak_rss_mb']:.0f} MB |\n\n{cpu_line(summary['cpu'])}\n")  # fmt: skip
-    (args.out / "table.md").write_text(table)
-    print(table)
+    header = ["completed lines", "input", "results file", "to first new line", "whole resume (8 records)", "peak RSS"]
+    row = [f"{args.lines:,}", f"{sizes['input_mb']:.0f} MB", f"{sizes['results_mb']:.0f} MB", f"{result['seconds_to_first_new_line']:.1f} s",
+           f"{result['seconds_total']:.1f} s", f"{result['peak_rss_mb']:.0f} MB"]  # fmt: skip
+    save_record(args.out, "resume_scale", summary, header, [row])
     return 0
 
 

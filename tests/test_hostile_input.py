@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imgdiff_onnx.jsonlines import MAX_DEPTH, MAX_INT_DIGITS, MAX_LINE_BYTES, LineError, RawLine, count_lines, line_digest, parse_record, read_lines
+from imgdiff_onnx.jsonlines import MAX_DEPTH, MAX_INT_DIGITS, MAX_LINE_BYTES, LineError, RawLine, count_lines, parse_record, read_lines
 from imgdiff_onnx.runfile import OutputInUse, OutputLock
 
 from .conftest import DATA
