@@ -140,6 +140,9 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+_JSON_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false", type(None): "null"}
+
+
 def parse_record(line: RawLine, max_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:
     """The JSON object of one line; raises LineError saying what is wrong."""
     if line.data is None or line.length > max_bytes:
@@ -162,7 +165,7 @@ def parse_record(line: RawLine, max_bytes: int = MAX_LINE_BYTES) -> dict[str, An
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise LineError(f"nested too deep (limit {MAX_DEPTH})") from None
     if not isinstance(record, dict):
-        raise LineError(f"expected a JSON object, got {type(record).__name__}")
+        raise LineError(f"expected a JSON object, got {_JSON_NAMES.get(type(record), type(record).__name__)}")
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -149,7 +149,8 @@ def _outcomes_isolating(engine: DifferenceAreaGenerator, lines: list[InputLine])
     except Exception as exc:  # noqa: BLE001 - one record's unforeseen failure must not end a week-long run
         if len(lines) == 1:
             log.error("unexpected failure on %s", lines[0].key, exc_info=True)
-            return [PairFailure(lines[0].key, f"unexpected failure ({type(exc).__name__}: {exc}); please report it with the record")]
+            detail = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + "..."
+            return [PairFailure(lines[0].key, f"unexpected failure ({type(exc).__name__}: {detail}); please report it with the record")]
         log.warning("unexpected failure in a batch (%s: %s); processing its %d records one by one", type(exc).__name__, exc, len(lines))
     return [outcome for ln in lines for outcome in _outcomes_isolating(engine, [ln])]
 

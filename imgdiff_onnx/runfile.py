@@ -49,7 +49,8 @@ def same_file(a: Path, b: Path) -> bool:
 def check_not_input(input_path: Path, output: Path) -> None:
     """Refuse an output that is the input file, or whose lock or run record would be (checked
     before anything is opened for writing)."""
-    for what, path in (("--output", output), ("its lock file", sidecar(output, "lock")), ("its run record", sidecar(output, "run.json"))):
+    real = Path(os.path.realpath(output))  # where the lock and run record go
+    for what, path in (("--output", output), ("its lock file", sidecar(real, "lock")), ("its run record", sidecar(real, "run.json"))):
         if same_file(input_path, path):
             name = f"{output} ({what} {path})" if path != output else str(output)
             raise RunError(f"--output {name} is the input file {input_path}; write the results to another file")

@@ -51,7 +51,8 @@ def _raw(data: bytes, number: int = 1) -> RawLine:
         (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", f"nested 100,001 levels deep (limit {MAX_DEPTH})"),
         (b'{"a": "caf\xe9"}', "not UTF-8 (byte 0xe9 at byte 11)"),
         (b"  \t", "empty line"),
-        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"[1, 2]", "expected a JSON object, got an array"),
+        (b"null", "expected a JSON object, got null"),
         (b'{"a": 1', "invalid JSON"),
     ],
 )
