@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
+from benchmarks.machine import process_memory_mb, save_record  # noqa: E402
 
 
 def worker(job: dict) -> dict:
@@ -65,15 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"batch {batch} failed:\n{proc.stderr[-4000:]}")
         rows.append(json.loads(result_file.read_text()))
         print(rows[-1], flush=True)
-    cpu = cpu_description()
     command = f"python benchmarks/batch_memory.py --models MODELS --out {args.out} --batches {args.batches} --gates {args.gates}"
-    (args.out / "batch_memory.json").write_text(json.dumps({"rows": rows, "cpu": cpu, "gates": args.gates, "command": command}, indent=1) + "\n")
-    lines = ["| pairs in the batch | candidates | final boxes | RSS when ready | peak RSS | wall s | CPU s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['candidates']:,} | {r['boxes']:,} | {r['rss_ready_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB | {r['seconds']:.0f} | "
-              f"{r['cpu_seconds']:.0f} |" for r in rows]  # fmt: skip
-    table = "\n".join(lines) + f"\n\n{cpu_line(cpu)}; gates {args.gates}\n"
-    (args.out / "table.md").write_text(table)
-    print(table)
+    header = ["pairs in the batch", "candidates", "final boxes", "RSS when ready", "peak RSS", "wall s", "CPU s"]
+    table = [[str(r["batch"]), f"{r['candidates']:,}", f"{r['boxes']:,}", f"{r['rss_ready_mb']:.0f} MB", f"{r['peak_rss_mb']:.0f} MB",
+              f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}"] for r in rows]  # fmt: skip
+    save_record(args.out, "batch_memory", {"rows": rows, "gates": args.gates, "command": command}, header, table, f"gates {args.gates}")
     return 0
 
 
