@@ -17,10 +17,9 @@ when they are installed) and NLTK's WordNet reader keeps every part of speech's 
 while this step needs only the noun index and exceptions and the tagger's tables.
 `lexicon.py` reimplements exactly the two calls the original makes (NLTK 3.9+); the tests
 compare both against the installed NLTK on every WordNet lemma and its plural-like forms. The
-data is found where NLTK looks for it (NLTK_DATA, then the user and system paths), as folders or
-zips. Missing data
-is an error naming the download command: there is no fallback that would silently change
-results.
+tables ship with the package (data/caption_data.json.gz, built from NLTK's files by
+`python -m imgdiff_onnx_export.caption_data`), so no NLTK data has to be installed; a damaged
+copy is an error, never a fallback that would silently change results.
 """
 
 from __future__ import annotations

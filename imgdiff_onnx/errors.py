@@ -7,7 +7,7 @@ lines do, and print its message as one line. The kinds:
   record's error line and goes on.
 - `ModelFolderError`: the model folder is missing, incomplete or changed.
 - `ParameterError`: a setting or operator parameter is invalid.
-- `CaptionDataError`: the NLTK data the caption step needs is not installed.
+- `CaptionDataError`: the caption step's data (shipped, or NLTK's files) cannot be read.
 - `RunError`: a dataset run cannot start or continue (input, output, lock, resume).
 - `ModelRunError`: onnxruntime failed while running a graph; names the graph.
 
@@ -34,7 +34,7 @@ class ParameterError(ImgDiffError, ValueError):
 
 
 class CaptionDataError(ImgDiffError, RuntimeError):
-    """The caption step's NLTK data is not installed."""
+    """The caption step's data cannot be read (a damaged package, or missing NLTK files)."""
 
 
 class RunError(ImgDiffError, RuntimeError):

@@ -1,4 +1,4 @@
-"""The two NLTK calls of the caption step, on NLTK's own data files, without importing nltk.
+"""The two NLTK calls of the caption step, on tables from NLTK's data files, without importing nltk.
 
 - `lemmatize(word)` == `nltk.stem.WordNetLemmatizer().lemmatize(word)` (noun): WordNet's morphy
   for nouns (the exception list, else the suffix rules applied once), keep the forms, the word
@@ -8,12 +8,14 @@
   -START- before and -END- after it, scores summed in NLTK's order, ties broken by label).
 
 Only the noun index and the tagger tables are loaded, a fraction of the memory of `import nltk`
-plus its WordNet reader (see captions.py).
+plus its WordNet reader (see captions.py). They ship with the package (data/caption_data.json.gz,
+with its provenance and licences beside it); NLTK's own files are read only to build and check it.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import sys
@@ -31,6 +33,8 @@ TAGGER_FILES = tuple(f"averaged_perceptron_tagger_eng.{part}.json" for part in (
 
 # WordNet's morphological rules for nouns (nltk WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS)
 NOUN_SUBSTITUTIONS = (("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"))
+PACKAGED_DATA = Path(__file__).resolve().parent / "data" / "caption_data.json.gz"
+PACKAGED_FORMAT = "imgdiff-onnx-caption-data/1"
 START = ("-START-", "-START2-")
 END = ("-END-", "-END2-")
 
@@ -77,7 +81,13 @@ class _Resource:
 
 
 class Lexicon:
-    """WordNet's noun index and exceptions and the English POS tagger, loaded once per process."""
+    """WordNet's noun index and exceptions and the English POS tagger, loaded once per process.
+
+    `Lexicon.get()` reads the tables this package ships (`imgdiff_onnx/data/`, derived from the
+    same NLTK data by `python -m imgdiff_onnx_export.caption_data`: see data/CAPTION_DATA.md), so
+    no NLTK data has to be installed. `Lexicon(roots)` reads NLTK's own files from `roots` (the
+    build step and the tests, which check the two give the same words and tags).
+    """
 
     _lock = threading.Lock()
     _instance: "Lexicon | None" = None
@@ -93,28 +103,48 @@ class Lexicon:
         if missing:
             raise CaptionDataMissing(
                 f"NLTK data missing: {', '.join(missing)}. Install it with `pip install nltk && {DOWNLOAD_COMMAND}` "
-                f"or point NLTK_DATA at a folder that has it (searched: {', '.join(map(str, roots))}). "
-                "Records with explicit objects1/objects2 lists do not need it."
+                f"or point NLTK_DATA at a folder that has it (searched: {', '.join(map(str, roots))})."
             )
         wordnet, tagger = found[WORDNET], found[TAGGER]
-        self._nouns = _noun_lemmas(wordnet.read_text("index.noun"))
-        self._noun_exceptions = _exceptions(wordnet.read_text("noun.exc"))
+        nouns, exceptions = _noun_lemmas(wordnet.read_text("index.noun")), _exceptions(wordnet.read_text("noun.exc"))
         try:
             weights, tagdict, classes = (json.loads(tagger.read_text(f)) for f in TAGGER_FILES)
         except json.JSONDecodeError as exc:
             raise CaptionDataMissing(f"NLTK data {TAGGER} is corrupt ({exc}). Reinstall it with `{DOWNLOAD_COMMAND}`") from None
-        self._weights: dict[str, dict[str, float]] = weights
-        self._tagdict: dict[str, str] = tagdict
+        self._set_tables(nouns, exceptions, weights, tagdict, classes)
+
+    def _set_tables(self, nouns: frozenset[str], exceptions: dict[str, list[str]], weights: dict[str, dict[str, float]],
+                    tagdict: dict[str, str], classes: list[str]) -> None:  # fmt: skip
+        self._nouns = nouns
+        self._noun_exceptions = exceptions
+        self._weights = weights
+        self._tagdict = tagdict
         self._classes = sorted(classes)
         self.lemmatize = functools.lru_cache(maxsize=65536)(self._lemmatize)
         self.tag = functools.lru_cache(maxsize=65536)(self._tag)
+
+    @classmethod
+    def packaged(cls, path: Path | None = None) -> "Lexicon":
+        """The tables shipped in this package (or at `path`)."""
+        path = PACKAGED_DATA if path is None else path
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                data = json.load(handle)
+            if data.get("format") != PACKAGED_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {PACKAGED_FORMAT!r}")
+            tagger = data["tagger"]
+            lexicon = cls.__new__(cls)
+            lexicon._set_tables(frozenset(data["noun_lemmas"]), data["noun_exceptions"], tagger["weights"], tagger["tagdict"], tagger["classes"])
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise CaptionDataMissing(f"the caption data shipped with imgdiff_onnx ({path}) cannot be read ({exc}); reinstall the package") from None
+        return lexicon
 
     @classmethod
     def get(cls) -> "Lexicon":
         if cls._instance is None:
             with cls._lock:
                 if cls._instance is None:
-                    cls._instance = cls()
+                    cls._instance = cls.packaged()
         return cls._instance
 
     def noun_lemmas(self, word: str) -> list[str]:

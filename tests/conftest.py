@@ -28,7 +28,8 @@ def imgdiff_command(*args: str) -> list[str]:
     code = DEFAULT_SIGNALS + "import runpy; runpy.run_module('imgdiff_onnx', run_name='__main__', alter_sys=True)"
     return [sys.executable, "-c", code, *args]
 
-# The exact caption step needs NLTK data; the product never reads ../shared, the tests do.
+# NLTK itself (the reference the caption step is checked against, and the original operator in the
+# Data-Juicer tests) reads its data from here; the product ships its own tables and never reads ../shared.
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 # Model verification stamps go to a folder of this test session, not the user's cache.
 os.environ["IMGDIFF_ONNX_CACHE"] = tempfile.mkdtemp(prefix="imgdiff-test-cache-")

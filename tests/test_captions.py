@@ -13,6 +13,8 @@ import pytest
 from imgdiff_onnx.captions import caption_words, objects_from_captions
 from imgdiff_onnx.lexicon import TAGGER, TAGGER_FILES, WORDNET, CaptionDataMissing, Lexicon, _Resource, nltk_data_path
 
+from .conftest import SHARED
+
 # (caption1, caption2, objects1, objects2). Notes on the original's edge cases, kept on purpose:
 # - several spaces in a row make empty words, and "" tags as NN, so it becomes an "object";
 # - tabs are not split on ("bear\tin" stays one word); punctuation is deleted, so "well-known"
@@ -140,14 +142,33 @@ def test_corrupt_nltk_data_is_a_clear_error(tmp_path):
         Lexicon([tmp_path])
 
 
-def test_missing_nltk_data_names_the_download_command(tmp_path):
-    code = (
-        "from imgdiff_onnx.captions import objects_from_captions, CaptionDataMissing\n"
-        "try:\n    objects_from_captions('a cat', 'a dog')\n"
-        "except CaptionDataMissing as e:\n    print('MISSING', e)\n"
-    )
+def test_the_caption_step_needs_no_nltk_data_installed(tmp_path):
+    """The tables ship with the package: no NLTK_DATA, no ~/nltk_data, no nltk."""
+    code = "from imgdiff_onnx.captions import objects_from_captions\nprint(objects_from_captions('A plane in the sky.', 'A boat in the sea.'))\n"
     env = {"PATH": "/usr/bin:/bin", "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert "MISSING" in proc.stdout, proc.stderr
-    assert "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng" in proc.stdout
-    assert "NLTK_DATA" in proc.stdout
+    assert proc.returncode == 0 and proc.stdout.strip() == "(['plane', 'sky'], ['boat', 'sea'])", proc.stderr
+
+
+def test_reading_nltk_files_that_are_missing_names_the_download_command(tmp_path):
+    with pytest.raises(CaptionDataMissing) as caught:
+        Lexicon([tmp_path])
+    assert "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng" in str(caught.value) and "NLTK_DATA" in str(caught.value)
+
+
+def test_the_shipped_tables_are_rebuilt_byte_for_byte_from_nltk_data(tmp_path):
+    from imgdiff_onnx.lexicon import PACKAGED_DATA
+    from imgdiff_onnx_export.caption_data import build, one_word_feature, write
+
+    rebuilt = write(build(SHARED / "nltk_data"), tmp_path)
+    assert rebuilt.read_bytes() == PACKAGED_DATA.read_bytes()
+    assert (PACKAGED_DATA.parent / "LICENSE-WordNet-3.0").read_text() == (SHARED / "nltk_data" / WORDNET / "LICENSE").read_text()
+    # the weights left out are those a one-word sentence never produces
+    assert one_word_feature("i suffix ane") and one_word_feature("i-1 tag -START-") and not one_word_feature("i+1 word the")
+
+
+def test_a_damaged_shipped_table_is_a_clear_error(tmp_path):
+    broken = tmp_path / "caption_data.json.gz"
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(CaptionDataMissing, match="cannot be read.*reinstall the package"):
+        Lexicon.packaged(broken)
