@@ -117,6 +117,7 @@ def _engine(models: Path, params, args: argparse.Namespace, precision: object = 
 
 def run(args: argparse.Namespace) -> int:
     from .jsonl import RunError, RunOptions, check_start, run as run_jsonl
+    from .precision import Precision
 
     try:
         options = RunOptions(
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         raise RunError(str(exc)) from None
     params, file_precision = _load_params(args.params)
     precision = _precision(args, file_precision)
+    if precision is not None:
+        Precision.parse(precision)  # a typo in it is one line now, not after the input is scanned
     # the cheap checks (input, output, caption data) before any model loads
     check_start(args.input, args.output, options)
     if args.ray is not None:

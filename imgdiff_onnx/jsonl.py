@@ -275,6 +275,7 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
     check_not_input(input_path, output_path)
     if output_path.is_dir():
         raise RunError(f"--output {output_path} is a folder; give the results file's name")
+    _check_writable_folder(output_path)
     try:
         started = output_path.exists() and output_path.stat().st_size > 0
     except OSError as exc:
@@ -286,6 +287,18 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
     if options.overwrite and not is_results_file(output_path):
         raise RunError(f"{output_path} is not a results file of this tool (no run record beside it, and its first line is not a "
                        "result line); --overwrite replaces only those: move it away, or choose another --output")  # fmt: skip
+
+
+def _check_writable_folder(output_path: Path) -> None:
+    """The output's folder exists and is writable, or can be created (its nearest existing parent
+    is a writable folder)."""
+    parent = output_path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunError(f"--output {output_path}: {parent} is a file, so the results file cannot go there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"--output {output_path}: {parent} is not writable (permission denied)")
 
 
 def check_start(input_path: Path, output_path: Path, options: RunOptions) -> None:

@@ -235,6 +235,11 @@ class Manifest:
 
 def read(folder: Path) -> Manifest:
     path = Path(folder) / MANIFEST_NAME
+    if not Path(folder).exists():
+        raise ManifestError(f"{folder}: the model folder does not exist (no {MANIFEST_NAME} to read); give the folder that "
+                            "`python -m imgdiff_onnx.export --out DIR` wrote")  # fmt: skip
+    if not Path(folder).is_dir():
+        raise ManifestError(f"{folder}: a file, not a model folder (no {MANIFEST_NAME} to read)")
     if not path.is_file():
         raise ManifestError(
             f"{folder}: no {MANIFEST_NAME}; not a model folder written by `python -m imgdiff_onnx.export` "

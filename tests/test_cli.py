@@ -302,3 +302,29 @@ def test_bad_numbers_are_one_line(tiny_models, dataset, tmp_path, extra, message
         extra = ()
     proc = _cli(*args, *extra, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing-models", "the model folder does not exist"),
+        ("empty-models", "no manifest.json; not a model folder"),
+        ("missing-input", "input file not found"),  # before the (also missing) model folder
+        ("precision-twice", "names clip twice"),  # before the (also missing) input
+        ("output-under-a-file", "is a file, so the results file cannot go there"),
+    ],
+)
+def test_a_first_mistake_is_one_line_before_any_model_loads(dataset, tmp_path, case, message):
+    models, data, out, extra = tmp_path / "models", dataset, tmp_path / "out.jsonl", []
+    if case == "empty-models":
+        models.mkdir()
+    elif case == "missing-input":
+        data = tmp_path / "nope.jsonl"
+    elif case == "precision-twice":
+        data, extra = tmp_path / "nope.jsonl", ["--precision", "clip=int8,clip=fp32"]
+    elif case == "output-under-a-file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out.jsonl"
+    proc = _cli(*_run_args(models, data, out, *extra), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not out.exists()
