@@ -322,3 +322,40 @@ def test_export_without_its_extra_says_what_to_install(monkeypatch, capsys):
     assert export_entry.main(["--out", "never-written"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'imgdiff-onnx[export]'" in err and "(missing: transformers, ultralytics)" in err
+
+
+def _hf_cache_repo(hub: Path, repo_id: str, files: Path, revision: str) -> None:
+    """`files` as the Hugging Face cache holds a downloaded repo: blobs by content hash, a snapshot of
+    links to them under the commit, and refs/main naming the commit."""
+    import hashlib
+
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for f in files.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (repo / "snapshots" / revision / f.name).symlink_to(os.path.relpath(blob, repo / "snapshots" / revision))
+
+
+def test_hub_ids_export_offline_from_a_warm_hugging_face_cache(tiny_models, tmp_path, monkeypatch):
+    """What a user with a warm cache runs: hub ids, HF_HUB_OFFLINE=1, nothing but the cache."""
+    hf_home = tmp_path / "hf"
+    revisions = {"openai/clip-vit-base-patch32": "a" * 40, "Salesforce/blip-itm-base-coco": "b" * 40}
+    _hf_cache_repo(hf_home / "hub", "openai/clip-vit-base-patch32", tiny_models / "torch" / "clip", revisions["openai/clip-vit-base-patch32"])
+    _hf_cache_repo(hf_home / "hub", "Salesforce/blip-itm-base-coco", tiny_models / "torch" / "blip", revisions["Salesforce/blip-itm-base-coco"])
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    out = run_export(tmp_path / "from-hub", "--clip", "openai/clip-vit-base-patch32", "--blip", "Salesforce/blip-itm-base-coco",
+                     "--fastsam", str(tiny_models / "torch" / "fastsam.pt"), "--precision", "fp32")  # fmt: skip
+    sources = _manifest(out)["sources"]
+    for model, repo_id in (("clip", "openai/clip-vit-base-patch32"), ("blip", "Salesforce/blip-itm-base-coco")):
+        assert sources[model]["given"] == repo_id and sources[model]["revision"] == revisions[repo_id]
+        assert sources[model]["local_path"] == str(hf_home / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revisions[repo_id])
+    feed = {"pixel_values": np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)}
+    a = ort.InferenceSession(str(tiny_models / "clip_vision.fp32.onnx")).run(None, feed)
+    b = ort.InferenceSession(str(out / "clip_vision.fp32.onnx")).run(None, feed)
+    np.testing.assert_array_equal(a[0], b[0])
