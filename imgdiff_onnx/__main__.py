@@ -190,6 +190,9 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_TOO_SIMILAR = 0.99999  # the demo's upper bound of both similarity gates (its changed pairs measure <= 0.99986)
+
+
 def demo(args: argparse.Namespace) -> int:
     """Export random-init models if needed, make sample pairs, run them, write the report."""
     import cv2
@@ -218,28 +221,39 @@ def demo(args: argparse.Namespace) -> int:
     data.mkdir(parents=True, exist_ok=True)
     dataset = out / "pairs.jsonl"
     with open(dataset, "w", encoding="utf-8") as handle:
-        for i in range(args.pairs):
+        for i in range(args.pairs + 1):
             sample = samples.pair(i, 512, 512)
-            cv2.imwrite(str(data / f"pair{i}_1.png"), sample.image1[:, :, ::-1])
-            cv2.imwrite(str(data / f"pair{i}_2.png"), sample.image2[:, :, ::-1])
-            # explicit object words: the demo runs without NLTK data (captions kept for reference)
+            unchanged = i == args.pairs  # the last pair: the same picture twice, which the image-pair gate stops
+            name = "unchanged" if unchanged else f"pair{i}"
+            cv2.imwrite(str(data / f"{name}_1.png"), sample.image1[:, :, ::-1])
+            cv2.imwrite(str(data / f"{name}_2.png"), (sample.image1 if unchanged else sample.image2)[:, :, ::-1])
+            # explicit object words, so the demo's boxes do not depend on the captions (kept for reference)
             record = {
-                "id": f"pair{i}",
+                "id": name,
                 "caption1": sample.caption1,
-                "caption2": sample.caption2,
-                "image_path1": f"pairs/pair{i}_1.png",
-                "image_path2": f"pairs/pair{i}_2.png",
+                "caption2": sample.caption1 if unchanged else sample.caption2,
+                "image_path1": f"pairs/{name}_1.png",
+                "image_path2": f"pairs/{name}_2.png",
                 "objects1": [sample.object1],
-                "objects2": [sample.object2],
+                "objects2": [sample.object1 if unchanged else sample.object2],
             }
             handle.write(json.dumps(record) + "\n")
-    # Random weights give meaningless scores: the gates are opened so the plumbing shows boxes.
-    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1}, {"imgsz": 640}, {"min_score": 0})
+    # Random weights give meaningless scores, so only the gates' upper bounds are set, just under 1,
+    # where any weights agree: two identical pictures or crops have similarity 1 ("too similar" to
+    # differ, as the Img-Diff recipe's upper bounds say); the lower bounds and the ITM gate stay open.
+    top = DEMO_TOO_SIMILAR
+    params = OperatorParams.from_dicts({"min_score_1": -1, "max_score_1": top, "min_score_2": -1, "max_score_2": top}, {"imgsz": 640}, {"min_score": 0})
     engine = _engine(models, params, args)
     results = out / "results.jsonl"
     stats = run_jsonl(engine, dataset, results, RunOptions(overwrite=True, progress=not args.quiet))
     index = write_report(results, out / "report", progress=not args.quiet)
+    rows = [json.loads(line)["imgdiff"] for line in results.read_text(encoding="utf-8").splitlines()]
+    stopped = [r["exit_reason"] for r in rows if r.get("exit_reason")]
+    windows = sum(r["counts"].get("unique_windows", 0) for r in rows if r.get("counts"))
+    passed = sum(r["counts"].get("after_crop_pair_gate", 0) for r in rows if r.get("counts"))
     print(f"models:  {models}\ndataset: {dataset}\nresults: {results} ({stats['ok']} ok, {stats['error']} errors)\nreport:  {index}")
+    print(f"gates:   the image-pair gate stopped {len(stopped)} pair(s) ({'; '.join(stopped)}); the crop-pair gate stopped "
+          f"{windows - passed} of {windows} crop windows, those (nearly) identical in both pictures (similarity above {top})")  # fmt: skip
     print(
         "NOTE: these models have RANDOM weights (no pretrained weights can be downloaded here): the boxes are "
         "meaningless; the demo shows the pipeline working end to end, not detection quality."

@@ -158,8 +158,14 @@ def test_demo_runs_offline_with_existing_models(tiny_models, tmp_path):
     env_free = _cli("demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_models), "--pairs", "2", "--quiet")
     assert "RANDOM weights" in env_free.stdout
     rows = _read(tmp_path / "demo" / "results.jsonl")
-    assert [r["imgdiff"]["status"] for r in rows] == ["ok", "ok"]
+    assert [r["id"] for r in rows] == ["pair0", "pair1", "unchanged"] and all(r["imgdiff"]["status"] == "ok" for r in rows)
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
+    # the gates at work: the unchanged pair stopped by the image-pair gate, identical crops by the crop-pair gate
+    assert [r["imgdiff"]["exit_reason"] for r in rows[:2]] == [None, None]
+    assert rows[2]["imgdiff"]["exit_reason"].startswith("pair similarity 1.0000 outside [-1.0, 0.99999]")
+    changed = [r["imgdiff"]["counts"] for r in rows[:2]]
+    assert all(0 < c["after_crop_pair_gate"] < c["unique_windows"] for c in changed), changed
+    assert "the image-pair gate stopped 1 pair(s)" in env_free.stdout and "the crop-pair gate stopped" in env_free.stdout
 
 
 def _cli_env(*args: str, env: dict) -> subprocess.CompletedProcess:
