@@ -5,7 +5,10 @@ fetched from the network): a summary (pairs by status and exit reason, boxes per
 of the ITM probabilities and crop-pair similarities of the kept boxes), filters and sorting (status,
 exit reason, box count), paging, and per pair both images side by side with the same numbered,
 coloured boxes (drawn by the page over the pictures) and a legend row per box: the matched words,
-their probabilities, the crop-pair similarity. The pictures are JPEGs scaled for the page in
+their probabilities, the crop-pair similarity. Pointing at a box or its legend row highlights it on
+both pictures and dims the others (a click keeps it; a second click lets go), for busy pairs; a
+zoom button doubles a pair's pictures; a pair that went through every gate says how many of its
+crop windows each gate passed. The pictures are JPEGs scaled for the page in
 DIR/img/ (so a 10,000-pair report stays light), or inside the page with `--single-file`.
 
 The page's state lives in its address (#status=error&sort=boxes-desc&page=3): links to a view can
@@ -172,6 +175,9 @@ th{border-bottom:1px solid #ccc}.num{text-align:right}
 .pic{position:relative;display:inline-block;line-height:0}.pic img{display:block}.pic svg{position:absolute;left:0;top:0}
 .swatch{display:inline-block;width:1.6em;text-align:center;color:#fff;font-weight:bold;border-radius:3px}
 .err{color:#b00020}.reason{color:#8a6d00}
+.card.focus g.box:not(.hl){opacity:.15}.card.focus tr[data-k]:not(.hl){opacity:.35}
+g.box.hl rect:first-child{stroke-width:4}tr[data-k]{cursor:pointer}tr[data-k].hl{background:#fff3c4}
+.pic.zoomed{zoom:2}.zoom{font-size:80%;margin-left:.5em}
 </style></head>
 <body><header><h1>imgdiff_onnx results: __TITLE__</h1></header>
 <main>
@@ -254,19 +260,54 @@ function card(p) {
                    `<rect x="${x + dx}" y="${y}" width="${String(k).length * 7 + 6}" height="13" fill="${colour(k)}"/><text x="${x + dx + 3}" y="${y + 10}" font-size="11" font-weight="bold" fill="#000">${k}</text></g>`;
         }
       });
-      body += `<div class="pic"><img src="${p.img}" width="${2 * p.w + DATA.gap}" height="${p.h}" alt="pair ${esc(p.id)}"><svg width="${2 * p.w + DATA.gap}" height="${p.h}">${rects}</svg></div>`;
+      body += `<button class="zoom" data-zoom="1">zoom</button><br><div class="pic"><img src="${p.img}" width="${2 * p.w + DATA.gap}" height="${p.h}" alt="pair ${esc(p.id)}"><svg width="${2 * p.w + DATA.gap}" height="${p.h}">${rects}</svg></div>`;
     } else if (p.picture_error) {
       body += `<p class="err">${esc(p.picture_error)}</p>`;
     }
     body += `<p class="meta">${esc(p.captions[0])} | ${esc(p.captions[1])}</p>`;
     body += `<p class="meta">object words: ${esc((p.objects[0] || []).join(", ") || "none")} | ${esc((p.objects[1] || []).join(", ") || "none")}; pair similarity ${p.similarity === null ? "-" : p.similarity.toFixed(4)}; ${p.boxes.length} of ${p.counts.candidates || 0} candidates kept</p>`;
     if (p.reason) body += `<p class="meta reason">stopped: ${esc(p.reason)}</p>`;
+    else body += `<p class="meta gates">${esc(gateChain(p.counts))}</p>`;
     if (p.evidence.length) {
       body += `<table class="legend"><tr><th>#</th><th>found in</th><th>image 1 word</th><th class="num">ITM</th><th>image 2 word</th><th class="num">ITM</th><th class="num">crop similarity</th></tr>` +
-        p.evidence.map((e, i) => `<tr><td><span class="swatch" style="background:${colour(i + 1)}">${i + 1}</span></td><td>image ${e.source}</td><td>${esc(e.word1)}</td><td class="num">${e.itm1.toFixed(3)}</td><td>${esc(e.word2)}</td><td class="num">${e.itm2.toFixed(3)}</td><td class="num">${e.crop_similarity.toFixed(3)}</td></tr>`).join("") + `</table>`;
+        p.evidence.map((e, i) => `<tr data-k="${i + 1}"><td><span class="swatch" style="background:${colour(i + 1)}">${i + 1}</span></td><td>image ${e.source}</td><td>${esc(e.word1)}</td><td class="num">${e.itm1.toFixed(3)}</td><td>${esc(e.word2)}</td><td class="num">${e.itm2.toFixed(3)}</td><td class="num">${e.crop_similarity.toFixed(3)}</td></tr>`).join("") + `</table>`;
     }
   }
   return `<div class="card status-${esc(p.status)}" data-line="${p.n}" data-boxes="${p.boxes.length}"><h3>${esc(p.id)} <span class="meta">line ${p.n}, ${esc(p.status)}</span></h3>${body}</div>`;
+}
+
+function gateChain(c) {
+  // the pair's own path through the gates, from its counts
+  const steps = [["unique_windows", "crop windows"], ["after_crop_pair_gate", "after the crop-pair similarity gate"],
+                 ["after_itm_image1", "after image-text matching on image 1"], ["after_itm_image2", "after image-text matching on image 2"],
+                 ["kept", "kept after overlap removal"]];
+  return steps.filter(([k]) => k in c).map(([k, what]) => `${c[k]} ${what}`).join(" \u2192 ");
+}
+
+function highlight(cardEl, k) {
+  // box k of a card (on both pictures, and its legend row) stands out; the others dim. null: none
+  cardEl.classList.toggle("focus", k !== null);
+  for (const el of cardEl.querySelectorAll("[data-k]")) el.classList.toggle("hl", el.dataset.k === k);
+}
+
+function wireHighlights(cards) {
+  const target = ev => [ev.target.closest(".card"), ev.target.closest("[data-k]")];
+  cards.addEventListener("mouseover", ev => {
+    const [c, t] = target(ev);
+    if (c && !c.dataset.pinned) highlight(c, t ? t.dataset.k : null);
+  });
+  cards.addEventListener("mouseout", ev => {
+    const [c] = target(ev);
+    if (c && !c.dataset.pinned && !c.contains(ev.relatedTarget)) highlight(c, null);
+  });
+  cards.addEventListener("click", ev => {
+    const [c, t] = target(ev);
+    if (!c) return;
+    if (ev.target.dataset.zoom) { c.querySelector(".pic").classList.toggle("zoomed"); return; }
+    if (!t) return;
+    if (c.dataset.pinned === t.dataset.k) { delete c.dataset.pinned; highlight(c, null); }
+    else { c.dataset.pinned = t.dataset.k; highlight(c, t.dataset.k); }  // a click keeps the box highlighted
+  });
 }
 
 function render() {
@@ -289,6 +330,7 @@ for (const k of ["status", "reason", "minboxes", "sort", "per"]) {
   document.getElementById("f-" + k).addEventListener("change", ev => setState({[k]: ev.target.value, page: "1"}));
 }
 window.addEventListener("hashchange", render);
+wireHighlights(document.getElementById("cards"));
 render();
 document.body.dataset.ready = "1";
 </script></body></html>

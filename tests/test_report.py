@@ -63,7 +63,8 @@ def _row(n: int, boxes: int, image1: Path, image2: Path, status: str = "ok", rea
     result: dict = {"line": n, "input_digest": "x", "status": status}
     if status == "ok":
         result.update(image_path1_resolved=str(image1), image_path2_resolved=str(image2), objects1=["plane"], objects2=["boat"],
-                      pair_similarity=0.9, exit_reason=reason, counts={"candidates": boxes + 2}, boxes=[[60.0 + 30 * k, 50.0, 40.0, 20.0] for k in range(boxes)],
+                      pair_similarity=0.9, exit_reason=reason, counts={"candidates": boxes + 2, "unique_windows": boxes + 2, "after_crop_pair_gate": boxes + 1,
+                      "after_itm_image1": boxes + 1, "after_itm_image2": boxes, "kept": boxes}, boxes=[[60.0 + 30 * k, 50.0, 40.0, 20.0] for k in range(boxes)],
                       evidence=[dict(EVIDENCE, candidate=k) for k in range(boxes)])  # fmt: skip
     else:
         result.update(error=f"p{n}: image 2: image not found", boxes=[])
@@ -149,6 +150,47 @@ def test_the_controls_filter_and_page_as_a_user_clicks(report, tmp_path):
     assert seen["ok"] == [n for n in range(1, 14) if n % 5]
     assert seen["hash"] == "#status=ok"
     assert seen["next"] == [13] and seen["page"] == "2"  # 11 ok pairs, 10 per page
+
+
+HIGHLIGHT = """<!doctype html><meta charset="utf-8"><body><iframe id="r" src="REPORT#minboxes=4" width="1200" height="900"></iframe><pre id="out"></pre>
+<script>
+const frame = document.getElementById("r");
+frame.onload = () => setTimeout(() => {
+  const d = frame.contentDocument, w = frame.contentWindow, seen = {};
+  const card = d.querySelector("#cards .card");
+  const look = () => ({focus: card.classList.contains("focus"),
+                       lit: [...card.querySelectorAll(".hl")].map(e => e.tagName.toLowerCase() + e.dataset.k),
+                       dimmed: w.getComputedStyle(card.querySelector('g.box[data-k="1"]')).opacity});
+  const row = k => card.querySelector(`tr[data-k="${k}"]`);
+  row(2).dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
+  seen.hover = look();
+  row(3).click();
+  row(1).dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
+  seen.pinned = look();
+  row(3).click();
+  seen.released = look();
+  card.querySelector("button.zoom").click();
+  seen.zoomed = card.querySelector(".pic").classList.contains("zoomed");
+  seen.gates = card.querySelector(".gates") ? card.querySelector(".gates").textContent : null;
+  document.getElementById("out").textContent = JSON.stringify(seen);
+}, 300);
+</script>"""
+
+
+def test_a_box_is_highlighted_on_both_pictures_and_the_rest_dimmed(report):
+    harness = report.parent / "highlight.html"
+    harness.write_text(HIGHLIGHT.replace("REPORT", "index.html"))
+    dom = _browser("--allow-file-access-from-files", "--dump-dom", url=harness.as_uri())
+    seen = json.loads(html.unescape(re.search(r'<pre id="out">(.*?)</pre>', dom, re.S)[1]))
+    # pointing at legend row 2: box 2 on both pictures and its row stand out, box 1 is dimmed
+    assert seen["hover"] == {"focus": True, "lit": ["g2", "g2", "tr2"], "dimmed": "0.15"}
+    # a click on row 3 keeps box 3 highlighted while the pointer moves on; a second click lets go
+    assert seen["pinned"]["lit"] == ["g3", "g3", "tr3"]
+    assert seen["released"] == {"focus": False, "lit": [], "dimmed": "1"}
+    assert seen["zoomed"] is True
+    # the card says the pair's own path through the gates, from its counts
+    assert seen["gates"] == ("6 crop windows \u2192 5 after the crop-pair similarity gate \u2192 5 after image-text matching on image 1 "
+                             "\u2192 4 after image-text matching on image 2 \u2192 4 kept after overlap removal")
 
 
 def test_screenshot_for_the_test_output(report):
