@@ -34,6 +34,7 @@ def _load_params(path: Path | None):
 
     if path is None:
         return OperatorParams(), None
+    path = _shipped_recipe(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -58,6 +59,27 @@ def _load_params(path: Path | None):
         if data.get(group) is not None and not isinstance(data[group], dict):
             raise RunError(f"--params {path}: {group} must be a mapping of parameter names to values, got {type(data[group]).__name__}")
     return OperatorParams.from_mapping(data), precision
+
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes this package ships (imgdiff_onnx/recipes/NAME.yaml)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def _shipped_recipe(path: Path) -> Path:
+    """`path` itself when it exists or names a folder, else the shipped recipe of that name
+    (`img_diff_onnx` or `img_diff_onnx.yaml`), else a one-line error naming the shipped ones."""
+    from .jsonl import RunError
+
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = RECIPES / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise RunError(f"--params {path}: no such file, and not the name of a shipped recipe ({', '.join(shipped_recipes())})")
 
 
 def _no_constant(name: str) -> object:
@@ -305,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--models", type=Path, required=True, help="model folder written by the export step")
     r.add_argument("--input", type=Path, required=True, help="JSONL: caption1, caption2, image_path1, image_path2 (+ objects1/2)")
     r.add_argument("--output", type=Path, required=True, help="JSONL results, one line per input line, in order")
-    r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts")
+    r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts (or a Data-Juicer "
+                   "recipe), or the name of a shipped recipe: img_diff_onnx (the published Img-Diff thresholds)")
     r.add_argument("--limit", type=int, help="process at most the first N input lines")
     r.add_argument("--pairs-per-batch", type=int, default=4, help="pairs whose crops are scored together (default 4)")
     existing = r.add_mutually_exclusive_group()

@@ -25,7 +25,7 @@ from .dj_env import ensure_dj_python
 
 OP = "imgdiff_difference_area_generator_onnx_mapper"
 OP_FILE = ROOT / "imgdiff_onnx" / "adapters" / "data_juicer_op.py"
-RECIPE = ROOT / "recipes" / "img_diff_onnx.yaml"
+RECIPE = ROOT / "imgdiff_onnx" / "recipes" / "img_diff_onnx.yaml"
 OPEN_GATES = {
     "image_pair_similarity_filter_args": {"min_score_1": -1.0, "max_score_1": 1.0, "min_score_2": -1.0, "max_score_2": 1.0},
     "image_segment_mapper_args": {"imgsz": 320, "conf": 0.05, "iou": 0.5},

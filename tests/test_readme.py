@@ -1,0 +1,58 @@
+"""README's own-data steps, run as written: its fenced blocks of the section "Your own data in three
+steps" are read from README.md and run in an empty folder that holds only what the section says
+the user brings (pictures, the models folder), so README cannot drift from the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import PAIR1, PAIR2, ROOT
+
+
+def _section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def _blocks(section: str, language: str) -> list[str]:
+    return [re.sub(r"^\s+", "", b, flags=re.M).strip() for b in re.findall(rf"```{language}\n(.*?)```", section, re.S)]
+
+
+def test_the_own_data_steps_run_as_written_in_an_empty_folder(tiny_models, tmp_path):
+    section = _section("Your own data in three steps")
+    [record_text] = _blocks(section, "json")
+    commands = _blocks(section, "bash")
+    assert len(commands) == 2 and all(c.startswith("python -m imgdiff_onnx ") for c in commands)
+    # what the user brings: the pictures the record names, and the exported models
+    record = json.loads(record_text)
+    for key, source in (("image_path1", PAIR1), ("image_path2", PAIR2)):
+        (tmp_path / record[key]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, tmp_path / record[key])
+    shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
+    (tmp_path / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    for command in commands:
+        argv = shlex.split(command)
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+    [row] = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert row["id"] == record["id"] and row["imgdiff"]["status"] == "ok", row["imgdiff"]
+    # the recipe named in the step is the shipped one, with the Img-Diff thresholds
+    run_record = json.loads((tmp_path / ".results.jsonl.run.json").read_text())
+    assert json.loads(run_record["params"])["image_text_matching_filter_args"]["min_score"] == 0.4
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".results.jsonl.run.json", "img", "models", "pairs.jsonl", "report", "results.jsonl"])
+
+
+def test_a_params_name_that_is_neither_a_file_nor_a_shipped_recipe_is_one_line(tiny_models, tmp_path):
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "run", "--models", str(tiny_models), "--input", "pairs.jsonl",
+                           "--output", "out.jsonl", "--params", "img_dif"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr == "error: --params img_dif: no such file, and not the name of a shipped recipe (img_diff_onnx)\n"
