@@ -10,7 +10,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from .conftest import PAIR1, PAIR2, ROOT
 
