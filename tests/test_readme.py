@@ -5,6 +5,7 @@ the user brings (pictures, the models folder), so README cannot drift from the c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -26,6 +27,8 @@ def _blocks(section: str, language: str) -> list[str]:
 
 
 def test_the_own_data_steps_run_as_written_in_an_empty_folder(tiny_models, tmp_path):
+    home, tmp_path = tmp_path / "home", tmp_path / "work"
+    tmp_path.mkdir()
     section = _section("Your own data in three steps")
     [record_text] = _blocks(section, "json")
     commands = _blocks(section, "bash")
@@ -37,9 +40,11 @@ def test_the_own_data_steps_run_as_written_in_an_empty_folder(tiny_models, tmp_p
         shutil.copy(source, tmp_path / record[key])
     shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
     (tmp_path / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    # no NLTK data anywhere: no NLTK_DATA, and a home folder without nltk_data
+    env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"} | {"HOME": str(home)}
     for command in commands:
         argv = shlex.split(command)
-        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
     [row] = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert row["id"] == record["id"] and row["imgdiff"]["status"] == "ok", row["imgdiff"]
