@@ -29,7 +29,7 @@ def _row(config: dict) -> list[str]:
     t, f = config["timing"], config["figures"]
     cells = [config["name"], f"{t['cpu_s_per_pair']:.2f}", f"{t['wall_s_per_pair']:.2f}", f"{t['cpu_saving_vs_fp32']:+.0%}"]
     if f is None:
-        return cells + ["(reference)"] + [""] * 7
+        return cells + ["(reference)"] + [""] * 6  # the seven figure columns
     ps, cp, itm = f["pair_similarity"], f["crop_pair_similarity"], f["itm_probability"]
     return cells + [
         f"{ps['max_abs_delta']:.4f} / {ps['decision_flips']} of {ps['compared']}",
@@ -40,6 +40,11 @@ def _row(config: dict) -> list[str]:
         f"{f['final_boxes']['identical_pairs']} of {f['final_boxes']['compared_pairs']}",
         str(f["status_differs"] + f["exit_reason_differs"]),
     ]
+
+
+def _table_row(cells: list[str]) -> str:
+    """A markdown table row; a `|` inside a cell (as in |Δ|) is escaped, so it stays one cell."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def markdown(summary: dict) -> str:
@@ -61,10 +66,10 @@ def markdown(summary: dict) -> str:
         "Each run is fp32 except the graph named; figures are against the fp32 run, on the inputs both runs scored "
         "(F1 at IoU 0.9; flips = decisions that differ at your thresholds).",
         "",
-        "| " + " | ".join(head) + " |",
+        _table_row(head),
         "|" + "---|" * len(head),
     ]
-    lines += ["| " + " | ".join(_row(c)) + " |" for c in summary["configs"]]
+    lines += [_table_row(_row(c)) for c in summary["configs"]]
     lines += ["", "## Verdicts", ""]
     lines += [f"- **{v['model']}: {v['precision']}** ({v['why']})" for v in summary["verdicts"].values()]
     for check in summary["mix_checks"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -203,6 +204,11 @@ def test_validate_outputs_render_from_a_summary(tmp_path):
     }  # fmt: skip
     paths = write_outputs(summary, tmp_path)
     text = paths["markdown"].read_text()
+    # every table row has the header's number of cells: the |Δ| in the header is escaped
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+    assert len(rows) == 3 and len(set(cells)) == 1, rows
+    assert "max \\|Δ\\|" in rows[0]
     assert "| fp32 | 2.00 | 1.00 | +0% | (reference)" in text and "**random-init weights**" in text and "test cpu" in text
 
 
