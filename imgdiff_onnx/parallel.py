@@ -24,13 +24,15 @@ class Workers:
             raise ValueError(f"workers must be >= 1, got {count}")
         self.count = count
         self._pool: ThreadPoolExecutor | None = None
+        self._create = threading.Lock()  # one pool even when two threads map at once
         self._inside = threading.local()
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         if self.count == 1 or len(items) < 2 or getattr(self._inside, "active", False):
             return [fn(item) for item in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.count, thread_name_prefix="imgdiff-worker")
+        with self._create:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.count, thread_name_prefix="imgdiff-worker")
 
         def run(item: T) -> R:
             self._inside.active = True

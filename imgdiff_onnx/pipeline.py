@@ -23,6 +23,7 @@ slower than this, see benchmarks/README.md.) Results do not depend on the number
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -73,6 +74,10 @@ class DifferenceAreaGenerator:
     >>> gen = DifferenceAreaGenerator("models/")                                 # doctest: +SKIP
     >>> result = gen.process(PairInput("a.jpg", "b.jpg", "A cat.", "A dog."))    # doctest: +SKIP
     >>> result.boxes  # float32 (K, 4) centre xywh                               # doctest: +SKIP
+
+    One generator may be shared by threads (e.g. a web service's request handlers): their calls
+    run one at a time, in full, each on the cores the settings give it. For calls at once, build
+    one generator per thread (each loads its own sessions, ~1.2 GB with full-size models).
     """
 
     def __init__(
@@ -84,6 +89,9 @@ class DifferenceAreaGenerator:
     ):
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
+        # calls from several threads run one at a time: each already uses every core it was given
+        # (settings.workers x threads), and the stages share buffers and the worker pool
+        self._calls = threading.RLock()
         started = time.perf_counter()
         if self.settings.memory_release == "mmap":
             memory.return_freed_memory()  # before loading: the graphs' load-time copies are unmapped when freed
@@ -120,9 +128,10 @@ class DifferenceAreaGenerator:
 
     def process(self, pair: PairInput) -> PairResult:
         """One pair; raises PairError for a bad record."""
-        prepared = self._prepare(pair)
-        self._score([prepared])
-        return self._finish(prepared)
+        with self._calls:
+            prepared = self._prepare(pair)
+            self._score([prepared])
+            return self._finish(prepared)
 
     def process_many(self, pairs: Iterable[PairInput], pairs_per_batch: int = 4) -> Iterator[PairResult | PairFailure]:
         """Results in input order; crop scoring is batched across `pairs_per_batch` pairs.
@@ -135,10 +144,14 @@ class DifferenceAreaGenerator:
         for pair in pairs:
             batch.append(pair)
             if len(batch) == pairs_per_batch:
-                yield from self._process_batch(batch)
+                with self._calls:
+                    done = self._process_batch(batch)
+                yield from done  # not holding the lock while the caller consumes
                 batch = []
         if batch:
-            yield from self._process_batch(batch)
+            with self._calls:
+                done = self._process_batch(batch)
+            yield from done
 
     def close(self) -> None:
         """Stop the worker threads (they are also stopped at exit)."""

@@ -475,3 +475,35 @@ def test_no_object_words_says_which_words_were_compared(tiny_models):
     )
     r = engine.process(PairInput(a, b, "A cat.", "A cat.", key="same"))
     assert r.exit_reason == "no object words in caption 1: it has no word that caption 2 lacks (only nouns that differ are compared)"
+
+
+def test_a_generator_shared_by_threads_runs_their_calls_one_at_a_time_with_the_sequential_results(tiny_models):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1}, {"imgsz": 320}, {"min_score": 0})
+    gen = DifferenceAreaGenerator(tiny_models, params, EngineSettings())
+    images = [PAIR1, PAIR2, DATA / "images" / "cat.jpg", DATA / "images" / "img3.jpg"]
+    pairs = [PairInput(images[i % 4], images[(i + 1) % 4], objects1=("cat",), objects2=("dog",), key=f"p{i}") for i in range(6)]
+    sequential = [gen.process(p) for p in pairs]
+    active, most, guard = [0], [0], threading.Lock()
+    prepare = gen._prepare
+
+    def counted(pair):  # how many calls are inside the engine at once
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            threading.Event().wait(0.02)  # give another thread the chance to enter
+            return prepare(pair)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    gen._prepare = counted
+    with ThreadPoolExecutor(4) as pool:
+        single = list(pool.map(gen.process, pairs))
+        many = list(pool.map(lambda chunk: list(gen.process_many(chunk, pairs_per_batch=2)), [pairs[:3], pairs[3:]]))
+    assert single == sequential and [r for chunk in many for r in chunk] == sequential
+    assert most[0] == 1
+    gen.close()
