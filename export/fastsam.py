@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgdiff_onnx.errors import ExportError
+
 from .onnx_io import export_graph
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def _proto_input(model) -> str:
     producer = {out: node for node in model.graph.node for out in node.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv" and "/proto/cv1/" in n.name]
     if len(convs) != 1:
-        raise RuntimeError(f"expected one prototype-head conv ('/proto/cv1/') in the FastSAM graph, found {len(convs)}")
+        raise ExportError(f"expected one prototype-head conv ('/proto/cv1/') in the FastSAM graph, found {len(convs)}")
     tensor = convs[0].input[0]
     while tensor in producer and producer[tensor].op_type in ("DequantizeLinear", "QuantizeLinear"):
         tensor = producer[tensor].input[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imgdiff_onnx import samples
+from imgdiff_onnx.errors import ExportError
 from imgdiff_onnx.imageio import load_image_file
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ NATURAL_FILES = (
 )
 
 
-class CalibrationImagesError(RuntimeError):
+class CalibrationImagesError(ExportError):
     """The calibration/verification images cannot be read."""
 
 

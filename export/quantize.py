@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imgdiff_onnx.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 
@@ -159,7 +161,7 @@ def _fastsam_float_nodes(model_path: Path) -> list[str]:
             head_prefix = node.name.split("/dfl/")[0] + "/"
             break
     if head_prefix is None:
-        raise RuntimeError(f"{model_path.name}: no DFL node found; is this a YOLOv8-seg / FastSAM graph?")
+        raise ExportError(f"{model_path.name}: no DFL node found; is this a YOLOv8-seg / FastSAM graph?")
     keep_float = []
     for node in graph.node:
         if not node.name.startswith(head_prefix):

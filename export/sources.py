@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgdiff_onnx.errors import ExportError
 
-class SourceUnavailable(RuntimeError):
+
+class SourceUnavailable(ExportError):
     """A model source could not be found locally and could not be downloaded."""
 
 

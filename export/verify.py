@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from imgdiff_onnx import boxes as bx
+from imgdiff_onnx.errors import ExportError
 from imgdiff_onnx.models.batching import map_chunks, run_graph
 from imgdiff_onnx.models.blip import match_probability
 from imgdiff_onnx.models.clip import cosine
@@ -40,7 +41,7 @@ TOLERANCES = Tolerances()
 ITM_WORDS = ("plane", "boat", "traffic light", "dog", "sky")
 
 
-class ParityError(RuntimeError):
+class ParityError(ExportError):
     """An fp32 graph does not reproduce its PyTorch module."""
 
 

@@ -4,7 +4,7 @@ Public API: DifferenceAreaGenerator (the engine), its inputs and results, and th
 """
 
 from .captions import CaptionDataMissing, objects_from_captions
-from .errors import CaptionDataError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
+from .errors import CaptionDataError, ExportError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
 from .manifest import ManifestError
 from .pairs import BoxEvidence
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
@@ -20,6 +20,7 @@ __all__ = [
     "CaptionDataMissing",
     "DifferenceAreaGenerator",
     "EngineSettings",
+    "ExportError",
     "ImgDiffError",
     "ManifestError",
     "ModelFolderError",

@@ -83,7 +83,7 @@ def _shipped_recipe(path: Path) -> Path:
 
 
 def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
+    raise ValueError(f"{name} is not a JSON number")  # internal: json.loads reports it with the position; _load_params makes it a RunError
 
 
 def _operator_entry(path: Path, process: object) -> dict:
@@ -115,6 +115,7 @@ def _precision(args: argparse.Namespace, from_file: object):
 
 def _settings(args: argparse.Namespace, threads: int, precision: object = None):
     from .jsonl import RunError
+    from .errors import ParameterError
     from .precision import PrecisionError
     from .settings import EngineSettings
 
@@ -127,8 +128,9 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
                               segment_together=args.segment_together)
     except PrecisionError:
         raise
-    except ValueError as exc:
-        raise RunError(f"--{str(exc).split(' ')[0].replace('_', '-')}: {exc}") from None
+    except ParameterError as exc:  # names its setting: the flag is that name with dashes
+        flag = f"--{exc.name.replace('_', '-')}: " if exc.name else ""
+        raise RunError(f"{flag}{exc}") from None
 
 
 def _engine(models: Path, params, args: argparse.Namespace, precision: object = None):

@@ -10,6 +10,7 @@ lines do, and print its message as one line. The kinds:
 - `CaptionDataError`: the caption step's data (shipped, or NLTK's files) cannot be read.
 - `RunError`: a dataset run cannot start or continue (input, output, lock, resume).
 - `ModelRunError`: onnxruntime failed while running a graph; names the graph.
+- `ExportError`: the export step cannot build or verify a model folder.
 
 Standard library only, so every module can import it.
 """
@@ -30,7 +31,13 @@ class ModelFolderError(ImgDiffError, RuntimeError):
 
 
 class ParameterError(ImgDiffError, ValueError):
-    """An operator parameter or engine setting is invalid."""
+    """An operator parameter or engine setting is invalid; `name` is the setting's name (as in
+    the settings dataclass, e.g. "crop_batch_size") when one setting is at fault, so that a
+    command line can name its own flag without reading the message."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 class CaptionDataError(ImgDiffError, RuntimeError):
@@ -39,6 +46,11 @@ class CaptionDataError(ImgDiffError, RuntimeError):
 
 class RunError(ImgDiffError, RuntimeError):
     """A dataset run cannot start or continue (not a per-record problem)."""
+
+
+class ExportError(ImgDiffError, RuntimeError):
+    """The export step cannot build or verify a model folder (a missing source, graphs that do
+    not reproduce PyTorch, an unexpected graph layout)."""
 
 
 class ModelRunError(ImgDiffError, RuntimeError):

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from .errors import ModelFolderError
+from .errors import ModelFolderError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _write_stamp(path: Path, data: dict) -> None:
 def check_files(folder: Path, files: dict, names: list[str], check: ModelCheck = "once", manifest_name: str = "manifest.json") -> None:
     """Every named file exists with the size (and sha256) that `files` (the manifest's "files") records."""
     if check not in MODEL_CHECKS:
-        raise ValueError(f"model check must be one of {', '.join(MODEL_CHECKS)}, got {check!r}")
+        raise ParameterError(f"model check must be one of {', '.join(MODEL_CHECKS)}, got {check!r}")
     folder = Path(folder)
     stamp_file = stamp_path(folder) if check == "once" else None
     stamp = _read_stamp(stamp_file) if stamp_file is not None else {}

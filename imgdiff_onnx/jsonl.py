@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .captions import ensure_available
-from .errors import RunError
+from .errors import ParameterError, RunError
 from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
 from .manifest import Manifest
 from .params import OperatorParams
@@ -48,11 +48,11 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite exclude each other: continue the file, or start it again")
+            raise ParameterError("--resume and --overwrite exclude each other: continue the file, or start it again", "resume")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be 1 or more, got {self.limit}")
+            raise ParameterError(f"--limit must be 1 or more, got {self.limit}", "limit")
         if self.pairs_per_batch < 1:
-            raise ValueError(f"--pairs-per-batch must be 1 or more, got {self.pairs_per_batch}")
+            raise ParameterError(f"--pairs-per-batch must be 1 or more, got {self.pairs_per_batch}", "pairs_per_batch")
 
 
 def _cut_torn_tail(output: Path) -> None:

@@ -67,7 +67,7 @@ class _Resource:
             if archive.is_file():
                 self.folder, self.archive = None, archive
                 return
-        raise LookupError(name)
+        raise LookupError(name)  # internal: Lexicon turns it into CaptionDataMissing naming what is missing
 
     def read_text(self, member: str) -> str:
         try:
@@ -131,7 +131,7 @@ class Lexicon:
             with gzip.open(path, "rt", encoding="utf-8") as handle:
                 data = json.load(handle)
             if data.get("format") != PACKAGED_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {PACKAGED_FORMAT!r}")
+                raise ValueError(f"format {data.get('format')!r}, expected {PACKAGED_FORMAT!r}")  # internal: Lexicon.packaged turns it into CaptionDataMissing
             tagger = data["tagger"]
             lexicon = cls.__new__(cls)
             lexicon._set_tables(frozenset(data["noun_lemmas"]), data["noun_exceptions"], tagger["weights"], tagger["tagdict"], tagger["classes"])

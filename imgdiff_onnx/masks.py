@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from .errors import ParameterError
+
 # a tile computes prototype cells [r0, r1) x [c0, c1) and returns them as (C, r1 - r0, c1 - c0)
 TileFunction = Callable[[int, int, int, int], np.ndarray]
 
@@ -54,7 +56,7 @@ class Prototypes:
         """Prototypes computed `tile` x `tile` cells at a time, when first asked for; the whole
         map in one call instead once more than `budget` (a share) of the tiles would be computed."""
         if tile < 1:
-            raise ValueError(f"tile must be >= 1, got {tile}")
+            raise ParameterError(f"tile must be >= 1, got {tile}", "tile")
         return cls(shape, tile, compute, budget=budget)
 
     @property

@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
+from .errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, glibc <malloc.h>
@@ -56,7 +58,7 @@ def return_freed_memory(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD) -> bool:
     """Serve allocations of `mmap_threshold` bytes and more with mmap from now on, so that
     freeing them returns the memory at once. False when not on glibc (nothing changed)."""
     if mmap_threshold < 0:
-        raise ValueError(f"mmap_threshold must be >= 0, got {mmap_threshold}")
+        raise ParameterError(f"mmap_threshold must be >= 0, got {mmap_threshold}", "mmap_threshold")
     libc = _glibc()
     if libc is None:
         return False

@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .cpu import onnxruntime_uses_amx
+from .errors import ParameterError
 from .integrity import ModelCheck
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder
@@ -54,9 +55,9 @@ class SessionSettings:
 
     def __post_init__(self) -> None:
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+            raise ParameterError(f"threads must be >= 0, got {self.threads}", "threads")
         if self.graph_optimization not in _OPT_LEVELS:
-            raise ValueError(f"graph_optimization must be one of {sorted(_OPT_LEVELS)}, got {self.graph_optimization!r}")
+            raise ParameterError(f"graph_optimization must be one of {sorted(_OPT_LEVELS)}, got {self.graph_optimization!r}", "graph_optimization")
 
 
 _SHRINKING_ARENA_LOCK = threading.Lock()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RecordErrorBase
+from .errors import ParameterError, RecordErrorBase
 
 ImageSource = str | Path | np.ndarray
 EMPTY_BOXES = np.zeros((0, 4), dtype=np.float32)
@@ -154,7 +154,7 @@ class PairResult:
         def rgb(image: np.ndarray | str | Path | None, which: int) -> np.ndarray:
             if image is None:
                 if self.image_paths is None:
-                    raise ValueError(f"image{which}: the pair was given as arrays; pass image1 and image2 to plot()")
+                    raise ParameterError(f"image{which}: the pair was given as arrays; pass image1 and image2 to plot()", f"image{which}")
                 image = self.image_paths[which - 1]
             return from_array(image, f"image {which}").rgb if isinstance(image, np.ndarray) else load_image_file(image).rgb
 

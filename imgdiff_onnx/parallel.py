@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .errors import ParameterError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -21,7 +23,7 @@ class Workers:
 
     def __init__(self, count: int):
         if count < 1:
-            raise ValueError(f"workers must be >= 1, got {count}")
+            raise ParameterError(f"workers must be >= 1, got {count}", "workers")
         self.count = count
         self._pool: ThreadPoolExecutor | None = None
         self._create = threading.Lock()  # one pool even when two threads map at once

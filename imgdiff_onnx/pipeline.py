@@ -35,7 +35,7 @@ import numpy as np
 from . import boxes as bx
 from . import memory
 from .captions import CaptionDifference
-from .errors import ModelRunError
+from .errors import ModelRunError, ParameterError
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
 from .modelset import Components, ModelSet, SessionSettings
 from .models.clip import cosine
@@ -139,7 +139,7 @@ class DifferenceAreaGenerator:
         A bad record yields a PairFailure and the run goes on.
         """
         if pairs_per_batch < 1:
-            raise ValueError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
+            raise ParameterError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}", "pairs_per_batch")
         batch: list[PairInput] = []
         for pair in pairs:
             batch.append(pair)

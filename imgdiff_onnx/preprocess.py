@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .errors import ModelFolderError
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -58,7 +60,7 @@ class ImageNormalization:
         if self.crop_height is not None and self.crop_width is not None:
             return self.crop_height, self.crop_width
         if self.resize_height is None or self.resize_width is None:
-            raise ValueError("shortest-edge resize without centre crop has no fixed output size")
+            raise ModelFolderError("the manifest's preprocessing has a shortest-edge resize without a centre crop: no fixed input size")
         return self.resize_height, self.resize_width
 
 
@@ -76,10 +78,10 @@ def normalize_image(rgb: np.ndarray, norm: ImageNormalization, out: np.ndarray |
     """One uint8 RGB (H, W, 3) image to float32 (3, h, w) model input, written into `out` when
     given (e.g. one image of a batch: no copy)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {rgb.dtype} {rgb.shape}")  # internal: images come from imageio, which checks them
     height, width = rgb.shape[:2]
     if height == 0 or width == 0:
-        raise ValueError(f"empty image {rgb.shape}")
+        raise ValueError(f"empty image {rgb.shape}")  # internal: imageio refuses empty images
     new_h, new_w = _resize_size(height, width, norm)
     image = rgb
     if (new_h, new_w) != (height, width):
@@ -90,7 +92,7 @@ def normalize_image(rgb: np.ndarray, norm: ImageNormalization, out: np.ndarray |
     if out is None:
         out = np.empty((3, *image.shape[:2]), dtype=np.float32)
     elif out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 {(3, *image.shape[:2])}, got {out.dtype} {out.shape}")
+        raise ValueError(f"out must be float32 {(3, *image.shape[:2])}, got {out.dtype} {out.shape}")  # internal: the caller allocates `out`
     for c in range(3):  # a lookup per channel: the same bits as the arithmetic, in one pass
         np.take(tables[c], image[:, :, c], out=out[c])
     return out
@@ -160,7 +162,7 @@ _CV2_INTERP = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "area":
 def letterbox(bgr: np.ndarray, imgsz: int, settings: LetterboxSettings) -> Letterboxed:
     """Ultralytics LetterBox(imgsz, auto=True, stride) for one image, then BGR->RGB, /255, NCHW."""
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 BGR image (H, W, 3), got {bgr.dtype} {bgr.shape}")
+        raise ValueError(f"expected a uint8 BGR image (H, W, 3), got {bgr.dtype} {bgr.shape}")  # internal: images come from imageio, which checks them
     height, width = bgr.shape[:2]
     r = min(imgsz / height, imgsz / width)
     new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)

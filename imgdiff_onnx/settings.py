@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import ParameterError
 from .integrity import MODEL_CHECKS, ModelCheck
 from .precision import Precision, PrecisionLike
 
@@ -99,15 +100,15 @@ class EngineSettings:
         for name in ("threads", "workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0 (0 = automatic), got {value!r}")
+                raise ParameterError(f"{name} must be an integer >= 0 (0 = automatic), got {value!r}", name)
         for name in ("crop_batch_size", "windows_per_step"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
         if self.memory_release not in MEMORY_RELEASE:
-            raise ValueError(f"memory_release must be one of {', '.join(MEMORY_RELEASE)}, got {self.memory_release!r}")
+            raise ParameterError(f"memory_release must be one of {', '.join(MEMORY_RELEASE)}, got {self.memory_release!r}")
         if self.model_check not in MODEL_CHECKS:
-            raise ValueError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
+            raise ParameterError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
 
     def parallelism(self, cores: int | None = None) -> tuple[int, int]:
         """(workers, threads per session) after the automatic choices described above."""

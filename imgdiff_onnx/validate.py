@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as bx
+from .errors import ModelFolderError, ParameterError, RunError
 from .jsonl import input_batches
 from .manifest import read as read_manifest
 from .modelset import ModelSet, SessionPool, resolve_precision
@@ -56,9 +57,9 @@ class ValidateOptions:
     def __post_init__(self) -> None:
         for name in ("min_box_f1", "min_candidate_f1", "min_saving"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ParameterError(f"{name} must be in [0, 1], got {getattr(self, name)}", name)
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+            raise ParameterError(f"limit must be >= 1, got {self.limit}", "limit")
 
 
 @dataclass
@@ -235,10 +236,10 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
     """Run the configurations on the input's pairs; the summary that `write_outputs` renders."""
     manifest = read_manifest(Path(models))
     if "int8" not in manifest.precisions or "fp32" not in manifest.precisions:
-        raise ValueError(f"{models}: validate compares fp32 with int8 graphs; the folder has {list(manifest.precisions)}")
+        raise ModelFolderError(f"{models}: validate compares fp32 with int8 graphs; the folder has {list(manifest.precisions)}")
     pairs, bad_lines = read_pairs(input_path, options.limit)
     if not pairs:
-        raise ValueError(f"{input_path}: no readable pairs to validate" + (f" ({bad_lines[0]})" if bad_lines else ""))
+        raise RunError(f"{input_path}: no readable pairs to validate" + (f" ({bad_lines[0]})" if bad_lines else ""))
     pool = SessionPool()
     planned = ["fp32"] + [f"{m} int8" for m in MODELS]
     bar = ProgressBar(len(pairs) * len(planned), options.progress, unit="pair-run")

@@ -51,6 +51,50 @@ def test_every_package_error_shares_one_base():
     assert issubclass(ModelRunError, ImgDiffError)
 
 
+def _plain_raises(root: Path) -> list[str]:
+    """Every `raise` of a built-in exception class in the runtime and the export code whose line
+    does not say why it is not a user error (`# internal: ...`)."""
+    import ast
+    import builtins
+
+    builtin_errors = {name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+    builtin_errors -= {"SystemExit", "KeyboardInterrupt", "StopIteration", "GeneratorExit", "NotImplementedError"}
+    found = []
+    for path in sorted([*(root / "imgdiff_onnx").rglob("*.py"), *(root / "export").rglob("*.py")]):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(target, ast.Name) and target.id in builtin_errors:
+                statement = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+                if "# internal:" not in statement:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return found
+
+
+def test_every_deliberate_error_derives_from_the_package_base():
+    """README's rule, enforced: what the runtime and the export raise on purpose is an ImgDiffError
+    (a subclass carries structured fields, e.g. ParameterError.name); a built-in exception is raised
+    only for the engine's own invariants, each marked `# internal:` with its reason."""
+    from .conftest import ROOT
+
+    assert _plain_raises(ROOT) == []
+    from imgdiff_onnx.errors import ExportError
+    from imgdiff_onnx_export.images import CalibrationImagesError
+    from imgdiff_onnx_export.sources import SourceUnavailable
+    from imgdiff_onnx_export.verify import ParityError
+
+    assert all(issubclass(cls, ExportError) and issubclass(cls, ImgDiffError) for cls in (CalibrationImagesError, SourceUnavailable, ParityError))
+
+
+def test_the_raise_scan_finds_a_plain_raise(tmp_path):
+    (tmp_path / "imgdiff_onnx").mkdir()
+    (tmp_path / "export").mkdir()
+    (tmp_path / "imgdiff_onnx" / "m.py").write_text("def f(x):\n    if x:\n        raise ValueError('bad')\n    raise KeyError(x)  # internal: a test\n")
+    assert _plain_raises(tmp_path) == ["imgdiff_onnx/m.py:3: raise ValueError('bad')"]
+
+
 # ---- signals ------------------------------------------------------------------------------
 
 

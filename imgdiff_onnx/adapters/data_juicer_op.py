@@ -35,7 +35,7 @@ import numpy as np
 from data_juicer.ops.base_op import OPERATORS, TAGGING_OPS, Mapper
 from data_juicer.utils.constant import Fields, MetaKeys
 
-from imgdiff_onnx.errors import ModelFolderError
+from imgdiff_onnx.errors import ModelFolderError, ParameterError
 from imgdiff_onnx.manifest import read as read_manifest
 from imgdiff_onnx.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
@@ -103,7 +103,7 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
             default: the working directory of the process that builds the operator.
         """
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"{OP_NAME}: threads must be an integer >= 1, got {threads!r}")
+            raise ParameterError(f"{OP_NAME}: threads must be an integer >= 1, got {threads!r}", "threads")
         if kwargs.get("num_cpus") is None and kwargs.get("cpu_required") is None:
             kwargs["num_cpus"] = threads
         if kwargs.get("batch_size") is None:
@@ -115,7 +115,7 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         # fail on the driver, before any data moves, for a bad parameter or model folder
         self.params = OperatorParams.from_dicts(image_pair_similarity_filter_args, image_segment_mapper_args, image_text_matching_filter_args)
         if not model_dir:
-            raise ValueError(f"{OP_NAME}: model_dir is required (a folder written by `python -m imgdiff_onnx.export`)")
+            raise ParameterError(f"{OP_NAME}: model_dir is required (a folder written by `python -m imgdiff_onnx.export`)")
         self.model_dir = str(Path(model_dir).expanduser().resolve())
         # a missing or broken manifest, a bad precision, or one the folder was not exported
         # with, fails here

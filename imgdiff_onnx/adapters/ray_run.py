@@ -25,6 +25,7 @@ from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from imgdiff_onnx.errors import ParameterError
 from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
 from imgdiff_onnx.modelset import ModelSet
 from imgdiff_onnx.params import OperatorParams
@@ -48,7 +49,7 @@ class RayOptions:
     def __post_init__(self) -> None:
         for name in ("actors", "threads", "calls_in_flight_per_actor"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ray {name} must be >= 1, got {getattr(self, name)}")
+                raise ParameterError(f"ray {name} must be >= 1, got {getattr(self, name)}", name)
 
 
 class EngineWorker:

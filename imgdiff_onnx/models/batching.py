@@ -92,7 +92,7 @@ def map_chunks(
     the chunks' outputs and the result are never all held at once (for BLIP image embeddings,
     1.8 MB per crop, concatenating a list of them needed twice the result's size)."""
     if len(items) == 0:
-        raise ValueError("map_chunks needs at least one item")
+        raise ValueError("map_chunks needs at least one item")  # internal: callers skip empty steps
     step = chunk_size(len(items), batch_size, batch_invariant, workers.count if workers is not None else 1)
     starts = list(range(0, len(items), step))
     result: np.ndarray | None = None
@@ -106,7 +106,7 @@ def map_chunks(
             if result is None:
                 result = np.empty((len(items), *out.shape[1:]), dtype=out.dtype)
             if out.shape[0] != rows or out.shape[1:] != result.shape[1:] or out.dtype != result.dtype:
-                raise ValueError(f"a chunk of {rows} gave output {out.dtype}{tuple(out.shape)}, others {result.dtype}(n, {', '.join(map(str, result.shape[1:]))})")
+                raise ValueError(f"a chunk of {rows} gave output {out.dtype}{tuple(out.shape)}, others {result.dtype}(n, {', '.join(map(str, result.shape[1:]))})")  # internal: a graph broke its contract
         result[start : start + rows] = out
 
     if workers is not None:

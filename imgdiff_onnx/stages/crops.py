@@ -35,7 +35,7 @@ def jpeg_roundtrip(rgb: np.ndarray) -> np.ndarray:
     """D2 compatibility: OpenCV JPEG (quality 95) then PIL decode to RGB, as Data-Juicer's cache."""
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
-        raise ValueError("JPEG encoding failed")
+        raise ValueError("JPEG encoding failed")  # internal: OpenCV failed on a uint8 crop (a record error upstream)
     with Image.open(io.BytesIO(data.tobytes())) as image:
         return np.asarray(image.convert("RGB"))
 

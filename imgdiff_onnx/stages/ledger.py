@@ -28,7 +28,7 @@ class CandidateLedger:
 
     def __post_init__(self) -> None:
         if len(self.windows) != len(self.valid):
-            raise ValueError(f"{len(self.windows)} windows but {len(self.valid)} validity flags")
+            raise ValueError(f"{len(self.windows)} windows but {len(self.valid)} validity flags")  # internal: the engine builds both lists
         self.passed = np.asarray(self.valid, dtype=bool).copy()
 
     def pending(self) -> list[Window]:
