@@ -176,9 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
+    from .errors import ParameterError
     from .jsonl import RunError
-    from .validate import ValidateOptions, validate as run_validate
     from .outfolder import claim, named
+    from .validate import ValidateOptions, validate as run_validate
     from .validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
 
     if not args.input.is_file():
@@ -195,7 +196,7 @@ def validate(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         summary = run_validate(args.models, _load_params(args.params)[0], args.input, options)
-    except ValueError as exc:  # bad option, no readable pair, folder without both precisions
+    except ParameterError as exc:  # a bad option (no readable pair: RunError; a folder without both precisions: ModelFolderError)
         raise RunError(f"validate: {exc}") from None
     paths = write_outputs(summary, args.out)
     print(paths["markdown"].read_text(encoding="utf-8"))

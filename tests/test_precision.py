@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, ManifestError, OperatorParams, PairInput
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, ManifestError, OperatorParams, PairInput, RunError
 from imgdiff_onnx.modelset import ModelSet, resolve_precision
 from imgdiff_onnx.precision import DEFAULT, Precision, PrecisionError
 from imgdiff_onnx.validate import ValidateOptions, compare, run_config, validate
@@ -190,7 +190,7 @@ def test_validate_command_reports_every_stage_and_writes_its_recommendation(vali
 
 def test_validate_refuses_an_input_without_pairs(tiny_models, tmp_path):
     (tmp_path / "empty.jsonl").write_text("{broken\n")
-    with pytest.raises(ValueError, match="no readable pairs"):
+    with pytest.raises(RunError, match="no readable pairs"):
         validate(tiny_models, OPEN, tmp_path / "empty.jsonl", ValidateOptions())
 
 
