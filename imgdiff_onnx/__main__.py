@@ -83,7 +83,9 @@ def _shipped_recipe(path: Path) -> Path:
 
 
 def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")  # internal: json.loads reports it with the position; _load_params makes it a RunError
+    from .errors import ParameterError
+
+    raise ParameterError(f"{name} is not a JSON number")
 
 
 def _operator_entry(path: Path, process: object) -> dict:
@@ -133,15 +135,14 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
         raise RunError(f"{flag}{exc}") from None
 
 
-def _engine(models: Path, params, args: argparse.Namespace, precision: object = None):
+def _engine(models: Path, params, args: argparse.Namespace):
     from .pipeline import DifferenceAreaGenerator
 
-    return DifferenceAreaGenerator(models, params, _settings(args, args.threads, precision))
+    return DifferenceAreaGenerator(models, params, _settings(args, args.threads))
 
 
 def run(args: argparse.Namespace) -> int:
     from .jsonl import RunError, RunOptions, check_start, run as run_jsonl
-    from .precision import Precision
 
     try:
         options = RunOptions(
@@ -155,22 +156,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise RunError(str(exc)) from None
     params, file_precision = _load_params(args.params)
-    precision = _precision(args, file_precision)
-    if precision is not None:
-        Precision.parse(precision)  # a typo in it is one line now, not after the input is scanned
+    threads = (args.threads or 1) if args.ray is not None else args.threads  # Ray: per actor; 0 ("all cores") would oversubscribe
+    settings = _settings(args, threads, _precision(args, file_precision))  # a precision typo is one line here
     # the cheap checks (input, output, caption data) before any model loads
     check_start(args.input, args.output, options)
     if args.ray is not None:
         from .adapters.ray_run import RayOptions, run_ray
 
-        threads = args.threads or 1  # per actor; 0 ("all cores") would oversubscribe
         try:
             ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
         except ValueError as exc:
             raise RunError(str(exc)) from None
-        stats = run_ray(args.models, params, _settings(args, threads, precision), args.input, args.output, options, ray_options)
+        stats = run_ray(args.models, params, settings, args.input, args.output, options, ray_options)
     else:
-        stats = run_jsonl(_engine(args.models, params, args, precision), args.input, args.output, options)
+        from .pipeline import DifferenceAreaGenerator
+
+        stats = run_jsonl(DifferenceAreaGenerator(args.models, params, settings), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
     return 0
 

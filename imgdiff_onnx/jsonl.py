@@ -135,10 +135,10 @@ def is_results_file(path: Path) -> bool:
     with open(path, "rb") as handle:
         first = handle.readline(MAX_LINE_BYTES)
     try:
-        fields = json.loads(first)[RESULT_KEY]
-        return fields["line"] == 1 and isinstance(fields["input_digest"], str)
+        number, digest = _result_position(first)
     except (ValueError, KeyError, TypeError):
         return False
+    return number == 1 and isinstance(digest, str)
 
 
 class ResultWriter:
@@ -242,32 +242,6 @@ class ResultWriter:
         self.close(finished=exc_type is None)
 
 
-_scanned: dict[tuple, bool] = {}  # needs_captions answers, by file version and limit
-
-
-def needs_captions(input_path: Path, limit: int | None) -> bool:
-    """Does any record of the input (up to `limit`) rely on the caption step (no objects1/objects2)?
-    A line that holds the text "objects1" is taken to give the object words without being parsed
-    (if it does not, that record meets the caption check when it is processed). The answer is
-    kept for the same file version, so the second start-up check of a run does not scan again."""
-    st = input_path.stat()
-    key = (str(input_path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, limit)
-    if key not in _scanned:
-        _scanned[key] = _scan_for_captions(input_path, limit)
-    return _scanned[key]
-
-
-def _scan_for_captions(input_path: Path, limit: int | None) -> bool:
-    base = input_path.resolve().parent
-    for raw in read_lines(input_path, 0, limit):
-        if raw.data is None or b'"objects1"' in raw.data:
-            continue
-        line = parse_line(raw, base)
-        if line.pair is not None and line.pair.objects1 is None:
-            return True
-    return False
-
-
 def check_output(input_path: Path, output_path: Path, options: RunOptions) -> None:
     """The output may be written as the options say: it is not the input (by any name), and an
     existing file is continued only with --resume and replaced only with --overwrite when it is a
@@ -303,8 +277,8 @@ def _check_writable_folder(output_path: Path) -> None:
 
 def check_start(input_path: Path, output_path: Path, options: RunOptions) -> None:
     """What must hold before models load or any output is touched: the input is a readable file,
-    the output may be written as the options say, and the caption data is there when some record
-    needs it (not discovered at the first such record)."""
+    the output may be written as the options say, and the caption data can be read (not discovered
+    at the first record that needs it)."""
     if input_path.is_dir():
         raise RunError(f"--input {input_path} is a folder; give the JSONL file of records")
     if not input_path.is_file():
@@ -312,8 +286,7 @@ def check_start(input_path: Path, output_path: Path, options: RunOptions) -> Non
     if not os.access(input_path, os.R_OK):
         raise RunError(f"--input {input_path}: not readable (permission denied)")
     check_output(input_path, output_path, options)
-    if needs_captions(input_path, options.limit):
-        ensure_available()
+    ensure_available()  # the caption tables ship with the package: this finds a damaged install, in 0.1 s
 
 
 def run_identity(input_path: Path, manifest: Manifest, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions) -> RunIdentity:

@@ -42,6 +42,7 @@ from .models.clip import cosine
 from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .parallel import Workers
 from .params import OperatorParams
+from .runfile import same_file
 from .settings import EngineSettings
 from .stages.crops import Crops, Window, crop_window, nonempty
 from .stages.ledger import CandidateLedger
@@ -144,14 +145,10 @@ class DifferenceAreaGenerator:
         for pair in pairs:
             batch.append(pair)
             if len(batch) == pairs_per_batch:
-                with self._calls:
-                    done = self._process_batch(batch)
-                yield from done  # not holding the lock while the caller consumes
+                yield from self._process_batch(batch)
                 batch = []
         if batch:
-            with self._calls:
-                done = self._process_batch(batch)
-            yield from done
+            yield from self._process_batch(batch)
 
     def close(self) -> None:
         """Stop the worker threads (they are also stopped at exit)."""
@@ -173,10 +170,13 @@ class DifferenceAreaGenerator:
             return PairFailure(key=pair.key, error=str(exc))
 
     def _process_batch(self, pairs: list[PairInput]) -> list[PairResult | PairFailure]:
-        prepared = [self._prepare_or_fail(pair) for pair in pairs]
-        ready = [p for p in prepared if isinstance(p, _Pair)]
-        failed = self._score_isolating(ready)
-        return [p if isinstance(p, PairFailure) else failed.get(id(p)) or self._finish(p) for p in prepared]
+        """One batch, holding the calls lock (a list: the lock is not held while the caller of
+        process_many consumes the results)."""
+        with self._calls:
+            prepared = [self._prepare_or_fail(pair) for pair in pairs]
+            ready = [p for p in prepared if isinstance(p, _Pair)]
+            failed = self._score_isolating(ready)
+            return [p if isinstance(p, PairFailure) else failed.get(id(p)) or self._finish(p) for p in prepared]
 
     def _score_isolating(self, ready: list[_Pair]) -> dict[int, PairFailure]:
         """Score the batch's crops together; if onnxruntime fails, score each pair alone, so that
@@ -210,7 +210,7 @@ class DifferenceAreaGenerator:
     def _prepare(self, pair: PairInput) -> _Pair:
         times: dict[str, float] = {}
         t = time.perf_counter()
-        if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)) and _same_file(pair.image1, pair.image2):
+        if isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path)) and same_file(pair.image1, pair.image2):
             raise PairError(pair.key, f"image_path1 and image_path2 are the same file ({pair.image1})")
         objects1, objects2, diff = pair_objects(pair)
         times["captions"] = time.perf_counter() - t
@@ -340,15 +340,6 @@ class DifferenceAreaGenerator:
         result.times["overlap"] = time.perf_counter() - t
         result.diagnostics = ledger.diagnostics
         return result
-
-
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    """Do two paths name one file? (A path that cannot be resolved, e.g. a symlink loop, is left
-    for the image loader to report.)"""
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
 
 
 def _no_objects_reason(diff: CaptionDifference | None, side: int) -> str:

@@ -38,11 +38,9 @@ def sidecar(output: Path, suffix: str) -> Path:
 def same_file(a: Path, b: Path) -> bool:
     """Do two paths name one file: the same path after resolving links, or the same device and
     inode (a hard link)? A path that does not exist is no other file."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
     try:
-        return os.path.samefile(a, b)
-    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
+    except (OSError, ValueError):  # a path that does not exist, or holds a NUL
         return False
 
 
@@ -104,11 +102,6 @@ class OutputLock:
         except OSError:
             pid = ""
         return f"pid {pid}" if pid else "pid unknown: it may name the file by another path"
-
-    @property
-    def created(self) -> bool:
-        """This lock created the results file."""
-        return self._created
 
     def release(self, keep: bool = False) -> None:
         """Unlock; a file this lock created is removed if it is still empty, unless `keep` (a run

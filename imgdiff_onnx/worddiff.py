@@ -73,19 +73,17 @@ def _close_candidates(a_words: list[str], b_words: list[str]) -> list[tuple[int,
         return np.stack([(counts > k).astype(np.float32) for k in range(max(1, levels))])
 
     ha, hb = at_least(a_words), at_least(b_words)
-    la = np.array([len(w) for w in a_words], dtype=np.float32)
-    lb = np.array([len(w) for w in b_words], dtype=np.float32)
+    la = np.array([len(w) for w in a_words], dtype=np.float64)
+    lb = np.array([len(w) for w in b_words], dtype=np.float64)
     out: list[tuple[int, int]] = []
     step = max(1, BLOCK_CELLS // max(1, len(b_words)))
     for s in range(0, len(a_words), step):
         common = sum(ha[k, s : s + step] @ hb[k].T for k in range(ha.shape[0]))
         length = la[s : s + step, None] + lb[None, :]
-        # quick_ratio > BEST_RATIO, as difflib computes it (in float64, length 0 counts as 1.0)
-        close = (2.0 * common.astype(np.float64) > BEST_RATIO * length) | (length == 0)
-        rows, cols = np.nonzero(close)
-        keep = 2.0 * common[rows, cols].astype(np.float64) / np.maximum(length[rows, cols], 1) > BEST_RATIO
-        keep |= length[rows, cols] == 0
-        out.extend(zip((rows[keep] + s).tolist(), cols[keep].tolist()))
+        # quick_ratio > BEST_RATIO, computed as difflib does (float64; two empty words count 1.0)
+        ratio = np.where(length > 0, 2.0 * common.astype(np.float64) / np.maximum(length, 1), 1.0)
+        rows, cols = np.nonzero(ratio > BEST_RATIO)
+        out.extend(zip((rows + s).tolist(), cols.tolist()))
         if len(out) > MAX_CLOSE_PAIRS:
             raise _too_complex(f"has more than {MAX_CLOSE_PAIRS:,} pairs of similar words to compare")
     return out
