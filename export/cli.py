@@ -23,7 +23,7 @@ from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.preprocess import letterbox, normalize_batch
 
-from . import blip, clip, conv_kernels, fastsam, quantize, random_init, verify
+from . import band, blip, clip, conv_kernels, fastsam, quantize, random_init, verify
 from .onnx_io import describe, store_weights_beside
 from .images import CalibrationImagesError, calibration_set
 from .sources import ResolvedSource, SourceUnavailable, resolve_hf, resolve_ultralytics
@@ -344,6 +344,8 @@ def run(args: argparse.Namespace) -> Path:
         verification=verification,
     )
     mf.write(out, manifest)
+    if "int8" in precisions:  # measured by the runtime on the folder as written
+        mf.write(out, manifest.with_guard_band(band.measure(out, image_set.images, image_set.describe())))
     log.info("model folder %s written in %.1f s", out, time.perf_counter() - started)
     return out
 

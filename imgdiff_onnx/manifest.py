@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import integrity
+from .band import GuardBand
 from .errors import ModelFolderError
 from .integrity import ModelCheck
 from .preprocess import ImageNormalization, LetterboxSettings
@@ -160,6 +161,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)  # packages of the export
     verification: dict = field(default_factory=dict)  # figures of export/verify.py
     recommended_precision: dict | None = None  # written by `validate --write`
+    guard_band: GuardBand | None = None  # int8 score margins (imgdiff_onnx.band): export, widened by `validate --write`
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST_NAME) -> "Manifest":
@@ -198,6 +200,7 @@ class Manifest:
             versions=dict(data.get("versions") or {}),
             verification=dict(data.get("verification") or {}),
             recommended_precision=data.get("recommended_precision"),
+            guard_band=GuardBand.from_json(data["guard_band"], f"{where}.guard_band") if data.get("guard_band") is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -217,6 +220,8 @@ class Manifest:
         }
         if self.recommended_precision is not None:
             out["recommended_precision"] = self.recommended_precision
+        if self.guard_band is not None:
+            out["guard_band"] = self.guard_band.to_json()
         return out
 
     def files_json(self) -> dict[str, dict[str, Any]]:
@@ -231,6 +236,9 @@ class Manifest:
 
     def with_recommendation(self, recommendation: dict) -> "Manifest":
         return dataclasses.replace(self, recommended_precision=recommendation)
+
+    def with_guard_band(self, band: GuardBand) -> "Manifest":
+        return dataclasses.replace(self, guard_band=band)
 
 
 def read(folder: Path) -> Manifest:

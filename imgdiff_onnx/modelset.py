@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .models.clip import ClipImageEncoder
 from .models.fastsam import FastSamSegmenter
 from .parallel import Workers
 from .precision import DEFAULT as DEFAULT_PRECISION
-from .precision import Precision, PrecisionError, PrecisionLike
+from .precision import BANDED, MODEL_GRAPHS, Precision, PrecisionError, PrecisionLike
 from .preprocess import ImageNormalization, LetterboxSettings
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,51 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+class Fp32Referee:
+    """The fp32 CLIP and BLIP of the banded models (imgdiff_onnx.band), each built the first time
+    a score falls in the guard band, then kept: a run whose scores never come near a threshold
+    never loads them."""
+
+    def __init__(self, clip: Callable[[], ClipImageEncoder] | None, blip: Callable[[], BlipMatcher] | None):
+        self._build = {"clip": clip, "blip": blip}
+        self._built: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def has(self, model: str) -> bool:
+        return self._build.get(model) is not None
+
+    def _get(self, model: str) -> object:
+        with self._lock:
+            if model not in self._built:
+                build = self._build[model]
+                if build is None:
+                    raise KeyError(model)  # internal: the engine asks only for the banded models
+                log.info("loading the fp32 %s graphs for the guard band", model.upper())
+                self._built[model] = build()
+            return self._built[model]
+
+    @property
+    def clip(self) -> ClipImageEncoder:
+        return self._get("clip")  # type: ignore[return-value]
+
+    @property
+    def blip(self) -> BlipMatcher:
+        return self._get("blip")  # type: ignore[return-value]
+
+    def loaded(self) -> list[str]:
+        return sorted(self._built)
+
+
 @dataclass(frozen=True)
 class Components:
     """The three model components the engine runs; built by ModelSet.components, or given to
-    DifferenceAreaGenerator directly (tests, the PyTorch reference engine)."""
+    DifferenceAreaGenerator directly (tests, the PyTorch reference engine). `fp32`: the fp32
+    models of the banded ones, None when nothing is banded."""
 
     clip: ClipImageEncoder
     blip: BlipMatcher
     segmenter: FastSamSegmenter
+    fp32: Fp32Referee | None = None
 
 
 @dataclass(frozen=True)
@@ -150,8 +188,17 @@ def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, fo
         origin = f"the model folder's recommendation ({rec.get('by', 'unknown')})"
     elif "int8" not in exported:
         precision, origin = Precision.uniform("fp32"), "fp32 (the folder has no int8 graphs)"
+    elif manifest.guard_band is None:
+        precision = Precision(**{m: "int8" if v == BANDED else v for m, v in DEFAULT_PRECISION.to_dict().items()})
+        origin = ("built-in default without its guard band: the folder has no measured margins, so int8 scores decide alone "
+                  "(run `python -m imgdiff_onnx validate --write` on your pairs, or re-export, to measure them)")  # fmt: skip
     else:
         precision, origin = DEFAULT_PRECISION, "built-in default"
+    if precision.banded() and manifest.guard_band is None:
+        raise mf.ManifestError(
+            f"{folder}: precision {precision} runs {'/'.join(precision.banded())} banded, but {mf.MANIFEST_NAME} has no guard_band "
+            "margins; measure them with `python -m imgdiff_onnx validate --write` on your pairs (or re-export), or choose int8/fp32"
+        )
     missing = sorted(precision.needs() - exported)
     if missing:
         raise mf.ManifestError(
@@ -183,7 +230,8 @@ class ModelSet:
         self.precision, self.precision_origin = resolve_precision(precision, self.manifest, self.folder)
         entries = {g: self.manifest.graph(g, self.precision.for_graph(g)) for g in self.manifest.graphs}  # required + optional present
         self.amx = onnxruntime_uses_amx() if amx is None else amx
-        files = [f for e in entries.values() for f in e.files_for(self.amx)]
+        self.fp32_graphs = {g: self.manifest.graph(g, "fp32") for m in self.precision.banded() for g in MODEL_GRAPHS[m]}  # loaded in the band
+        files = [f for e in list(entries.values()) + list(self.fp32_graphs.values()) for f in e.files_for(self.amx)]
         mf.check_files(self.folder, self.manifest, files + [self.manifest.tokenizer_file], model_check)
         self.graphs = {
             g: GraphInfo(self.folder / e.file_for(self.amx), self.precision.for_graph(g), e.batch_invariant, self.amx and e.amx_variant is not None)
@@ -202,8 +250,7 @@ class ModelSet:
         return self.manifest.random_init
 
     def session(self, graph: str, settings: SessionSettings) -> ort.InferenceSession:
-        path = self.graphs[graph].path
-        return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
+        return self._session_at(self.graphs[graph].path, settings)
 
     def components(
         self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None, segment_settings: SessionSettings | None = None
@@ -216,16 +263,34 @@ class ModelSet:
         # the largest graph first: its load-time copies then come on top of nothing else
         proto = self.session("fastsam_proto", replace(fastsam, shrinking_arena=False)) if "fastsam_proto" in g else None
         segmenter = FastSamSegmenter(self.session("fastsam", fastsam), self.letterbox, proto, run_options(fastsam))
-        clip = ClipImageEncoder(self.session("clip_vision", settings), self.clip_norm, g["clip_vision"].batch_invariant, crop_batch_size, workers)
-        blip = BlipMatcher(
-            self.session("blip_vision", settings),
-            self.session("blip_itm", settings),
+        clip = self._clip(self.graphs["clip_vision"].path, g["clip_vision"].batch_invariant, settings, crop_batch_size, workers)
+        blip = self._blip({k: (g[k].path, g[k].batch_invariant) for k in ("blip_vision", "blip_itm")}, settings, crop_batch_size, workers)
+        banded = self.precision.banded()
+        if not banded:
+            return Components(clip, blip, segmenter)
+        fp32 = {k: (self.folder / e.file, e.batch_invariant) for k, e in self.fp32_graphs.items()}
+        referee = Fp32Referee(
+            (lambda: self._clip(*fp32["clip_vision"], settings, crop_batch_size, workers)) if "clip" in banded else None,
+            (lambda: self._blip(fp32, settings, crop_batch_size, workers)) if "blip" in banded else None,
+        )
+        return Components(clip, blip, segmenter, referee)
+
+    def _session_at(self, path: Path, settings: SessionSettings) -> ort.InferenceSession:
+        return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
+
+    def _clip(self, path: Path, invariant: bool, settings: SessionSettings, crop_batch_size: int, workers: Workers | None) -> ClipImageEncoder:
+        return ClipImageEncoder(self._session_at(path, settings), self.clip_norm, invariant, crop_batch_size, workers)
+
+    def _blip(self, graphs: dict[str, tuple[Path, bool]], settings: SessionSettings, crop_batch_size: int, workers: Workers | None) -> BlipMatcher:
+        (vision, vision_invariant), (itm, itm_invariant) = graphs["blip_vision"], graphs["blip_itm"]
+        return BlipMatcher(
+            self._session_at(vision, settings),
+            self._session_at(itm, settings),
             self.tokenizer_path,
             self.blip_norm,
-            g["blip_vision"].batch_invariant,
-            g["blip_itm"].batch_invariant,
+            vision_invariant,
+            itm_invariant,
             self.tokenizer_max_length,
             crop_batch_size,
             workers,
         )
-        return Components(clip, blip, segmenter)

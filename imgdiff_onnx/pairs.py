@@ -99,6 +99,10 @@ class PairResult:
     # (rows r0, r1, columns c0, c1): "crop_pair" {window: cosine}, "itm_image1"/"itm_image2"
     # {(window, word): probability}. Empty otherwise.
     diagnostics: dict[str, dict] = field(default_factory=dict)
+    # for banded models (imgdiff_onnx.band): per score, how many were computed and how many of
+    # them fell in the guard band and were scored again in fp32: {score: {"scored", "rescored"}}.
+    # How the pair ran, like `times`: not compared by ==.
+    band: dict[str, dict[str, int]] | None = None
 
     def __repr__(self) -> str:
         stopped = f", exit_reason={self.exit_reason!r}" if self.exit_reason else ""
@@ -138,6 +142,8 @@ class PairResult:
             "exit_reason": self.exit_reason,
             "counts": dict(self.counts),
         }
+        if self.band is not None:
+            out["band"] = {k: dict(v) for k, v in self.band.items()}
         if timings:
             out["times"] = {k: round(v, 4) for k, v in self.times.items()}
         return out

@@ -34,17 +34,18 @@ import numpy as np
 
 from . import boxes as bx
 from . import memory
+from .band import BandTally, near
 from .captions import CaptionDifference
 from .errors import ModelRunError, ParameterError
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
 from .modelset import Components, ModelSet, SessionSettings
-from .models.clip import cosine
+from .models.clip import ClipImageEncoder, cosine
 from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .parallel import Workers
 from .params import OperatorParams
 from .runfile import same_file
 from .settings import EngineSettings
-from .stages.crops import Crops, Window, crop_window, nonempty
+from .stages.crops import Crops, Window, crop_window, distinct, identical, nonempty
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
 from .stages.objects import pair_objects
@@ -110,6 +111,8 @@ class DifferenceAreaGenerator:
             components = self.models.components(sessions, self.settings.crop_batch_size, self.workers, segment)
         self.components = components
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
+        self.fp32 = components.fp32  # the fp32 models of the banded ones, loaded at their first score in the band
+        self.band = self.models.manifest.guard_band if self.fp32 is not None else None
         if built_here and self.settings.warm_up:
             self.blip.warm_up()
         self._release_memory()
@@ -225,10 +228,9 @@ class DifferenceAreaGenerator:
             return _Pair(result)
 
         t = time.perf_counter()  # S1 whole-pair gate
-        feats = self.clip.embed([img1.rgb, img2.rgb])
-        result.pair_similarity = similarity = float(cosine(feats[0:1], feats[1:2])[0])
-        times["pair_gate"] = time.perf_counter() - t
         p = self.params.pair
+        result.pair_similarity = similarity = self._pair_similarity(result, img1.rgb, img2.rgb)
+        times["pair_gate"] = time.perf_counter() - t
         if not (p.min_score_1 <= similarity <= p.max_score_1):
             result.exit_reason = f"pair similarity {similarity:.4f} outside [{p.min_score_1}, {p.max_score_1}]"
             return _Pair(result)
@@ -260,6 +262,25 @@ class DifferenceAreaGenerator:
         )
         return _Pair(result, ledger, img1.rgb, rgb2)
 
+    def _pair_similarity(self, result: PairResult, rgb1: np.ndarray, rgb2: np.ndarray) -> float:
+        """S1: CLIP similarity of the whole images; 1.0 without CLIP when they are the same pixels;
+        scored again in fp32 when CLIP is banded and the score is in the band."""
+        if rgb1.shape == rgb2.shape and np.array_equal(rgb1, rgb2):
+            return 1.0
+        similarity = float(cosine(*np.split(self.clip.embed([rgb1, rgb2]), 2))[0])
+        if self._banded("clip"):
+            p = self.params.pair
+            rescore = bool(near(similarity, p.min_score_1, p.max_score_1, self.band.margin("pair_similarity")))  # type: ignore[union-attr]
+            if rescore:
+                similarity = float(cosine(*np.split(self.fp32.clip.embed([rgb1, rgb2]), 2))[0])  # type: ignore[union-attr]
+            tally = BandTally.empty()
+            tally.add("pair_similarity", 1, int(rescore))
+            result.band = tally.to_json()
+        return similarity
+
+    def _banded(self, model: str) -> bool:
+        return self.fp32 is not None and self.fp32.has(model)
+
     # ---- S6, S5 ---------------------------------------------------------------------------
 
     def _crops(self, todo: list[tuple[_Pair, Window]], side: int) -> Crops:
@@ -288,30 +309,76 @@ class DifferenceAreaGenerator:
                 p.ledger.seconds[gate] = p.ledger.seconds.get(gate, 0.0) + share
 
     def _crop_pair_gate(self, todo: list[tuple[_Pair, Window]]) -> list[tuple[_Pair, Window]]:
-        """S6: CLIP similarity of the two crops of each window within [min_score_2, max_score_2]."""
+        """S6: CLIP similarity of the two crops of each window within [min_score_2, max_score_2].
+        Two crops of the same pixels have similarity 1.0 without CLIP; the others are scored
+        each distinct crop once, and again in fp32 where CLIP is banded and the score is in the band."""
         if not todo:
             return []
-        sims = cosine(self.clip.embed(self._crops(todo, 1)), self.clip.embed(self._crops(todo, 2)))
         lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
+        sims = np.ones(len(todo), dtype=np.float64)
+        differ = [k for k, (p, win) in enumerate(todo) if not identical(p.image1, p.image2, win)]  # type: ignore[arg-type]
+        for p, win in (todo[k] for k in set(range(len(todo))) - set(differ)):
+            p.ledger.identical += 1  # type: ignore[union-attr]
+        if differ:
+            items = [(todo[k][0].image1, todo[k][1]) for k in differ] + [(todo[k][0].image2, todo[k][1]) for k in differ]
+            scores = self._crop_similarities(items, self.clip)  # type: ignore[arg-type]
+            if self._banded("clip"):
+                band = near(scores, lo, hi, self.band.margin("crop_similarity"))  # type: ignore[union-attr]
+                again = np.flatnonzero(band)
+                if again.size:
+                    n = len(differ)
+                    scores[again] = self._crop_similarities([items[i] for i in again] + [items[n + i] for i in again], self.fp32.clip)  # type: ignore[union-attr,arg-type]
+                for k, in_band in zip(differ, band):
+                    todo[k][0].ledger.band.add("crop_similarity", 1, int(in_band))  # type: ignore[union-attr]
+            sims[differ] = scores
         for (p, win), sim in zip(todo, sims):
             p.ledger.note(win, crop_similarity=float(sim))  # type: ignore[union-attr]
             if self.settings.diagnostics:
                 p.ledger.diagnostics.setdefault("crop_pair", {})[win] = float(sim)  # type: ignore[union-attr]
         return [item for item, sim in zip(todo, sims) if lo <= sim <= hi]
 
+    def _crop_similarities(self, items: list[tuple[np.ndarray, Window]], clip: ClipImageEncoder) -> np.ndarray:
+        """Cosine similarity of crop k and crop n + k of 2n crops, each distinct crop embedded once."""
+        first, rows = distinct(items)
+        feats = clip.embed(Crops([items[i] for i in first], self.settings.jpeg_roundtrip))[rows]
+        n = len(items) // 2
+        return cosine(feats[:n], feats[n:])
+
     def _itm_gate(self, todo: list[tuple[_Pair, Window]], side: int) -> list[tuple[_Pair, Window]]:
-        """S5 on one side: some word of the pair's objects list of that side matches the crop."""
+        """S5 on one side: some word of the pair's objects list of that side matches the crop.
+        Each distinct crop is encoded once; where BLIP is banded, a probability in the band is
+        computed again in fp32 (the crop encoded in fp32 once, the first time it is needed)."""
         if not todo:
             return []
-        embeds = self.blip.encode_images(self._crops(todo, side))
+        items = [(p.image1 if side == 1 else p.image2, win) for p, win in todo]
+        first, rows = distinct(items)  # type: ignore[arg-type]
+        embeds = self.blip.encode_images(Crops([items[i] for i in first], self.settings.jpeg_roundtrip))  # type: ignore[misc]
         words = [p.result.objects1 if side == 1 else p.result.objects2 for p, _ in todo]
+        m = self.params.matching
+        banded = self._banded("blip")
+        fp32_embeds: dict[int, np.ndarray] = {}  # distinct crop -> its fp32 embedding
+
+        def score(word: str, idx: list[int]) -> np.ndarray:
+            probs = self.blip.score(embeds, word, [int(rows[k]) for k in idx])
+            if not banded:
+                return probs
+            band = near(probs, m.min_score, m.max_score, self.band.margin("itm_probability"))  # type: ignore[union-attr]
+            for k, in_band in zip(idx, band):
+                todo[k][0].ledger.band.add("itm_probability", 1, int(in_band))  # type: ignore[union-attr]
+            again = [int(rows[idx[j]]) for j in np.flatnonzero(band)]
+            if again:
+                new = sorted(set(again) - fp32_embeds.keys())
+                if new:
+                    fresh = self.fp32.blip.encode_images(Crops([items[first[r]] for r in new], self.settings.jpeg_roundtrip))  # type: ignore[union-attr,misc]
+                    fp32_embeds.update(zip(new, fresh))
+                probs[band] = self.fp32.blip.score(np.stack([fp32_embeds[r] for r in again]), word)  # type: ignore[union-attr]
+            return probs
 
         def record(k: int, word: str, probability: float) -> None:
             p, win = todo[k]
             p.ledger.diagnostics.setdefault(f"itm_image{side}", {})[(win, word)] = probability  # type: ignore[union-attr]
 
-        m = self.params.matching
-        matches = first_matching_words(embeds, words, self.blip.score, m.min_score, m.max_score, record if self.settings.diagnostics else None)
+        matches = first_matching_words(words, score, m.min_score, m.max_score, record if self.settings.diagnostics else None)
         for (p, win), match in zip(todo, matches):
             if match is not None:
                 p.ledger.note(win, **{f"word{side}": match[0], f"itm{side}": match[1]})  # type: ignore[union-attr]
@@ -336,9 +403,15 @@ class DifferenceAreaGenerator:
             e = ledger.evidence[ledger.windows[k]]
             result.evidence.append(BoxEvidence(k, 1 if k < boxes1 else 2, e["word1"], e["itm1"], e["word2"], e["itm2"], e["crop_similarity"]))
         result.counts.update({f"after_{gate}": n for gate, n in ledger.after.items()}, kept=len(result.kept))
+        result.counts["identical_windows"] = ledger.identical
         result.times.update(ledger.seconds)
         result.times["overlap"] = time.perf_counter() - t
         result.diagnostics = ledger.diagnostics
+        if ledger.band.scored:
+            tally = BandTally.empty()
+            tally.merge(result.band or {})
+            tally.merge(ledger.band.to_json())
+            result.band = tally.to_json()
         return result
 
 

@@ -1,20 +1,29 @@
 """Which precision each model runs at: one word for all, or a choice per model.
 
 Three models, each exported as fp32 and int8 graphs: `clip` (the CLIP image tower: whole-pair
-and crop-pair gates), `blip` (BLIP vision + the ITM head), `fastsam` (segmentation). A choice is
-written the same way on a command line, in YAML and in Python:
+and crop-pair gates), `blip` (BLIP vision + the ITM head), `fastsam` (segmentation). Each runs
+at one of three precisions:
 
-    "int8"                          every model int8
+    fp32     the fp32 graphs: the faithful reference
+    int8     the int8 graphs alone: fastest; a score within int8's error of a threshold may
+             decide otherwise than fp32 would
+    banded   the int8 graphs, and the fp32 graphs for the scores that lie within the model
+             folder's guard band of a threshold (imgdiff_onnx.band): decisions as fp32's at
+             close to int8 cost. FastSAM has no score to band (int8 changes which boxes exist),
+             so "banded" FastSAM is fp32.
+
+A choice is written the same way on a command line, in YAML and in Python:
+
+    "banded"                        CLIP and BLIP banded, FastSAM fp32 (the built-in default)
+    "int8"                          every model int8 (the speed mode)
     "fp32"                          every model fp32
-    "fastsam=fp32,clip=int8,blip=int8"
+    "fastsam=fp32,clip=int8,blip=banded"
     "int8,fastsam=fp32"             a word for all, then per-model overrides (each named once)
     {"fastsam": "fp32", "clip": "int8", "blip": "int8"}   (YAML / dict form)
 
-Models not named take the built-in default (`DEFAULT`). The default keeps FastSAM fp32: an int8
-FastSAM graph changes the candidate set itself (which boxes exist), while int8 CLIP and BLIP move
-scores slightly and can only flip a decision near a threshold. `python -m imgdiff_onnx validate`
-measures both on your own pairs and can write a recommendation into the model folder, which
-`run` then uses when no precision is given.
+Models not named take the built-in default (`DEFAULT`). `python -m imgdiff_onnx validate`
+measures int8 against fp32 on your own pairs, the guard band's margins with it, and can write
+both into the model folder; `run` then uses the recommendation when no precision is given.
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ from dataclasses import dataclass, fields
 from typing import Any, Union
 
 from .errors import ParameterError
-from .manifest import PRECISIONS
 
 MODELS = ("clip", "blip", "fastsam")
 # which exported graphs each model runs
 MODEL_GRAPHS = {"clip": ("clip_vision",), "blip": ("blip_vision", "blip_itm"), "fastsam": ("fastsam", "fastsam_proto")}
 GRAPH_MODEL = {graph: model for model, graphs in MODEL_GRAPHS.items() for graph in graphs}
+
+
+CHOICES = ("fp32", "int8", "banded")  # per model; "banded" runs int8 graphs and, in the guard band, fp32 ones
+BANDED = "banded"
 
 
 class PrecisionError(ParameterError):
@@ -40,15 +52,17 @@ class PrecisionError(ParameterError):
 class Precision:
     """Per-model precision. Build from text or a mapping with `Precision.parse`."""
 
-    clip: str = "int8"
-    blip: str = "int8"
+    clip: str = BANDED
+    blip: str = BANDED
     fastsam: str = "fp32"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value not in PRECISIONS:
-                raise PrecisionError(f"precision of {f.name} must be one of {'/'.join(PRECISIONS)}, got {value!r}")
+            if value not in CHOICES:
+                raise PrecisionError(f"precision of {f.name} must be one of {'/'.join(CHOICES)}, got {value!r}")
+        if self.fastsam == BANDED:  # nothing to band: deciding as fp32 does means running fp32
+            object.__setattr__(self, "fastsam", "fp32")
 
     @classmethod
     def uniform(cls, precision: str) -> "Precision":
@@ -79,8 +93,8 @@ class Precision:
             raise PrecisionError(f"precision {value!r} names {what} twice; name each model once (e.g. 'int8,fastsam=fp32')")
         chosen = {f.name: getattr(DEFAULT, f.name) for f in fields(cls)}
         for name, prec in items:
-            if not isinstance(prec, str) or prec not in PRECISIONS:
-                raise PrecisionError(f"precision {value!r}: {name if name != '*' else 'value'} must be fp32 or int8, got {prec!r}")
+            if not isinstance(prec, str) or prec not in CHOICES:
+                raise PrecisionError(f"precision {value!r}: {name if name != '*' else 'value'} must be fp32, int8 or banded, got {prec!r}")
             if name == "*":
                 chosen = {m: prec for m in MODELS}
             elif name in MODELS:
@@ -90,11 +104,21 @@ class Precision:
         return cls(**chosen)
 
     def for_graph(self, graph: str) -> str:
-        return getattr(self, GRAPH_MODEL[graph])
+        """The precision of the graph file the model runs first (a banded model's int8 graph)."""
+        value = getattr(self, GRAPH_MODEL[graph])
+        return "int8" if value == BANDED else value
+
+    def banded(self) -> tuple[str, ...]:
+        """The models whose scores near a threshold are re-scored with their fp32 graphs."""
+        return tuple(m for m in MODELS if getattr(self, m) == BANDED)
 
     def needs(self) -> set[str]:
         """The precisions whose graphs must be in the model folder."""
-        return {getattr(self, m) for m in MODELS}
+        needed = set()
+        for m in MODELS:
+            value = getattr(self, m)
+            needed |= {"int8", "fp32"} if value == BANDED else {value}
+        return needed
 
     def to_dict(self) -> dict[str, str]:
         return {m: getattr(self, m) for m in MODELS}

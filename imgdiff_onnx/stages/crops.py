@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from typing import overload
@@ -65,3 +66,31 @@ class Crops(Sequence[np.ndarray]):
     def _cut(self, image: np.ndarray, window: Window) -> np.ndarray:
         pixels = np.ascontiguousarray(crop(image, window))
         return jpeg_roundtrip(pixels) if self._jpeg else pixels
+
+
+def identical(image1: np.ndarray, image2: np.ndarray, window: Window) -> bool:
+    """The window crops the same pixels from both images (then CLIP similarity is 1 by definition)."""
+    return bool(np.array_equal(crop(image1, window), crop(image2, window)))
+
+
+def pixel_key(image: np.ndarray, window: Window) -> bytes:
+    """A digest of the window's pixels and shape: equal crops have equal keys (BLAKE2b, 256 bits)."""
+    pixels = crop(image, window)
+    digest = hashlib.blake2b(repr(pixels.shape).encode(), digest_size=32)
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.digest()
+
+
+def distinct(items: Sequence[tuple[np.ndarray, Window]]) -> tuple[list[int], np.ndarray]:
+    """Which items to score so that the same pixels are scored once: (the first item of each
+    distinct crop, in order; for every item, the row of its crop among those)."""
+    rows: dict[bytes, int] = {}
+    first: list[int] = []
+    inverse = np.empty(len(items), dtype=np.intp)
+    for k, (image, window) in enumerate(items):
+        key = pixel_key(image, window)
+        if key not in rows:
+            rows[key] = len(first)
+            first.append(k)
+        inverse[k] = rows[key]
+    return first, inverse
