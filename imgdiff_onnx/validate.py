@@ -10,8 +10,14 @@ gates computed, keyed by crop window, so runs are compared on the same inputs:
 - blip: ITM probability |delta| and flips at your thresholds;
 - every run: final boxes F1 against the fp32 run, pairs whose status or exit differs, CPU time.
 
-A model's int8 graph is recommended when its run keeps the final boxes (F1 >= min_box_f1; for
-FastSAM also the candidates) and saves CPU time; otherwise fp32.
+The guard band (imgdiff_onnx.band): the clip and blip int8 runs give the largest int8 error of each
+score on your pairs, against the margin in the manifest; a run with CLIP and BLIP banded (when the
+folder has margins) gives the share of scores that were re-scored in fp32 (the band's hit rate),
+its CPU time, and its boxes against fp32's. `--write` widens a margin your pairs exceed.
+
+FastSAM's int8 graph is recommended when its run keeps the final boxes and the candidates (F1 >=
+min_box_f1, min_candidate_f1) and saves CPU time; CLIP and BLIP run banded when their int8 graph
+saves CPU time (the band keeps fp32's decisions), otherwise fp32.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as bx
+from .band import SAFETY, BandTally, GuardBand, Margin
 from .errors import ModelFolderError, ParameterError, RunError
 from .jsonl import input_batches
 from .manifest import read as read_manifest
 from .modelset import ModelSet, SessionPool, resolve_precision
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from .precision import MODELS, Precision
+from .precision import BANDED, MODELS, Precision
 from .progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -119,10 +126,24 @@ def _compare_common(ref: dict, other: dict, deltas: _Deltas, low: float, high: f
         deltas.add(ref[key], other[key], low, high)
 
 
+def score_deltas(reference: ConfigRun, run: ConfigRun, params: OperatorParams) -> dict[str, _Deltas]:
+    """|delta| of each decision score (band.SCORES) on the inputs both runs scored."""
+    p, m = params.pair, params.matching
+    deltas = {"pair_similarity": _Deltas(), "crop_similarity": _Deltas(), "itm_probability": _Deltas()}
+    for ref, out in zip(reference.outcomes, run.outcomes):
+        if isinstance(ref, PairFailure) or isinstance(out, PairFailure):
+            continue
+        if ref.pair_similarity is not None and out.pair_similarity is not None:
+            deltas["pair_similarity"].add(ref.pair_similarity, out.pair_similarity, p.min_score_1, p.max_score_1)
+        _compare_common(ref.diagnostics.get("crop_pair", {}), out.diagnostics.get("crop_pair", {}), deltas["crop_similarity"], p.min_score_2, p.max_score_2)
+        for side in ("itm_image1", "itm_image2"):
+            _compare_common(ref.diagnostics.get(side, {}), out.diagnostics.get(side, {}), deltas["itm_probability"], m.min_score, m.max_score)
+    return deltas
+
+
 def compare(reference: ConfigRun, run: ConfigRun, params: OperatorParams) -> dict:
     """Stage-by-stage figures of `run` against `reference`, on the inputs both computed."""
-    p, m = params.pair, params.matching
-    pair_sim, crop_pair, itm = _Deltas(), _Deltas(), _Deltas()
+    deltas = score_deltas(reference, run, params)
     cand = {"matches": 0, "boxes": 0, "count_change": 0, "compared_pairs": 0}
     final = {"matches": 0, "boxes": 0, "identical_pairs": 0, "compared_pairs": 0, "min_pair_f1": 1.0}
     status_differs = exit_differs = 0
@@ -131,16 +152,11 @@ def compare(reference: ConfigRun, run: ConfigRun, params: OperatorParams) -> dic
             status_differs += isinstance(ref, PairFailure) != isinstance(out, PairFailure)
             continue
         exit_differs += ref.exit_reason != out.exit_reason
-        if ref.pair_similarity is not None and out.pair_similarity is not None:
-            pair_sim.add(ref.pair_similarity, out.pair_similarity, p.min_score_1, p.max_score_1)
         if ref.candidate_boxes is not None and out.candidate_boxes is not None:
             cand["matches"] += bx.box_matches(ref.candidate_boxes, out.candidate_boxes)
             cand["boxes"] += len(ref.candidate_boxes) + len(out.candidate_boxes)
             cand["count_change"] += len(out.candidate_boxes) - len(ref.candidate_boxes)
             cand["compared_pairs"] += 1
-        _compare_common(ref.diagnostics.get("crop_pair", {}), out.diagnostics.get("crop_pair", {}), crop_pair, p.min_score_2, p.max_score_2)
-        for side in ("itm_image1", "itm_image2"):
-            _compare_common(ref.diagnostics.get(side, {}), out.diagnostics.get(side, {}), itm, m.min_score, m.max_score)
         matches = bx.box_matches(ref.boxes, out.boxes)
         n = len(ref.boxes) + len(out.boxes)
         final["matches"] += matches
@@ -149,14 +165,14 @@ def compare(reference: ConfigRun, run: ConfigRun, params: OperatorParams) -> dic
         final["identical_pairs"] += bool(len(ref.boxes) == len(out.boxes) and np.array_equal(ref.boxes, out.boxes))
         final["min_pair_f1"] = min(final["min_pair_f1"], 1.0 if n == 0 else 2.0 * matches / n)
     return {
-        "pair_similarity": pair_sim.summary(),
+        "pair_similarity": deltas["pair_similarity"].summary(),
         "candidates": {
             "f1": 1.0 if cand["boxes"] == 0 else 2.0 * cand["matches"] / cand["boxes"],
             "count_change": cand["count_change"],
             "compared_pairs": cand["compared_pairs"],
         },
-        "crop_pair_similarity": crop_pair.summary(),
-        "itm_probability": itm.summary(),
+        "crop_pair_similarity": deltas["crop_similarity"].summary(),
+        "itm_probability": deltas["itm_probability"].summary(),
         "final_boxes": {
             "f1": 1.0 if final["boxes"] == 0 else 2.0 * final["matches"] / final["boxes"],
             "min_pair_f1": final["min_pair_f1"],
@@ -190,8 +206,14 @@ def faithful(figures: dict, model: str | None, options: ValidateOptions) -> tupl
 
 
 def verdict(model: str, figures: dict, times: dict, options: ValidateOptions) -> dict:
-    ok, why = faithful(figures, model, options)
+    """FastSAM: int8 if its run is faithful and saves enough. CLIP, BLIP: banded if int8 saves
+    enough (the band decides as fp32 wherever int8 scores come near a threshold)."""
     saving = times["cpu_saving_vs_fp32"]
+    if model != "fastsam":
+        ok, why = saving >= options.min_saving, f"int8 alone: {faithful(figures, model, options)[1]}"
+        why = f"{why}; int8 saves {saving:.0%} CPU time" + ("" if ok else f" (< {options.min_saving:.0%}), not worth the band")
+        return {"model": model, "precision": BANDED if ok else "fp32", "why": why}
+    ok, why = faithful(figures, model, options)
     if ok and saving < options.min_saving:
         ok, why = False, f"{why}, but it saves only {saving:.1%} CPU time (< {options.min_saving:.0%})"
     elif ok:
@@ -209,15 +231,51 @@ def recommend(
     """The verdicts' mix; when it has several int8 models it is run and, while it loses the fp32
     result, the int8 model with the lowest single-run F1 goes back to fp32."""
     int8 = [m for m in MODELS if verdicts[m]["precision"] == "int8"]
+    banded = {m: BANDED for m in MODELS if verdicts[m]["precision"] == BANDED}
     checks = []
     while len(int8) > 1:
-        mix = Precision(**{m: "int8" if m in int8 else "fp32" for m in MODELS})
+        mix = Precision(**{m: "int8" if m in int8 else "fp32" for m in MODELS} | banded)
         ok, why = check(mix)
         checks.append({"precision": str(mix), "faithful": ok, "why": why})
         if ok:
             return mix, checks
         int8.remove(min(int8, key=lambda m: single_figures[m]["final_boxes"]["f1"]))
-    return Precision(**{m: "int8" if m in int8 else "fp32" for m in MODELS}), checks
+    return Precision(**{m: "int8" if m in int8 else "fp32" for m in MODELS} | banded), checks
+
+
+BANDED_DEFAULT = Precision(clip=BANDED, blip=BANDED, fastsam="fp32")
+BAND_RUNS = {"pair_similarity": "clip", "crop_similarity": "clip", "itm_probability": "blip"}  # the int8 run that shows each score's error
+
+
+def band_figures(
+    band: GuardBand | None, reference: ConfigRun, runs: dict[str, ConfigRun], banded: ConfigRun | None, params: OperatorParams, input_name: str
+) -> dict:
+    """Per score: the manifest's margin, the largest int8 error on these pairs (from the model's
+    int8 run against fp32), whether the margin covers it, the margin these pairs call for, and
+    the banded run's re-scored share. "observed" holds what `--write` widens the band to."""
+    tally = BandTally.empty()
+    for outcome in banded.outcomes if banded is not None else []:
+        if isinstance(outcome, PairResult) and outcome.band:
+            tally.merge(outcome.band)
+    figures: dict = {"scores": {}, "observed": {}}
+    for score, model in BAND_RUNS.items():
+        deltas = score_deltas(reference, runs[model], params)[score]
+        worst = max(deltas.values, default=None)
+        margin = band.margin(score) if band is not None else None
+        scored, rescored = tally.scored.get(score, 0), tally.rescored.get(score, 0)
+        figures["scores"][score] = {
+            "margin": margin,
+            "max_error_here": worst,
+            "compared": len(deltas.values),
+            "margin_holds": None if margin is None or worst is None else worst <= margin,
+            "margin_here": None if worst is None else SAFETY * worst,
+            "scored": scored,
+            "rescored": rescored,
+            "hit_rate": rescored / scored if scored else None,
+        }
+        if deltas.values:
+            figures["observed"][score] = Margin.from_errors(np.asarray(deltas.values), f"{input_name}: {len(deltas.values)} scores", "validate").to_json()
+    return figures
 
 
 def read_pairs(input_path: Path, limit: int | None) -> tuple[list[PairInput], list[str]]:
@@ -268,11 +326,19 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
             return faithful(mix_figures, None, options)
 
         recommended, mix_checks = recommend(verdicts, figures, check)
+        banded_run = None
+        if manifest.guard_band is not None:
+            bar.grow(len(pairs))
+            banded_run = run("clip+blip banded", BANDED_DEFAULT)
     finally:
         bar.close()
     configs = [{"name": "fp32", "precision": "fp32", "figures": None, "timing": timing(reference, reference, len(pairs))}]
     configs += [{"name": f"{m} int8", "precision": str(single_int8(m)), "figures": figures[m], "timing": times[m]} for m in MODELS]
     configs += [{"name": f"mix {k}", "precision": k, "figures": f, "timing": t} for k, (_, f, t) in mixes.items()]
+    if banded_run is not None:
+        configs.append({"name": banded_run.name, "precision": str(BANDED_DEFAULT), "figures": compare(reference, banded_run, params),
+                        "timing": timing(banded_run, reference, len(pairs))})  # fmt: skip
+    band = band_figures(manifest.guard_band, reference, runs, banded_run, params, str(Path(input_path).resolve()))
     current, origin = resolve_precision(None, manifest, Path(models))
     return {
         "models": str(Path(models).resolve()),
@@ -288,5 +354,6 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         "recommended_precision": recommended.to_dict(),
         "recommended_precision_text": str(recommended),
         "current_default": {"precision": str(current), "origin": origin},
+        "guard_band": band,
         "random_init": bool(manifest.random_init),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import platform
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import numpy as np
 
 from . import manifest as mf
 from . import outfolder
+from .band import SCORES, GuardBand, Margin
+
+log = logging.getLogger(__name__)
 
 
 def cpu_name() -> str:
@@ -70,6 +74,7 @@ def markdown(summary: dict) -> str:
         "|" + "---|" * len(head),
     ]
     lines += [_table_row(_row(c)) for c in summary["configs"]]
+    lines += _band_lines(summary.get("guard_band"))
     lines += ["", "## Verdicts", ""]
     lines += [f"- **{v['model']}: {v['precision']}** ({v['why']})" for v in summary["verdicts"].values()]
     for check in summary["mix_checks"]:
@@ -83,6 +88,27 @@ def markdown(summary: dict) -> str:
         "`validate ... --write` so that runs without `--precision` use it.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _band_lines(band: dict | None) -> list[str]:
+    """The guard band per score: margin, the largest int8 error here, the banded run's hit rate."""
+    if not band:
+        return []
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    head = ["score", "margin (manifest)", "largest int8 |Δ| here", "margin holds", "margin these pairs call for", "re-scored in fp32 (banded run)"]
+    lines = ["", "## Guard band", "",
+             "Banded CLIP and BLIP re-score in fp32 every int8 score within the margin of a threshold; decisions are "
+             "fp32's wherever int8's error stays within the margin. `--write` widens a margin these pairs exceed.", "",
+             _table_row(head), "|" + "---|" * len(head)]  # fmt: skip
+    for score, f in band["scores"].items():
+        holds = {None: "-", True: "yes", False: "**no**"}[f["margin_holds"]]
+        hits = "-" if f["hit_rate"] is None else f"{f['rescored']} of {f['scored']} ({f['hit_rate']:.1%})"
+        lines.append(_table_row([score, number(f["margin"]), f"{number(f['max_error_here'])} ({f['compared']} compared)", holds,
+                                 number(f["margin_here"]), hits]))  # fmt: skip
+    return lines
 
 
 def chart(summary: dict) -> np.ndarray:
@@ -123,11 +149,31 @@ def write_outputs(summary: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def widened_band(manifest: mf.Manifest, summary: dict) -> tuple[GuardBand | None, list[str]]:
+    """The manifest's guard band with each margin raised to what the validated pairs call for
+    where that is wider (a folder without a band gets the pairs' margins, if all three were seen)."""
+    observed = {score: Margin(**m) for score, m in (summary.get("guard_band") or {}).get("observed", {}).items()}
+    if manifest.guard_band is not None:
+        return manifest.guard_band.widened(observed)
+    if set(observed) == set(SCORES):
+        return GuardBand(**observed), list(SCORES)
+    return None, []
+
+
 def write_recommendation(models: Path, summary: dict) -> Path:
-    """Store the recommended precision in the manifest (atomically), with what it rests on."""
+    """Store the recommended precision in the manifest (atomically), with what it rests on, and
+    widen the guard band where the validated pairs call for it."""
     manifest = mf.read(Path(models))
+    band, widened = widened_band(manifest, summary)
+    if widened:
+        log.info("guard band widened for %s: %s", ", ".join(widened), ", ".join(f"{s} {band.margin(s):.4g}" for s in widened))  # type: ignore[union-attr]
+        manifest = manifest.with_guard_band(band)  # type: ignore[arg-type]
+    precision = dict(summary["recommended_precision"])
+    if manifest.guard_band is None and "banded" in precision.values():
+        log.warning("no guard band to write (these pairs did not give every score), so banded models are written as int8")
+        precision = {m: "int8" if p == "banded" else p for m, p in precision.items()}
     recommendation = {
-        "precision": summary["recommended_precision"],
+        "precision": precision,
         "by": "validate",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "input": summary["input"],

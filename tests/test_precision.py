@@ -38,8 +38,9 @@ CLOSED = {
         ("fastsam=fp32,clip=int8,blip=int8", {"clip": "int8", "blip": "int8", "fastsam": "fp32"}),
         ("int8, fastsam=fp32", {"clip": "int8", "blip": "int8", "fastsam": "fp32"}),
         ("fp32,clip=int8", {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}),
-        ("blip=fp32", {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}),  # others: the default
-        ({"fastsam": "int8", "clip": "fp32"}, {"clip": "fp32", "blip": "int8", "fastsam": "int8"}),
+        ("blip=fp32", {"clip": "banded", "blip": "fp32", "fastsam": "fp32"}),  # others: the default
+        ({"fastsam": "int8", "clip": "fp32"}, {"clip": "fp32", "blip": "banded", "fastsam": "int8"}),
+        ("banded", {"clip": "banded", "blip": "banded", "fastsam": "fp32"}),  # nothing to band in FastSAM: fp32
     ],
 )
 def test_precision_parses_words_per_model_choices_and_mappings(text, expected):
@@ -48,15 +49,15 @@ def test_precision_parses_words_per_model_choices_and_mappings(text, expected):
 
 def test_precision_prints_back_in_the_syntax_it_reads():
     assert str(Precision.parse("int8")) == "int8"
-    assert str(DEFAULT) == "clip=int8,blip=int8,fastsam=fp32"
+    assert str(DEFAULT) == "clip=banded,blip=banded,fastsam=fp32"
     assert Precision.parse(str(DEFAULT)) == DEFAULT
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("int4", "must be fp32 or int8, got 'int4'"),
-        ("fastsam=fp16", "fastsam must be fp32 or int8"),
+        ("int4", "must be fp32, int8 or banded, got 'int4'"),
+        ("fastsam=fp16", "fastsam must be fp32, int8 or banded"),
         ("sam=fp32", "unknown model 'sam'; models are clip, blip, fastsam"),
         ("", "empty precision"),
         (8, "must be a string or a mapping"),
@@ -82,7 +83,7 @@ def test_default_keeps_fastsam_fp32_and_says_where_it_came_from(tiny_models):
 
 
 def test_resolution_order_given_then_recommended_then_default():
-    manifest = SimpleNamespace(precisions=("fp32", "int8"), recommended_precision=None)
+    manifest = SimpleNamespace(precisions=("fp32", "int8"), recommended_precision=None, guard_band=object())
     assert resolve_precision(None, manifest, "m") == (DEFAULT, "built-in default")
     manifest.recommended_precision = {"precision": {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}, "by": "validate"}
     assert resolve_precision(None, manifest, "m")[0].to_dict() == {"clip": "int8", "blip": "fp32", "fastsam": "fp32"}
@@ -91,7 +92,7 @@ def test_resolution_order_given_then_recommended_then_default():
 
 
 def test_fp32_only_folder_defaults_to_fp32_and_refuses_int8():
-    manifest = SimpleNamespace(precisions=("fp32",), recommended_precision=None)
+    manifest = SimpleNamespace(precisions=("fp32",), recommended_precision=None, guard_band=None)
     assert resolve_precision(None, manifest, "m")[0] == Precision.uniform("fp32")
     with pytest.raises(ManifestError, match="needs int8 graphs, but the folder was exported with fp32"):
         resolve_precision("clip=int8", manifest, "m")
@@ -99,7 +100,7 @@ def test_fp32_only_folder_defaults_to_fp32_and_refuses_int8():
 
 def test_unreadable_recommendation_is_a_model_folder_error():
     with pytest.raises(ManifestError, match="recommended_precision"):
-        resolve_precision(None, SimpleNamespace(precisions=("fp32", "int8"), recommended_precision={"precision": "int4"}), "m")
+        resolve_precision(None, SimpleNamespace(precisions=("fp32", "int8"), recommended_precision={"precision": "int4"}, guard_band=None), "m")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +156,7 @@ def validation(tiny_models, tmp_path_factory):
     (folder / "params.json").write_text(json.dumps(CLOSED))
     models = folder / "models"
     shutil.copytree(tiny_models, models)
+    shutil.copy(models / "manifest.json", folder / "exported_manifest.json")
     return folder, models
 
 
@@ -181,8 +183,24 @@ def test_validate_command_reports_every_stage_and_writes_its_recommendation(vali
         f1 = by_name[f"{model} int8"]["figures"]["final_boxes"]["f1"]
         if f1 < 0.99:
             assert v["precision"] == "fp32", v
+    # the guard band: per score the margin, the largest int8 error here, the banded run's re-scores
+    assert names[-1] == "clip+blip banded" and by_name["clip+blip banded"]["figures"]["final_boxes"]["f1"] == 1.0
+    band = summary["guard_band"]["scores"]
+    assert set(band) == {"pair_similarity", "crop_similarity", "itm_probability"}
+    crop = band["crop_similarity"]
+    assert crop["max_error_here"] == by_name["clip int8"]["figures"]["crop_pair_similarity"]["max_abs_delta"]
+    assert crop["margin_here"] == 2 * crop["max_error_here"] and crop["scored"] > 0
+    assert "## Guard band" in (out / "validation.md").read_text()
+    for model in ("clip", "blip"):
+        assert summary["verdicts"][model]["precision"] == "banded"  # --min-saving 0: int8 always saves enough
     recommended = summary["recommended_precision"]
     manifest = json.loads((models / "manifest.json").read_text())
+    # --write widened each margin these pairs exceed, and kept the others
+    exported = json.loads((folder / "exported_manifest.json").read_text())["guard_band"]
+    for score, f in band.items():
+        expected = max(exported[score]["margin"], f["margin_here"] or 0.0)
+        assert manifest["guard_band"][score]["margin"] == expected
+        assert manifest["guard_band"][score]["by"] == ("validate" if expected > exported[score]["margin"] else "export")
     assert manifest["recommended_precision"]["precision"] == recommended
     loaded = ModelSet(models)
     assert loaded.precision.to_dict() == recommended and "validate" in loaded.precision_origin
@@ -219,7 +237,7 @@ def test_run_cli_accepts_a_per_model_precision_and_refuses_a_bad_one(tiny_models
     _cli(*args, "--output", str(tmp_path / "a.jsonl"), "--precision", "int8,fastsam=fp32")
     assert json.loads((tmp_path / "a.jsonl").read_text())["imgdiff"]["status"] == "ok"
     proc = _cli(*args, "--output", str(tmp_path / "b.jsonl"), "--precision", "fastsam=int4", check=False)
-    assert proc.returncode == 2 and "fastsam must be fp32 or int8" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "fastsam must be fp32, int8 or banded" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_write_recommendation_keeps_the_rest_of_the_manifest(validation, tmp_path):
