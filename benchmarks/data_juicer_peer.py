@@ -122,7 +122,7 @@ def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str)
         t, cpu = time.perf_counter(), time.process_time()
         r = engine.process(PairInput(p["image1"], p["image2"], p["caption1"], p["caption2"], key=p["key"]))
         rows.append({"key": p["key"], "seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "boxes": r.boxes.tolist(),
-                     "counts": r.counts, "times": r.times})  # fmt: skip
+                     "counts": r.counts, "times": r.times, "band": r.band})  # fmt: skip
     return {"side": f"engine {engine.models.precision}", "precision_arg": precision, "load_seconds": load, "rows": rows, "peak_rss_mb": process_memory_mb("VmHWM")}
 
 
@@ -183,7 +183,17 @@ def _summary(result: dict, reference: dict) -> dict:
     total = sum(len(ref_rows[r["key"]]) + len(_found(r["boxes"])) for r in rows)
     return {"side": result["side"], "wall_s_per_pair": wall, "cpu_s_per_pair": cpu, "cores_busy": cpu / wall if wall else 0.0,
             "peak_rss_mb": result["peak_rss_mb"], "load_seconds": result["load_seconds"], "box_f1_vs_dj": 1.0 if total == 0 else 2 * matches / total,
-            "boxes": [len(_found(r["boxes"])) for r in rows]}  # fmt: skip
+            "boxes": [len(_found(r["boxes"])) for r in rows], "box_lists": [r["boxes"] for r in rows], "band": _band(rows)}  # fmt: skip
+
+
+def _band(rows: list[dict]) -> str:
+    """The guard band's re-scores over the pairs, per score ("-" when nothing ran banded)."""
+    from imgdiff_onnx.band import BandTally
+
+    tally = BandTally.empty()
+    for r in rows:
+        tally.merge(r.get("band") or {})
+    return tally.describe() if tally.scored else "-"
 
 
 def _table(summaries: list[dict]) -> str:
@@ -201,6 +211,10 @@ def _table(summaries: list[dict]) -> str:
     row("load (s)", lambda s: f"{s['load_seconds']:.1f}")
     row("final boxes per pair", lambda s: ", ".join(map(str, s["boxes"])))
     row("box F1 vs Data-Juicer (IoU 0.9)", lambda s: f"**{s['box_f1_vs_dj']:.3f}**")
+    fp32 = next((s for s in summaries if s["side"] == "engine fp32"), None)
+    if fp32 is not None:
+        row("boxes identical to engine fp32", lambda s: "" if s is dj else ("yes" if s["box_lists"] == fp32["box_lists"] else "**no**"))
+    row("re-scored in fp32 (guard band)", lambda s: s.get("band", "-"))
     return "\n".join(lines)
 
 

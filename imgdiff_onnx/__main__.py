@@ -296,8 +296,9 @@ def dj_op_path(args: argparse.Namespace) -> int:
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
-        help="int8, fp32, or per model, e.g. fastsam=fp32,clip=int8,blip=int8 (default: the model folder's recommendation "
-        "written by `validate --write`, else fastsam=fp32,clip=int8,blip=int8)",
+        help="banded, int8, fp32, or per model, e.g. fastsam=fp32,clip=banded,blip=int8 (default: the model folder's "
+        "recommendation written by `validate --write`, else banded: CLIP and BLIP int8 with fp32 for scores near a "
+        "threshold, FastSAM fp32; int8 = fastest, fp32 = reference)",
     )
     p.add_argument("--workers", type=int, default=0,
                    help="model calls run at once (0 = one per core, or 1 when --threads is given); cores used = workers x threads")

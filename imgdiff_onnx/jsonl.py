@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .band import BandTally
 from .captions import ensure_available
 from .errors import ParameterError, RunError
 from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
@@ -193,6 +194,7 @@ class ResultWriter:
         self._identity = identity if self.done == 0 else None
         self._real = real
         self.stats = {"ok": 0, "error": 0}
+        self.band = BandTally.empty()  # the guard band's scores and re-scores of the lines written now
         self._bar = ProgressBar(self.total, options.progress, initial=self.done)
         self._out = open(real, "ab")
 
@@ -210,6 +212,8 @@ class ResultWriter:
             return
         self._begin()
         for line in lines:
+            if line.band:
+                self.band.merge(line.band)
             if line.error is None:
                 self.stats["ok"] += 1
             else:
@@ -234,6 +238,8 @@ class ResultWriter:
         self._out.close()
         self._bar.close()
         self._lock.release(keep=finished)
+        if self.band.scored:
+            log.info("guard band: scores within the margin of a threshold, re-scored in fp32: %s", self.band.describe())
 
     def __enter__(self) -> "ResultWriter":
         return self

@@ -211,7 +211,7 @@ def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, fo
 class ModelSet:
     """The exported graphs at the chosen precision of each model, their preprocessing and the tokenizer.
 
-    precision: "int8", "fp32", a per-model choice ("fastsam=fp32,clip=int8,blip=int8", a mapping
+    precision: "banded", "int8", "fp32", a per-model choice ("fastsam=fp32,clip=banded,blip=int8", a mapping
     or a Precision), or None for the folder's recommendation, else the built-in default.
     amx: load a graph's AMX variant where the folder has one (same outputs, faster where
     onnxruntime runs its int8 GEMM on AMX); None (default) = where onnxruntime does.

@@ -123,6 +123,7 @@ def output_line(line: InputLine, outcome: PairResult | PairFailure | None, timin
 class OutputLine:
     text: str  # the JSON line, without newline
     error: str | None  # "KEY: what is wrong" for the log; None when the record was processed
+    band: dict[str, dict[str, int]] | None = None  # the pair's guard-band tally (PairResult.band), for the run summary
 
 
 def error_output(line: InputLine, message: str) -> OutputLine:
@@ -160,5 +161,6 @@ def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timin
     out = []
     for ln, outcome in zip(lines, _outcomes_isolating(engine, lines)):
         error = f"{ln.key}: {ln.error}" if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
-        out.append(OutputLine(output_line(ln, outcome, timings), error))
+        band = outcome.band if isinstance(outcome, PairResult) else None
+        out.append(OutputLine(output_line(ln, outcome, timings), error, band))
     return out

@@ -29,10 +29,11 @@ def available_cores() -> int:
 class EngineSettings:
     """How the engine runs.
 
-    precision: which graphs run: "int8", "fp32", a per-model choice such as
-    "fastsam=fp32,clip=int8,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision), or
-    None (default) for the model folder's recommendation (written by `validate --write`), else
-    the built-in default, FastSAM fp32 with CLIP and BLIP int8.
+    precision: which graphs run: "banded", "int8", "fp32", a per-model choice such as
+    "fastsam=fp32,clip=banded,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision),
+    or None (default) for the model folder's recommendation (written by `validate --write`), else
+    the built-in default: CLIP and BLIP banded (int8, with fp32 for the scores in the guard band
+    of a threshold: imgdiff_onnx.band), FastSAM fp32.
     workers, threads: cores used = workers x threads. `workers` model calls run at once (crop
     chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0):
     one worker per core, one thread each, which cost up to 8% less CPU time than one call spread

@@ -269,3 +269,40 @@ def test_the_same_pixels_are_scored_once_in_a_batch(tiny_models):
     assert twice[0] == single and twice[1] == single
     # the second copy's crops are the first's pixels: only its whole-pair gate runs CLIP again
     assert counted == {"clip": once["clip"] + 2, "blip": once["blip"]}
+
+
+# ---- the run summary, and a folder measured after its export -------------------------------------
+
+
+def test_the_run_log_totals_the_band_of_its_lines(engines, tmp_path, caplog):
+    import logging
+
+    from imgdiff_onnx.jsonl import RunOptions, run
+
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"image_path1": p.image1, "image_path2": p.image2, "objects1": p.objects1, "objects2": p.objects2}) + "\n"
+                            for p in _pairs()))  # fmt: skip
+    params = OperatorParams.from_dicts({**OPEN, "max_score_2": 0.99}, {"imgsz": 640}, {})
+    engine = DifferenceAreaGenerator(engines["banded"], params, EngineSettings(threads=1, workers=1))
+    with caplog.at_level(logging.INFO, logger="imgdiff_onnx"):
+        run(engine, data, tmp_path / "out.jsonl", RunOptions(progress=False))
+    tally = BandTally.empty()
+    for line in (tmp_path / "out.jsonl").read_text().splitlines():
+        tally.merge(json.loads(line)["imgdiff"]["band"])
+    assert tally.scored["crop_similarity"] > 0
+    assert f"re-scored in fp32: {tally.describe()}" in caplog.text
+
+
+def test_a_folder_without_margins_gets_them_measured(tiny_models, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models, folder, ignore=shutil.ignore_patterns("torch"))
+    manifest = mf.read(folder)
+    mf.write(folder, manifest.with_guard_band(None))  # type: ignore[arg-type]
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx_export.band", "--models", str(folder), "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    measured = mf.read(folder).guard_band
+    assert measured is not None and measured == manifest.guard_band  # the export's measurement, repeated exactly

@@ -73,6 +73,10 @@ def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_p
     assert rows[0]["source"] == "kept as is" and rows[0]["imgdiff"]["status"] == "ok"
     assert rows[0]["imgdiff"]["objects1"] == ["plane", "sky"]
     assert set(rows[0]["imgdiff"]["counts"]) >= {"candidates", "after_crop_pair_gate", "kept"}
+    # the default precision is banded: each pair says how many of its scores were re-scored in fp32
+    band = rows[0]["imgdiff"]["band"]
+    assert set(band) <= {"pair_similarity", "crop_similarity", "itm_probability"} and band["pair_similarity"]["scored"] == 1
+    assert all(0 <= b["rescored"] <= b["scored"] for b in band.values())
     assert all(len(b) == 4 for b in rows[0]["imgdiff"]["boxes"])
     assert rows[1]["imgdiff"]["status"] == "error" and "invalid JSON" in rows[1]["imgdiff"]["error"]
     assert rows[2]["imgdiff"]["status"] == "error" and "missing.jpg" in rows[2]["imgdiff"]["error"] and rows[2]["id"] == "b"

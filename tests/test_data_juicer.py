@@ -188,7 +188,7 @@ def test_shipped_recipe_runs_with_img_diff_thresholds(dj_python, tiny_models, da
         ({"image_text_matching_filter_args": {"min_scor": 0.4}}, "unknown key(s) ['min_scor']"),
         ({"model_dir": "/nonexistent/models"}, "model_dir: /nonexistent/models: the model folder does not exist"),
         ({"threads": 0}, "threads must be an integer >= 1"),
-        ({"precision": "fastsam=int4"}, "fastsam must be fp32 or int8"),
+        ({"precision": "fastsam=int4"}, "fastsam must be fp32, int8 or banded"),
     ],
 )
 def test_bad_recipe_fails_before_processing_with_a_clear_message(dj_python, tiny_models, dataset, tmp_path, op_args, message):

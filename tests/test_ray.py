@@ -45,7 +45,7 @@ def test_ray_run_takes_a_per_model_precision(tiny_models, dataset, tmp_path):  #
     _cli_env(*_run_args(tiny_models, dataset, ray, *RAY_2X1, "--precision", "int8,clip=fp32"))
     assert ray.read_text() == single.read_text()
     proc = _cli_env(*_run_args(tiny_models, dataset, tmp_path / "bad.jsonl", *RAY_2X1, "--precision", "clip=int4"), check=False)
-    assert proc.returncode == 2 and "clip must be fp32 or int8" in proc.stderr
+    assert proc.returncode == 2 and "clip must be fp32, int8 or banded" in proc.stderr
 
 
 def test_ray_run_resumes_like_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811

@@ -93,10 +93,11 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         :param image_text_matching_filter_args: the original's dict: min_score, max_score, hf_blip.
         :param model_dir: folder written by `python -m imgdiff_onnx.export` (same path on every
             node of a Ray cluster).
-        :param precision: "int8", "fp32", or per model ("fastsam=fp32,clip=int8,blip=int8" or a
-            mapping {fastsam: fp32, clip: int8, blip: int8}); default: the model folder's
-            recommendation (written by `python -m imgdiff_onnx validate --write`), else
-            FastSAM fp32 with CLIP and BLIP int8.
+        :param precision: "banded", "int8", "fp32", or per model ("fastsam=fp32,clip=banded,blip=int8"
+            or a mapping {fastsam: fp32, clip: banded, blip: int8}); default: the model folder's
+            recommendation (written by `python -m imgdiff_onnx validate --write`), else CLIP and
+            BLIP banded (int8, with fp32 for the scores in the guard band of a threshold) and
+            FastSAM fp32.
         :param threads: onnxruntime intra-op threads per process or Ray actor; also the CPUs
             this operator asks Data-Juicer for (num_cpus).
         :param image_root: folder that relative image_path1/image_path2 resolve against;
