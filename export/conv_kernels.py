@@ -4,7 +4,7 @@ onnxruntime (MLAS) runs a QLinearConv whose int8 weights have zero point 0 with 
 convolution kernels (AVX-512 VNNI at best), and any other QLinearConv as im2col + its int8 GEMM,
 which uses the AMX tiles on CPUs that have them (Intel Xeon 4th generation and later). On such a
 CPU the GEMM path is faster for the deep layers (few positions, long reductions) and slower for
-the wide early ones; on a CPU without AMX it is slower everywhere (see benchmarks/README.md).
+the wide early ones; on a CPU without AMX it is slower everywhere (see benchmarks/ARCHIVE.md).
 
 The variant stores each chosen weight tensor as q - 1 with zero point -1. The dequantized
 weights, (q - 1) - (-1) = q, are the same numbers, and the kernels' integer arithmetic is exact,

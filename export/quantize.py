@@ -1,7 +1,7 @@
 """int8 graphs: static QDQ MatMul/Gemm for CLIP, dynamic MatMul/Gemm for BLIP, static QDQ for FastSAM.
 
 Choices (the speed and accuracy figures behind them are in DESIGN.md section 6 and
-benchmarks/README.md):
+benchmarks/ARCHIVE.md):
 - CLIP: static QDQ of MatMul/Gemm with constant weights (uint8 activations with calibrated
   per-tensor scales, int8 weights). Static scales make it batch-invariant, so crops run in
   batches, which is faster than the dynamic graph one sample per call at the same accuracy.

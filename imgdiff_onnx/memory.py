@@ -10,7 +10,7 @@ and loading a graph leaves its transient copies resident.
 between stages. `return_freed_memory` fixes the mmap threshold, so that buffers of that size and
 more are unmapped as soon as they are freed: a lower peak, but every such buffer is faulted in
 again at its next use, which costs CPU time. Both are process-wide; they do nothing elsewhere than
-on glibc. Measured effects: benchmarks/README.md ("Memory").
+on glibc. Measured effects: benchmarks/ARCHIVE.md ("Memory").
 
 Huge pages: a process started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35, kernel
 transparent huge pages in "madvise" mode, the usual default) gets its large buffers in 2 MiB

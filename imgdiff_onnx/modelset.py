@@ -191,19 +191,20 @@ def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, fo
     elif manifest.guard_band is None:
         precision = Precision(**{m: "int8" if v == BANDED else v for m, v in DEFAULT_PRECISION.to_dict().items()})
         origin = ("built-in default without its guard band: the folder has no measured margins, so int8 scores decide alone "
-                  "(run `python -m imgdiff_onnx validate --write` on your pairs, or re-export, to measure them)")  # fmt: skip
+                  "(`python -m imgdiff_onnx_export.band --models DIR` or `validate --write` on your pairs measure them)")  # fmt: skip
     else:
         precision, origin = DEFAULT_PRECISION, "built-in default"
-    if precision.banded() and manifest.guard_band is None:
-        raise mf.ManifestError(
-            f"{folder}: precision {precision} runs {'/'.join(precision.banded())} banded, but {mf.MANIFEST_NAME} has no guard_band "
-            "margins; measure them with `python -m imgdiff_onnx validate --write` on your pairs (or re-export), or choose int8/fp32"
-        )
     missing = sorted(precision.needs() - exported)
     if missing:
         raise mf.ManifestError(
             f"{folder}: precision {precision} needs {'/'.join(missing)} graphs, but the folder was exported with "
             f"{'/'.join(sorted(exported)) or 'none'}; re-export with `--precision fp32,int8` or choose another precision"
+        )
+    if precision.banded() and manifest.guard_band is None:
+        raise mf.ManifestError(
+            f"{folder}: precision {precision} runs {'/'.join(precision.banded())} banded, but {mf.MANIFEST_NAME} has no guard_band "
+            "margins; measure them (`python -m imgdiff_onnx_export.band --models DIR`, or `python -m imgdiff_onnx validate --write` "
+            "on your pairs), or choose int8/fp32"
         )
     return precision, origin
 

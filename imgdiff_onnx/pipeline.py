@@ -16,7 +16,7 @@ original's order gives.
 On several workers (imgdiff_onnx.parallel) the model calls of each step run at once: the crop
 chunks of each gate (and the two FastSAM images of a pair with EngineSettings.segment_together;
 by default they run one after the other, each on all the cores). (Whole pairs per worker measured
-slower than this, see benchmarks/README.md.) Results do not depend on the number of workers
+slower than this, see benchmarks/ARCHIVE.md.) Results do not depend on the number of workers
 (tested).
 """
 

@@ -37,7 +37,7 @@ class EngineSettings:
     workers, threads: cores used = workers x threads. `workers` model calls run at once (crop
     chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0):
     one worker per core, one thread each, which cost up to 8% less CPU time than one call spread
-    over all cores in one measurement and the same in another (see benchmarks/README.md).
+    over all cores in one measurement and the same in another (see benchmarks/ARCHIVE.md).
     `threads` alone (workers 0) keeps one worker: the process uses exactly `threads` cores, as a
     Ray actor or a Data-Juicer process should. `workers` alone gives each worker cores // workers
     threads.
@@ -75,7 +75,7 @@ class EngineSettings:
     when freed: the lowest peak (~-19% against "trim", measured) for more CPU time (page faults:
     +13% measured, +7% in a process started with glibc's huge pages, see imgdiff_onnx.memory).
     "off": the allocator is left alone. "mmap" changes a process-wide allocator setting.
-    Figures: benchmarks/README.md.
+    Figures: benchmarks/ARCHIVE.md.
     diagnostics: keep every score a gate computed, keyed by candidate window
     (PairResult.diagnostics).
     """

@@ -30,7 +30,7 @@ from .errors import RecordErrorBase
 BEST_RATIO, CUTOFF = 0.74, 0.75  # difflib.Differ._fancy_replace's constants
 DEFAULT_BUDGET = 5_000_000  # position look-ups in synch-point searches (about a few seconds at most)
 # Bounds on the search for close word pairs, so that time and memory stay bounded on any captions
-# (measured in benchmarks/README.md, "Caption step on hostile captions"):
+# (measured in benchmarks/ARCHIVE.md, "Caption step on hostile captions"):
 MAX_WORD_PAIRS = 64_000_000  # distinct words of caption 1 x distinct words of caption 2 (8,000 x 8,000)
 MAX_HISTOGRAM_CELLS = 8_000_000  # (distinct words) x (distinct characters) x (most repeats of a character in a word)
 MAX_CLOSE_PAIRS = 1_000_000  # pairs above quick_ratio 0.74, each checked with SequenceMatcher in Python
