@@ -152,37 +152,29 @@ def _boxes(results) -> list[list]:
     return [r.boxes.tolist() for r in results]
 
 
-def test_crop_pair_threshold_between_int8_and_fp32_scores(engines):
-    pairs = _pairs()
-    ref, quick = _run(engines["fp32"], pairs, OPEN), _run(engines["int8"], pairs, OPEN)
-    margin = engines["banded"].manifest.guard_band.margin("crop_similarity")
-    scores = _between(ref[0].diagnostics["crop_pair"], quick[0].diagnostics["crop_pair"], margin)
-    assert scores, "no crop pair whose int8 and fp32 similarity differ within the margin"
-    flipped = 0
-    for fp32, int8 in scores[:6]:
-        gate = {**OPEN, "max_score_2": (fp32 + int8) / 2}
-        expected = _boxes(_run(engines["fp32"], pairs, gate))
-        banded = _run(engines["banded"], pairs, gate)
-        assert _boxes(banded) == expected
-        assert banded[0].band["crop_similarity"]["rescored"] >= 1  # the candidate's score was in the band
-        flipped += _boxes(_run(engines["int8"], pairs, gate)) != expected
-    assert flipped, "no threshold made the unbanded int8 run differ: the test could not fail"
+def _crop_gate(threshold: float) -> tuple[dict, dict]:
+    return {**OPEN, "max_score_2": threshold}, {"min_score": 0.0, "max_score": 1.0}
 
 
-def test_itm_threshold_between_int8_and_fp32_probabilities(engines):
+def _itm_gate(threshold: float) -> tuple[dict, dict]:
+    return OPEN, {"min_score": threshold, "max_score": 1.0}
+
+
+@pytest.mark.parametrize(("score", "diagnostics", "gates"), [("crop_similarity", "crop_pair", _crop_gate), ("itm_probability", "itm_image1", _itm_gate)])
+def test_a_threshold_between_int8_and_fp32_scores(engines, score, diagnostics, gates):
     pairs = _pairs()
     ref, quick = _run(engines["fp32"], pairs, OPEN), _run(engines["int8"], pairs, OPEN)
-    margin = engines["banded"].manifest.guard_band.margin("itm_probability")
-    scores = _between(ref[0].diagnostics["itm_image1"], quick[0].diagnostics["itm_image1"], margin)
-    assert scores, "no crop whose int8 and fp32 ITM probability differ within the margin"
+    margin = engines["banded"].manifest.guard_band.margin(score)
+    scores = _between(ref[0].diagnostics[diagnostics], quick[0].diagnostics[diagnostics], margin)
+    assert scores, f"no {score} whose int8 and fp32 values differ within the margin"
     flipped = 0
     for fp32, int8 in scores[:6]:
-        itm = {"min_score": (fp32 + int8) / 2, "max_score": 1.0}
-        expected = _boxes(_run(engines["fp32"], pairs, OPEN, itm))
-        banded = _run(engines["banded"], pairs, OPEN, itm)
+        pair, itm = gates((fp32 + int8) / 2)
+        expected = _boxes(_run(engines["fp32"], pairs, pair, itm))
+        banded = _run(engines["banded"], pairs, pair, itm)
         assert _boxes(banded) == expected
-        assert banded[0].band["itm_probability"]["rescored"] >= 1
-        flipped += _boxes(_run(engines["int8"], pairs, OPEN, itm)) != expected
+        assert banded[0].band[score]["rescored"] >= 1  # the candidate's score was in the band
+        flipped += _boxes(_run(engines["int8"], pairs, pair, itm)) != expected
     assert flipped, "no threshold made the unbanded int8 run differ: the test could not fail"
 
 
