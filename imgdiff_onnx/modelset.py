@@ -17,6 +17,7 @@ from .errors import ParameterError
 from .integrity import ModelCheck
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder
+from .models.contracts import CONTRACTS
 from .models.fastsam import FastSamSegmenter
 from .parallel import Workers
 from .precision import DEFAULT as DEFAULT_PRECISION
@@ -251,7 +252,8 @@ class ModelSet:
         return self.manifest.random_init
 
     def session(self, graph: str, settings: SessionSettings) -> ort.InferenceSession:
-        return self._session_at(self.graphs[graph].path, settings)
+        contract = graph if graph != "fastsam" or "fastsam_proto" in self.graphs else "fastsam (one graph)"
+        return self._session_at(self.graphs[graph].path, settings, contract)
 
     def components(
         self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None, segment_settings: SessionSettings | None = None
@@ -276,17 +278,20 @@ class ModelSet:
         )
         return Components(clip, blip, segmenter, referee)
 
-    def _session_at(self, path: Path, settings: SessionSettings) -> ort.InferenceSession:
-        return self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
+    def _session_at(self, path: Path, settings: SessionSettings, contract: str) -> ort.InferenceSession:
+        """The session of a graph file, checked against its contract (models/contracts.py)."""
+        session = self._pool.get(path, settings) if self._pool is not None else create_session(path, settings)
+        CONTRACTS[contract].check(session, path)
+        return session
 
     def _clip(self, path: Path, invariant: bool, settings: SessionSettings, crop_batch_size: int, workers: Workers | None) -> ClipImageEncoder:
-        return ClipImageEncoder(self._session_at(path, settings), self.clip_norm, invariant, crop_batch_size, workers)
+        return ClipImageEncoder(self._session_at(path, settings, "clip_vision"), self.clip_norm, invariant, crop_batch_size, workers)
 
     def _blip(self, graphs: dict[str, tuple[Path, bool]], settings: SessionSettings, crop_batch_size: int, workers: Workers | None) -> BlipMatcher:
         (vision, vision_invariant), (itm, itm_invariant) = graphs["blip_vision"], graphs["blip_itm"]
         return BlipMatcher(
-            self._session_at(vision, settings),
-            self._session_at(itm, settings),
+            self._session_at(vision, settings, "blip_vision"),
+            self._session_at(itm, settings, "blip_itm"),
             self.tokenizer_path,
             self.blip_norm,
             vision_invariant,
