@@ -73,15 +73,15 @@ def measure(folder: Path, images: list[np.ndarray], measured_on: str, by: str = 
     crop_pairs = [(a, b, win) for (a, b), wins in zip(pairs, windows) for win in wins if not identical(a, b, win)]
     crops = [a[r0:r1, c0:c1] for a, _, (r0, r1, c0, c1) in crop_pairs][:ITM_CROPS]
     for precision in ("fp32", "int8"):
-        components = ModelSet(folder, precision, pool=pool).components(settings, crop_batch_size=8)
-        whole = components.clip.embed([im for pair in pairs for im in pair])
+        clip, blip = ModelSet(folder, precision, pool=pool).scorers(settings, crop_batch_size=8)
+        whole = clip.embed([im for pair in pairs for im in pair])
         got = scores[precision]
         got["pair_similarity"] = list(cosine(whole[0::2], whole[1::2]))
-        a = components.clip.embed(Crops([(x, win) for x, _, win in crop_pairs]))
-        b = components.clip.embed(Crops([(y, win) for _, y, win in crop_pairs]))
+        a = clip.embed(Crops([(x, win) for x, _, win in crop_pairs]))
+        b = clip.embed(Crops([(y, win) for _, y, win in crop_pairs]))
         got["crop_similarity"] = list(cosine(a, b))
-        embeds = components.blip.encode_images(crops)
-        got["itm_probability"] = [float(p) for word in WORDS for p in components.blip.score(embeds, word)]
+        embeds = blip.encode_images(crops)
+        got["itm_probability"] = [float(p) for word in WORDS for p in blip.score(embeds, word)]
     what = f"{measured_on}: {len(pairs)} image pairs, {len(crop_pairs)} crop pairs, {len(crops)} crops x {len(WORDS)} words"
     margins = {
         score: Margin.from_errors(np.subtract(scores["int8"][score], scores["fp32"][score]), what, by, safety)

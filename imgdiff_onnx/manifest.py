@@ -237,7 +237,7 @@ class Manifest:
     def with_recommendation(self, recommendation: dict) -> "Manifest":
         return dataclasses.replace(self, recommended_precision=recommendation)
 
-    def with_guard_band(self, band: GuardBand) -> "Manifest":
+    def with_guard_band(self, band: GuardBand | None) -> "Manifest":
         return dataclasses.replace(self, guard_band=band)
 
 

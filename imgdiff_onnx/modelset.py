@@ -111,21 +111,18 @@ class Fp32Referee:
     never loads them."""
 
     def __init__(self, clip: Callable[[], ClipImageEncoder] | None, blip: Callable[[], BlipMatcher] | None):
-        self._build = {"clip": clip, "blip": blip}
+        self._build = {model: build for model, build in (("clip", clip), ("blip", blip)) if build is not None}
         self._built: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def has(self, model: str) -> bool:
-        return self._build.get(model) is not None
+        return model in self._build
 
     def _get(self, model: str) -> object:
         with self._lock:
             if model not in self._built:
-                build = self._build[model]
-                if build is None:
-                    raise KeyError(model)  # internal: the engine asks only for the banded models
                 log.info("loading the fp32 %s graphs for the guard band", model.upper())
-                self._built[model] = build()
+                self._built[model] = self._build[model]()
             return self._built[model]
 
     @property
@@ -266,8 +263,7 @@ class ModelSet:
         # the largest graph first: its load-time copies then come on top of nothing else
         proto = self.session("fastsam_proto", replace(fastsam, shrinking_arena=False)) if "fastsam_proto" in g else None
         segmenter = FastSamSegmenter(self.session("fastsam", fastsam), self.letterbox, proto, run_options(fastsam))
-        clip = self._clip(self.graphs["clip_vision"].path, g["clip_vision"].batch_invariant, settings, crop_batch_size, workers)
-        blip = self._blip({k: (g[k].path, g[k].batch_invariant) for k in ("blip_vision", "blip_itm")}, settings, crop_batch_size, workers)
+        clip, blip = self.scorers(settings, crop_batch_size, workers)
         banded = self.precision.banded()
         if not banded:
             return Components(clip, blip, segmenter)
@@ -277,6 +273,13 @@ class ModelSet:
             (lambda: self._blip(fp32, settings, crop_batch_size, workers)) if "blip" in banded else None,
         )
         return Components(clip, blip, segmenter, referee)
+
+    def scorers(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None) -> tuple[ClipImageEncoder, BlipMatcher]:
+        """CLIP and BLIP at this set's precision (int8 for banded models), without FastSAM."""
+        g = self.graphs
+        clip = self._clip(g["clip_vision"].path, g["clip_vision"].batch_invariant, settings, crop_batch_size, workers)
+        blip = self._blip({k: (g[k].path, g[k].batch_invariant) for k in ("blip_vision", "blip_itm")}, settings, crop_batch_size, workers)
+        return clip, blip
 
     def _session_at(self, path: Path, settings: SessionSettings, contract: str) -> ort.InferenceSession:
         """The session of a graph file, checked against its contract (models/contracts.py)."""

@@ -273,19 +273,13 @@ class DifferenceAreaGenerator:
             rescore = bool(near(similarity, p.min_score_1, p.max_score_1, self.band.margin("pair_similarity")))  # type: ignore[union-attr]
             if rescore:
                 similarity = float(cosine(*np.split(self.fp32.clip.embed([rgb1, rgb2]), 2))[0])  # type: ignore[union-attr]
-            tally = BandTally.empty()
-            tally.add("pair_similarity", 1, int(rescore))
-            result.band = tally.to_json()
+            result.band = {"pair_similarity": {"scored": 1, "rescored": int(rescore)}}
         return similarity
 
     def _banded(self, model: str) -> bool:
         return self.fp32 is not None and self.fp32.has(model)
 
     # ---- S6, S5 ---------------------------------------------------------------------------
-
-    def _crops(self, todo: list[tuple[_Pair, Window]], side: int) -> Crops:
-        """The side's crops of the windows, cut when the model reads them (chunk by chunk)."""
-        return Crops([(p.image1 if side == 1 else p.image2, window) for p, window in todo], self.settings.jpeg_roundtrip)  # type: ignore[misc]
 
     def _score(self, pairs: list[_Pair]) -> None:
         """S6 then S5 on each side, every gate over the distinct windows of all the pairs together,
@@ -316,9 +310,10 @@ class DifferenceAreaGenerator:
             return []
         lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
         sims = np.ones(len(todo), dtype=np.float64)
-        differ = [k for k, (p, win) in enumerate(todo) if not identical(p.image1, p.image2, win)]  # type: ignore[arg-type]
-        for p, win in (todo[k] for k in set(range(len(todo))) - set(differ)):
-            p.ledger.identical += 1  # type: ignore[union-attr]
+        same = [identical(p.image1, p.image2, win) for p, win in todo]  # type: ignore[arg-type]
+        differ = [k for k, s in enumerate(same) if not s]
+        for (p, _), s in zip(todo, same):
+            p.ledger.identical += s  # type: ignore[union-attr]
         if differ:
             items = [(todo[k][0].image1, todo[k][1]) for k in differ] + [(todo[k][0].image2, todo[k][1]) for k in differ]
             scores = self._crop_similarities(items, self.clip)  # type: ignore[arg-type]

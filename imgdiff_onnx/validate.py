@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from . import boxes as bx
-from .band import SAFETY, BandTally, GuardBand, Margin
+from .band import SAFETY, SCORE_MODEL, SCORES, BandTally, GuardBand, Margin
 from .errors import ModelFolderError, ParameterError, RunError
 from .jsonl import input_batches
 from .manifest import read as read_manifest
 from .modelset import ModelSet, SessionPool, resolve_precision
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from .precision import BANDED, MODELS, Precision
+from .precision import BANDED, DEFAULT, MODELS, Precision
 from .progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _compare_common(ref: dict, other: dict, deltas: _Deltas, low: float, high: f
 def score_deltas(reference: ConfigRun, run: ConfigRun, params: OperatorParams) -> dict[str, _Deltas]:
     """|delta| of each decision score (band.SCORES) on the inputs both runs scored."""
     p, m = params.pair, params.matching
-    deltas = {"pair_similarity": _Deltas(), "crop_similarity": _Deltas(), "itm_probability": _Deltas()}
+    deltas = {score: _Deltas() for score in SCORES}
     for ref, out in zip(reference.outcomes, run.outcomes):
         if isinstance(ref, PairFailure) or isinstance(out, PairFailure):
             continue
@@ -243,10 +243,6 @@ def recommend(
     return Precision(**{m: "int8" if m in int8 else "fp32" for m in MODELS} | banded), checks
 
 
-BANDED_DEFAULT = Precision(clip=BANDED, blip=BANDED, fastsam="fp32")
-BAND_RUNS = {"pair_similarity": "clip", "crop_similarity": "clip", "itm_probability": "blip"}  # the int8 run that shows each score's error
-
-
 def band_figures(
     band: GuardBand | None, reference: ConfigRun, runs: dict[str, ConfigRun], banded: ConfigRun | None, params: OperatorParams, input_name: str
 ) -> dict:
@@ -258,8 +254,9 @@ def band_figures(
         if isinstance(outcome, PairResult) and outcome.band:
             tally.merge(outcome.band)
     figures: dict = {"scores": {}, "observed": {}}
-    for score, model in BAND_RUNS.items():
-        deltas = score_deltas(reference, runs[model], params)[score]
+    by_model = {model: score_deltas(reference, runs[model], params) for model in set(SCORE_MODEL.values())}  # each score's error: its model's int8 run
+    for score, model in SCORE_MODEL.items():
+        deltas = by_model[model][score]
         worst = max(deltas.values, default=None)
         margin = band.margin(score) if band is not None else None
         scored, rescored = tally.scored.get(score, 0), tally.rescored.get(score, 0)
@@ -329,14 +326,14 @@ def validate(models: Path, params: OperatorParams, input_path: Path, options: Va
         banded_run = None
         if manifest.guard_band is not None:
             bar.grow(len(pairs))
-            banded_run = run("clip+blip banded", BANDED_DEFAULT)
+            banded_run = run("clip+blip banded", DEFAULT)
     finally:
         bar.close()
     configs = [{"name": "fp32", "precision": "fp32", "figures": None, "timing": timing(reference, reference, len(pairs))}]
     configs += [{"name": f"{m} int8", "precision": str(single_int8(m)), "figures": figures[m], "timing": times[m]} for m in MODELS]
     configs += [{"name": f"mix {k}", "precision": k, "figures": f, "timing": t} for k, (_, f, t) in mixes.items()]
     if banded_run is not None:
-        configs.append({"name": banded_run.name, "precision": str(BANDED_DEFAULT), "figures": compare(reference, banded_run, params),
+        configs.append({"name": banded_run.name, "precision": str(DEFAULT), "figures": compare(reference, banded_run, params),
                         "timing": timing(banded_run, reference, len(pairs))})  # fmt: skip
     band = band_figures(manifest.guard_band, reference, runs, banded_run, params, str(Path(input_path).resolve()))
     current, origin = resolve_precision(None, manifest, Path(models))

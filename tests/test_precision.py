@@ -191,8 +191,9 @@ def test_validate_command_reports_every_stage_and_writes_its_recommendation(vali
     assert crop["max_error_here"] == by_name["clip int8"]["figures"]["crop_pair_similarity"]["max_abs_delta"]
     assert crop["margin_here"] == 2 * crop["max_error_here"] and crop["scored"] > 0
     assert "## Guard band" in (out / "validation.md").read_text()
-    for model in ("clip", "blip"):
-        assert summary["verdicts"][model]["precision"] == "banded"  # --min-saving 0: int8 always saves enough
+    for model in ("clip", "blip"):  # banded when int8 saves at least --min-saving (0 here; tiny models' timings are noise)
+        saves = by_name[f"{model} int8"]["timing"]["cpu_saving_vs_fp32"] >= 0
+        assert summary["verdicts"][model]["precision"] == ("banded" if saves else "fp32")
     recommended = summary["recommended_precision"]
     manifest = json.loads((models / "manifest.json").read_text())
     # --write widened each margin these pairs exceed, and kept the others
