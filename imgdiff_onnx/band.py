@@ -107,6 +107,10 @@ class GuardBand:
     def to_json(self) -> dict[str, Any]:
         return {score: getattr(self, score).to_json() for score in SCORES}
 
+    def to_margins(self) -> dict[str, float]:
+        """{score: margin}."""
+        return {score: self.margin(score) for score in SCORES}
+
     def widened(self, observed: Mapping[str, Margin]) -> tuple["GuardBand", list[str]]:
         """This band with each margin raised to an observed one where that is wider; and which."""
         new, changed = {}, []

@@ -32,6 +32,7 @@ from .progress import ProgressBar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
 from .signals import GracefulStop, Interrupted
+from .tuning.sheet import ScoreWriter, drop_scores, kept_scores_meta
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ class ResultWriter:
     that leaves the old file as it was.
     """
 
-    def __init__(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None):
+    def __init__(self, input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None,
+                 scores_meta: dict | None = None):  # fmt: skip
+        self._scores_meta = scores_meta  # keeping scores: the record of the run written beside them
         check_output(input_path, output_path, options)
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +198,7 @@ class ResultWriter:
         self._real = real
         self.stats = {"ok": 0, "error": 0}
         self.band = BandTally.empty()  # the guard band's scores and re-scores of the lines written now
+        self._scores = None if self._scores_meta is None else ScoreWriter(real, self._scores_meta, self.done, self.done == 0)
         self._bar = ProgressBar(self.total, options.progress, initial=self.done)
         self._out = open(real, "ab")
 
@@ -202,6 +206,8 @@ class ResultWriter:
         """Before the first new results: empty a file being overwritten, record the run."""
         if self._replace:
             self._out.truncate(0)
+            if self._scores is None:
+                drop_scores(self._real)  # the replaced file's kept scores would not match the new results
             self._replace = False
         if self._identity is not None:
             self._identity.write(self._real)
@@ -211,6 +217,9 @@ class ResultWriter:
         if not lines:
             return
         self._begin()
+        if self._scores is not None:  # before the lines: every result line of the file has its scores
+            kept = [line for line in lines if line.scores is not None]
+            self._scores.write([ln.number for ln in kept], [ln.digest for ln in kept], [ln.scores for ln in kept])  # type: ignore[misc]
         for line in lines:
             if line.band:
                 self.band.merge(line.band)
@@ -295,7 +304,8 @@ def check_start(input_path: Path, output_path: Path, options: RunOptions) -> Non
     ensure_available()  # the caption tables ship with the package: this finds a damaged install, in 0.1 s
 
 
-def run_identity(input_path: Path, manifest: Manifest, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions) -> RunIdentity:
+def run_identity(input_path: Path, manifest: Manifest, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions,
+                 keep_scores: bool = False) -> RunIdentity:  # fmt: skip
     """What must be the same for a resumed run to continue a results file."""
     return RunIdentity(
         input=str(input_path.resolve()),
@@ -304,14 +314,17 @@ def run_identity(input_path: Path, manifest: Manifest, precision: str, params: O
         params=params_text(params.to_dicts()),
         jpeg_roundtrip=jpeg,
         timings=options.timings,
+        keep_scores=keep_scores,
     )
 
 
 def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, options: RunOptions) -> dict[str, int]:
     """Process `input_path` into `output_path`; returns counts of ok / error lines written now."""
     check_start(input_path, output_path, options)
-    identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, engine.settings.jpeg_roundtrip, options)
-    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
+    s = engine.settings
+    identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options, s.keep_scores)
+    meta = kept_scores_meta(engine.models, engine.params, s.jpeg_roundtrip) if s.keep_scores else None
+    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity, meta) as writer:
         for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):
             writer.write(process_lines(engine, batch, options.timings))
             if stop.signum is not None:

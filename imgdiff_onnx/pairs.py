@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ParameterError, RecordErrorBase
+
+if TYPE_CHECKING:
+    from .tuning.sheet import ScoreSheet
 
 ImageSource = str | Path | np.ndarray
 EMPTY_BOXES = np.zeros((0, 4), dtype=np.float32)
@@ -103,6 +106,9 @@ class PairResult:
     # them fell in the guard band and were scored again in fp32: {score: {"scored", "rescored"}}.
     # How the pair ran, like `times`: not compared by ==.
     band: dict[str, dict[str, int]] | None = None
+    # with EngineSettings(keep_scores=True): every score the decisions depend on, for `retune`
+    # and `sweep` (imgdiff_onnx.tuning); not compared by ==
+    scores: "ScoreSheet | None" = None
 
     def __repr__(self) -> str:
         stopped = f", exit_reason={self.exit_reason!r}" if self.exit_reason else ""

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -49,10 +49,22 @@ from .stages.crops import Crops, Window, crop_window, distinct, identical, nonem
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
 from .stages.objects import pair_objects
+from .tuning.decide import BandSpec, decide, pair_exit_reason
+from .tuning.sheet import ScoreSheet
 
 __all__ = ["DifferenceAreaGenerator", "EngineSettings", "PairError", "PairFailure", "PairInput", "PairResult", "crop_window"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _KeptScores:
+    """Keeping scores (EngineSettings.keep_scores): what a pair's sheet is built from."""
+
+    pair: np.ndarray  # [similarity, fp32 re-score or NaN]
+    pair_identical: bool
+    crop: dict[Window, tuple[np.ndarray, bool]] = field(default_factory=dict)  # window -> ([score, fp32], same pixels)
+    itm: dict[int, dict[tuple[Window, str], np.ndarray]] = field(default_factory=lambda: {1: {}, 2: {}})  # side -> (window, word) -> [p, fp32]
 
 
 @dataclass
@@ -64,6 +76,12 @@ class _Pair:
     ledger: CandidateLedger | None = None
     image1: np.ndarray | None = None  # RGB
     image2: np.ndarray | None = None  # RGB, resized to image 1 (D1)
+    kept: _KeptScores | None = None  # keeping scores: every score computed, for the sheet
+
+
+def _deciding(scores: np.ndarray) -> np.ndarray:
+    """The score that decides from [score, fp32 re-score or NaN] rows: the fp32 one where there is one."""
+    return np.where(np.isnan(scores[..., 1]), scores[..., 0], scores[..., 1])
 
 
 class DifferenceAreaGenerator:
@@ -228,11 +246,12 @@ class DifferenceAreaGenerator:
             return _Pair(result)
 
         t = time.perf_counter()  # S1 whole-pair gate
-        p = self.params.pair
-        result.pair_similarity = similarity = self._pair_similarity(result, img1.rgb, img2.rgb)
+        pair_scores, same = self._pair_scores(result, img1.rgb, img2.rgb)
+        result.pair_similarity = similarity = 1.0 if same else float(_deciding(pair_scores))
         times["pair_gate"] = time.perf_counter() - t
-        if not (p.min_score_1 <= similarity <= p.max_score_1):
-            result.exit_reason = f"pair similarity {similarity:.4f} outside [{p.min_score_1}, {p.max_score_1}]"
+        reason = pair_exit_reason(similarity, self.params.pair)
+        if reason is not None and not self.settings.keep_scores:  # keeping scores: every gate open, the sheet decides
+            result.exit_reason = reason
             return _Pair(result)
 
         t = time.perf_counter()  # D1: image 2 in image 1's frame, then S3 on both
@@ -260,21 +279,24 @@ class DifferenceAreaGenerator:
             degenerate=int((~ledger.valid).sum()),
             unique_windows=len(ledger.pending()),
         )
-        return _Pair(result, ledger, img1.rgb, rgb2)
+        kept = _KeptScores(pair_scores, same) if self.settings.keep_scores else None
+        return _Pair(result, ledger, img1.rgb, rgb2, kept)
 
-    def _pair_similarity(self, result: PairResult, rgb1: np.ndarray, rgb2: np.ndarray) -> float:
-        """S1: CLIP similarity of the whole images; 1.0 without CLIP when they are the same pixels;
-        scored again in fp32 when CLIP is banded and the score is in the band."""
+    def _pair_scores(self, result: PairResult, rgb1: np.ndarray, rgb2: np.ndarray) -> tuple[np.ndarray, bool]:
+        """S1: ([CLIP similarity of the whole images, its fp32 re-score or NaN], same pixels).
+        The same pixels have similarity 1.0 without CLIP; where CLIP is banded, a score in the band
+        is scored again in fp32 (and result.band counts it)."""
+        scores = np.array([1.0, np.nan])
         if rgb1.shape == rgb2.shape and np.array_equal(rgb1, rgb2):
-            return 1.0
-        similarity = float(cosine(*np.split(self.clip.embed([rgb1, rgb2]), 2))[0])
+            return scores, True
+        scores[0] = float(cosine(*np.split(self.clip.embed([rgb1, rgb2]), 2))[0])
         if self._banded("clip"):
             p = self.params.pair
-            rescore = bool(near(similarity, p.min_score_1, p.max_score_1, self.band.margin("pair_similarity")))  # type: ignore[union-attr]
+            rescore = bool(near(scores[0], p.min_score_1, p.max_score_1, self.band.margin("pair_similarity")))  # type: ignore[union-attr]
             if rescore:
-                similarity = float(cosine(*np.split(self.fp32.clip.embed([rgb1, rgb2]), 2))[0])  # type: ignore[union-attr]
+                scores[1] = float(cosine(*np.split(self.fp32.clip.embed([rgb1, rgb2]), 2))[0])  # type: ignore[union-attr]
             result.band = {"pair_similarity": {"scored": 1, "rescored": int(rescore)}}
-        return similarity
+        return scores, False
 
     def _banded(self, model: str) -> bool:
         return self.fp32 is not None and self.fp32.has(model)
@@ -283,13 +305,19 @@ class DifferenceAreaGenerator:
 
     def _score(self, pairs: list[_Pair]) -> None:
         """S6 then S5 on each side, every gate over the distinct windows of all the pairs together,
-        `windows_per_step` windows at a time."""
+        `windows_per_step` windows at a time. Keeping scores: every score of every window, no gate."""
         active = [p for p in pairs if p.ledger is not None]
+        step = self.settings.windows_per_step  # bounds the crops and embeddings held at once
+        if self.settings.keep_scores:
+            todo = [(p, win) for p in active for win in p.ledger.pending()]  # type: ignore[union-attr]
+            for block in (todo[i : i + step] for i in range(0, len(todo), step)):
+                self._keep_block(block)
+                self._release_memory()
+            return
         for gate in ("crop_pair_gate", "itm_image1", "itm_image2"):
             t = time.perf_counter()
             todo = [(p, win) for p in active for win in p.ledger.pending()]  # type: ignore[union-attr]
             passing = []
-            step = self.settings.windows_per_step  # bounds the crops and embeddings held at once
             for block in (todo[i : i + step] for i in range(0, len(todo), step)):
                 if gate == "crop_pair_gate":
                     passing += self._crop_pair_gate(block)
@@ -302,31 +330,57 @@ class DifferenceAreaGenerator:
                 p.ledger.decide(gate, {win for q, win in passing if q is p})
                 p.ledger.seconds[gate] = p.ledger.seconds.get(gate, 0.0) + share
 
-    def _crop_pair_gate(self, todo: list[tuple[_Pair, Window]]) -> list[tuple[_Pair, Window]]:
-        """S6: CLIP similarity of the two crops of each window within [min_score_2, max_score_2].
-        Two crops of the same pixels have similarity 1.0 without CLIP; the others are scored
-        each distinct crop once, and again in fp32 where CLIP is banded and the score is in the band."""
-        if not todo:
-            return []
+    def _keep_block(self, block: list[tuple[_Pair, Window]]) -> None:
+        """Keeping scores: the crop-pair similarity of each window and the ITM probability of each
+        crop with every word of its side (imgdiff_onnx.tuning.sheet)."""
+        t = time.perf_counter()
+        scores, same = self._crop_pair_scores(block)
+        for (p, win), s, k in zip(block, scores, same):
+            p.kept.crop[win] = (s, k)  # type: ignore[union-attr]
+        for side in (1, 2):
+            score = self._itm_scorer(block, side)
+            words = [p.result.objects1 if side == 1 else p.result.objects2 for p, _ in block]
+            for word in dict.fromkeys(w for ws in words for w in ws):
+                idx = [k for k, ws in enumerate(words) if word in ws]
+                for k, s in zip(idx, score(word, idx)):
+                    p, win = block[k]
+                    p.kept.itm[side][(win, word)] = s  # type: ignore[union-attr]
+        share = (time.perf_counter() - t) / max(1, len({id(p) for p, _ in block}))
+        for p in {id(p): p for p, _ in block}.values():
+            p.ledger.seconds["scores"] = p.ledger.seconds.get("scores", 0.0) + share  # type: ignore[union-attr]
+
+    def _crop_pair_scores(self, todo: list[tuple[_Pair, Window]]) -> tuple[np.ndarray, list[bool]]:
+        """S6 scores: ([CLIP similarity of the window's two crops, its fp32 re-score or NaN] per
+        window, whether the two crops are the same pixels). The same pixels have similarity 1.0
+        without CLIP; the others are scored each distinct crop once, and again in fp32 where CLIP
+        is banded and the score is in the band."""
         lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
-        sims = np.ones(len(todo), dtype=np.float64)
+        scores = np.full((len(todo), 2), np.nan)
+        scores[:, 0] = 1.0
         same = [identical(p.image1, p.image2, win) for p, win in todo]  # type: ignore[arg-type]
-        differ = [k for k, s in enumerate(same) if not s]
-        for (p, _), s in zip(todo, same):
-            p.ledger.identical += s  # type: ignore[union-attr]
-        if differ:
+        differ = np.array([k for k, s in enumerate(same) if not s], dtype=np.intp)
+        if differ.size:
             items = [(todo[k][0].image1, todo[k][1]) for k in differ] + [(todo[k][0].image2, todo[k][1]) for k in differ]
-            scores = self._crop_similarities(items, self.clip)  # type: ignore[arg-type]
+            scores[differ, 0] = primary = self._crop_similarities(items, self.clip)  # type: ignore[arg-type]
             if self._banded("clip"):
-                band = near(scores, lo, hi, self.band.margin("crop_similarity"))  # type: ignore[union-attr]
+                band = near(primary, lo, hi, self.band.margin("crop_similarity"))  # type: ignore[union-attr]
                 again = np.flatnonzero(band)
                 if again.size:
                     n = len(differ)
-                    scores[again] = self._crop_similarities([items[i] for i in again] + [items[n + i] for i in again], self.fp32.clip)  # type: ignore[union-attr,arg-type]
+                    scores[differ[again], 1] = self._crop_similarities([items[i] for i in again] + [items[n + i] for i in again], self.fp32.clip)  # type: ignore[union-attr,arg-type]
                 for k, in_band in zip(differ, band):
                     todo[k][0].ledger.band.add("crop_similarity", 1, int(in_band))  # type: ignore[union-attr]
-            sims[differ] = scores
-        for (p, win), sim in zip(todo, sims):
+        return scores, same
+
+    def _crop_pair_gate(self, todo: list[tuple[_Pair, Window]]) -> list[tuple[_Pair, Window]]:
+        """S6: the windows whose crop-pair similarity is within [min_score_2, max_score_2]."""
+        if not todo:
+            return []
+        lo, hi = self.params.pair.min_score_2, self.params.pair.max_score_2
+        scores, same = self._crop_pair_scores(todo)
+        sims = _deciding(scores)
+        for (p, win), sim, s in zip(todo, sims, same):
+            p.ledger.identical += s  # type: ignore[union-attr]
             p.ledger.note(win, crop_similarity=float(sim))  # type: ignore[union-attr]
             if self.settings.diagnostics:
                 p.ledger.diagnostics.setdefault("crop_pair", {})[win] = float(sim)  # type: ignore[union-attr]
@@ -339,24 +393,23 @@ class DifferenceAreaGenerator:
         n = len(items) // 2
         return cosine(feats[:n], feats[n:])
 
-    def _itm_gate(self, todo: list[tuple[_Pair, Window]], side: int) -> list[tuple[_Pair, Window]]:
-        """S5 on one side: some word of the pair's objects list of that side matches the crop.
-        Each distinct crop is encoded once; where BLIP is banded, a probability in the band is
-        computed again in fp32 (the crop encoded in fp32 once, the first time it is needed)."""
-        if not todo:
-            return []
+    def _itm_scorer(self, todo: list[tuple[_Pair, Window]], side: int) -> Callable[[str, list[int]], np.ndarray]:
+        """S5 scores on one side: a function of (word, which of `todo`'s crops) giving [ITM
+        probability, its fp32 re-score or NaN] per crop. Each distinct crop is encoded once (now);
+        where BLIP is banded, a probability in the band is computed again in fp32 (the crop encoded
+        in fp32 once, the first time it is needed)."""
         items = [(p.image1 if side == 1 else p.image2, win) for p, win in todo]
         first, rows = distinct(items)  # type: ignore[arg-type]
         embeds = self.blip.encode_images(Crops([items[i] for i in first], self.settings.jpeg_roundtrip))  # type: ignore[misc]
-        words = [p.result.objects1 if side == 1 else p.result.objects2 for p, _ in todo]
         m = self.params.matching
         banded = self._banded("blip")
         fp32_embeds: dict[int, np.ndarray] = {}  # distinct crop -> its fp32 embedding
 
         def score(word: str, idx: list[int]) -> np.ndarray:
-            probs = self.blip.score(embeds, word, [int(rows[k]) for k in idx])
+            out = np.full((len(idx), 2), np.nan)
+            out[:, 0] = probs = self.blip.score(embeds, word, [int(rows[k]) for k in idx])
             if not banded:
-                return probs
+                return out
             band = near(probs, m.min_score, m.max_score, self.band.margin("itm_probability"))  # type: ignore[union-attr]
             for k, in_band in zip(idx, band):
                 todo[k][0].ledger.band.add("itm_probability", 1, int(in_band))  # type: ignore[union-attr]
@@ -366,14 +419,25 @@ class DifferenceAreaGenerator:
                 if new:
                     fresh = self.fp32.blip.encode_images(Crops([items[first[r]] for r in new], self.settings.jpeg_roundtrip))  # type: ignore[union-attr,misc]
                     fp32_embeds.update(zip(new, fresh))
-                probs[band] = self.fp32.blip.score(np.stack([fp32_embeds[r] for r in again]), word)  # type: ignore[union-attr]
-            return probs
+                out[band, 1] = self.fp32.blip.score(np.stack([fp32_embeds[r] for r in again]), word)  # type: ignore[union-attr]
+            return out
+
+        return score
+
+    def _itm_gate(self, todo: list[tuple[_Pair, Window]], side: int) -> list[tuple[_Pair, Window]]:
+        """S5 on one side: some word of the pair's objects list of that side matches the crop."""
+        if not todo:
+            return []
+        scorer = self._itm_scorer(todo, side)
+        words = [p.result.objects1 if side == 1 else p.result.objects2 for p, _ in todo]
+        m = self.params.matching
 
         def record(k: int, word: str, probability: float) -> None:
             p, win = todo[k]
             p.ledger.diagnostics.setdefault(f"itm_image{side}", {})[(win, word)] = probability  # type: ignore[union-attr]
 
-        matches = first_matching_words(words, score, m.min_score, m.max_score, record if self.settings.diagnostics else None)
+        matches = first_matching_words(words, lambda word, idx: _deciding(scorer(word, idx)), m.min_score, m.max_score,
+                                       record if self.settings.diagnostics else None)  # fmt: skip
         for (p, win), match in zip(todo, matches):
             if match is not None:
                 p.ledger.note(win, **{f"word{side}": match[0], f"itm{side}": match[1]})  # type: ignore[union-attr]
@@ -385,6 +449,8 @@ class DifferenceAreaGenerator:
         result, ledger = pair.result, pair.ledger
         if ledger is None:
             return result
+        if pair.kept is not None:
+            return self._finish_from_sheet(pair)
         t = time.perf_counter()
         assert result.candidate_boxes is not None
         survivors = ledger.survivors()
@@ -408,6 +474,33 @@ class DifferenceAreaGenerator:
             tally.merge(ledger.band.to_json())
             result.band = tally.to_json()
         return result
+
+
+    def _finish_from_sheet(self, pair: _Pair) -> PairResult:
+        """Keeping scores: the pair's sheet, and the result the gates give from it (as a gated run)."""
+        result, ledger, kept = pair.result, pair.ledger, pair.kept
+        assert ledger is not None and kept is not None and result.candidate_boxes is not None
+        t = time.perf_counter()
+        windows = list(dict.fromkeys(ledger.windows))
+        where = {win: w for w, win in enumerate(windows)}
+        valid = np.zeros(len(windows), dtype=bool)
+        valid[[where[win] for win, ok in zip(ledger.windows, ledger.valid) if ok]] = True
+        crop = np.full((len(windows), 2), np.nan)
+        same = np.zeros(len(windows), dtype=bool)
+        for win, (score, identical_pixels) in kept.crop.items():
+            crop[where[win]], same[where[win]] = score, identical_pixels
+        itm = {}
+        for side, words in ((1, result.objects1), (2, result.objects2)):
+            itm[side] = np.full((len(windows), len(words), 2), np.nan)
+            for (win, word), score in kept.itm[side].items():
+                itm[side][where[win], [j for j, w in enumerate(words) if w == word]] = score
+        sheet = ScoreSheet(kept.pair, kept.pair_identical, result.candidate_boxes, result.counts["boxes1"],
+                           np.array([where[win] for win in ledger.windows], dtype=np.int32), valid, same, crop, itm[1], itm[2])  # fmt: skip
+        spec = BandSpec(frozenset(m for m in ("clip", "blip") if self._banded(m)), self.band.to_margins() if self.band else {})
+        decided = decide(sheet, result.key, result.objects1, result.objects2, self.params, spec).result
+        decided.times, decided.image_paths, decided.scores = dict(result.times), result.image_paths, sheet
+        decided.times.update(ledger.seconds, decide=time.perf_counter() - t)
+        return decided
 
 
 def _no_objects_reason(diff: CaptionDifference | None, side: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import ImgDiffError
 from .jsonlines import LineError, RawLine, parse_record, strict_dumps
 from .pipeline import DifferenceAreaGenerator, PairError, PairFailure, PairInput, PairResult
+from .tuning.sheet import ScoreSheet
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class OutputLine:
     text: str  # the JSON line, without newline
     error: str | None  # "KEY: what is wrong" for the log; None when the record was processed
     band: dict[str, dict[str, int]] | None = None  # the pair's guard-band tally (PairResult.band), for the run summary
+    scores: ScoreSheet | None = None  # the pair's kept scores (PairResult.scores), written beside the results
+    number: int = 0  # the input line
+    digest: str = ""  # the input line's digest
 
 
 def error_output(line: InputLine, message: str) -> OutputLine:
@@ -161,6 +165,6 @@ def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timin
     out = []
     for ln, outcome in zip(lines, _outcomes_isolating(engine, lines)):
         error = f"{ln.key}: {ln.error}" if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
-        band = outcome.band if isinstance(outcome, PairResult) else None
-        out.append(OutputLine(output_line(ln, outcome, timings), error, band))
+        band, scores = (outcome.band, outcome.scores) if isinstance(outcome, PairResult) else (None, None)
+        out.append(OutputLine(output_line(ln, outcome, timings), error, band, scores, ln.number, ln.digest))
     return out

@@ -7,7 +7,7 @@
 - `check_not_input`: an output that is the input file (by any name) is refused before anything
   is opened for writing.
 - `RunIdentity`: everything that changes the results (input file, models, precision, parameters,
-  JPEG round trip, per-stage timings in the lines) is written to `.<output>.run.json` when a run
+  JPEG round trip, per-stage timings in the lines, kept scores) is written to `.<output>.run.json` when a run
   starts a file; `--resume` compares it with the resuming run's and refuses a mismatch, naming
   what differs. Threads and batch sizes do not change results and may differ. Each result line
   also carries a digest of its input line, so a resume checks the processed prefix line by line.
@@ -129,6 +129,7 @@ class RunIdentity:
     jpeg_roundtrip: bool
     timings: bool
     format: str = "imgdiff-onnx-results/1"
+    keep_scores: bool = False  # the run keeps its scores beside the file (RESULTS.scores/)
 
     def differences(self, other: "RunIdentity") -> list[str]:
         """The fields that differ; parameters compare by value (1 and 1.0 are the same)."""

@@ -78,6 +78,11 @@ class EngineSettings:
     Figures: benchmarks/ARCHIVE.md.
     diagnostics: keep every score a gate computed, keyed by candidate window
     (PairResult.diagnostics).
+    keep_scores: compute every score with the gates open (FastSAM on every pair with object
+    words, CLIP on every crop window, BLIP on every crop with every word) and decide from them, so
+    that the thresholds can be changed afterwards without a model call (PairResult.scores;
+    `run --keep-scores`, `retune`, `sweep`: imgdiff_onnx.tuning). The results are those of a
+    gated run; the cost is that of a run with every gate open.
     """
 
     precision: PrecisionLike | None = None
@@ -94,8 +99,11 @@ class EngineSettings:
     memory_pattern: bool = True
     memory_release: MemoryRelease = "trim"
     diagnostics: bool = False
+    keep_scores: bool = False
 
     def __post_init__(self) -> None:
+        if self.keep_scores and self.diagnostics:
+            raise ParameterError("keep_scores and diagnostics exclude each other: the kept scores hold every score diagnostics would", "keep_scores")
         if self.precision is not None:
             Precision.parse(self.precision)  # fail here, not at load time
         for name in ("threads", "workers"):
