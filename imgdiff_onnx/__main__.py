@@ -127,7 +127,7 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
     try:
         return EngineSettings(precision=precision if precision is not None else args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
                               jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check, memory_release=args.memory_release,
-                              segment_together=args.segment_together)
+                              segment_together=args.segment_together, keep_scores=getattr(args, "keep_scores", False))
     except PrecisionError:
         raise
     except ParameterError as exc:  # names its setting: the flag is that name with dashes
@@ -173,6 +173,26 @@ def run(args: argparse.Namespace) -> int:
 
         stats = run_jsonl(DifferenceAreaGenerator(args.models, params, settings), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
+    return 0
+
+
+def retune(args: argparse.Namespace) -> int:
+    from .tuning.retune import RetuneOptions, retune_file
+
+    params, _ = _load_params(args.params)
+    counts = retune_file(args.input, params, args.output, RetuneOptions(overwrite=args.overwrite, progress=not args.quiet, models=args.models))
+    log.info("%d lines written to %s: boxes changed on %d; %d score(s) computed in fp32 (in the guard band of the new thresholds)",
+             counts["lines"], args.output, counts["changed"], counts["rescored"])  # fmt: skip
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    from .tuning.sweep import SweepOptions, parse_axis, sweep_file
+
+    axes = [parse_axis(text) for text in args.vary]
+    paths = sweep_file(args.input, axes, args.out, SweepOptions(base=_load_params(args.params)[0] if args.params else None, progress=not args.quiet))
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    log.info("sweep written to %s", ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -340,11 +360,28 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
     existing.add_argument("--overwrite", action="store_true", help="replace an existing output file (only once start-up checks pass)")
     r.add_argument("--timings", action="store_true", help="add per-stage seconds to each result line")
+    r.add_argument("--keep-scores", action="store_true",
+                   help="keep every score beside the results (OUTPUT.scores/), computed with every gate open, so that `retune` and "
+                   "`sweep` change the similarity and ITM thresholds later without a model call (costs a run with open gates)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray actors: no ADDRESS starts a local Ray, 'auto' or host:port joins a cluster (needs the ray extra)")
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
     r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
+    t = command("retune", help="decide a --keep-scores run again at other similarity / ITM thresholds, without the models")
+    t.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores` (its scores are in INPUT.scores/)")
+    t.add_argument("--params", type=Path, required=True, help="the new thresholds: JSON or YAML with Data-Juicer's parameter dicts, or a recipe")
+    t.add_argument("--output", type=Path, required=True, help="JSONL results, as `run` with --params would write them")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    t.add_argument("--models", type=Path, help="the run's model folder, if it moved (for the few fp32 scores a banded model needs)")
+    t.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    w = command("sweep", help="pairs kept, boxes per pair and exit reasons over a grid of one or two thresholds of a --keep-scores run")
+    w.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores`")
+    w.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:STEP",
+                   help="a threshold and its grid, e.g. max_score_2=0.80:1.00:0.02 (once or twice)")
+    w.add_argument("--out", type=Path, required=True, help="folder for sweep.csv, sweep.md, sweep.png, sweep.json")
+    w.add_argument("--params", type=Path, help="the other thresholds (default: the run's)")
+    w.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     v = command("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
     v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
     v.add_argument("--input", type=Path, required=True, help="JSONL of your pairs (as for run)")
@@ -391,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return {"run": run, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
+        return {"run": run, "retune": retune, "sweep": sweep, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code

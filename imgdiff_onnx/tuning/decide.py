@@ -75,13 +75,16 @@ def pair_exit_reason(similarity: float, p: PairSimilarityArgs) -> str | None:
 
 
 def _banded_values(scores: np.ndarray, lo: float, hi: float, margin: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values that decide, in the band, in the band without an fp32 value) for scores [..., 2]."""
+    """(values that decide, in the band, in the band without an fp32 value) for scores [..., 2].
+    Where the fp32 value is missing the score as computed stands in (a sweep's approximation; a
+    retune computes it and decides again)."""
     primary, fp32 = scores[..., 0], scores[..., 1]
     if margin is None:
         none = np.zeros(primary.shape, dtype=bool)
         return primary, none, none
     band = near(primary, lo, hi, margin)
-    return np.where(band, fp32, primary), band, band & np.isnan(fp32)
+    missing = band & np.isnan(fp32)
+    return np.where(band & ~missing, fp32, primary), band, missing
 
 
 def _inside(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
