@@ -231,7 +231,7 @@ def validate(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    index = write_report(args.input, args.out, args.limit, single_file=args.single_file, progress=not args.quiet)
+    index = write_report(args.input, args.out, args.limit, single_file=args.single_file, progress=not args.quiet, sweep=args.sweep)
     print(f"report: {index}")
     return 0
 
@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="folder for index.html and its scaled pictures (img/)")
     s.add_argument("--limit", type=int, help="show at most the first N result lines")
     s.add_argument("--single-file", action="store_true", help="put the pictures inside index.html (for sharing small reports)")
+    s.add_argument("--sweep", type=Path, help="a folder written by `sweep`: its table and plot open the report")
     s.add_argument("--quiet", action="store_true")
     d = command("demo", help="offline demo: random-init models, generated sample pairs, results and report")
     d.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")

@@ -113,9 +113,11 @@ def _report_file(path: Path) -> bool:
 
 
 def write_report(results: Path, out: Path, limit: int | None = None, single_file: bool = False, thumb_width: int = THUMB_WIDTH,
-                 progress: bool = True) -> Path:  # fmt: skip
-    """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path."""
+                 progress: bool = True, sweep: Path | None = None) -> Path:  # fmt: skip
+    """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path. With
+    `sweep` (a folder written by `sweep`), the report opens with its table and plot."""
     rows = read_results(Path(results), limit)
+    sweep_html = sweep_section(sweep) if sweep is not None else ""
     outfolder.claim(out, "report", _report_file)
     images = out / "img"
     if images.exists():
@@ -148,14 +150,34 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
         bar.update(1)
     bar.close()
     index = out / "index.html"
-    index.write_text(_page(str(results), entries), encoding="utf-8")
+    index.write_text(_page(str(results), entries, sweep_html), encoding="utf-8")
     return index
 
 
-def _page(source: str, entries: list[dict]) -> str:
+def sweep_section(folder: Path) -> str:
+    """The report's section for a sweep: its plot (inline) and its table."""
+    try:
+        data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+        plot = base64.b64encode((folder / "sweep.png").read_bytes()).decode("ascii")
+    except (OSError, ValueError) as exc:
+        raise RunError(f"--sweep {folder}: not a folder written by `sweep` ({exc})") from None
+    rows = data.get("rows", [])
+    kinds = sorted({k for row in rows for k in row.get("exits", {})})
+    head = list(data.get("axes", [])) + ["pairs with boxes", "boxes per pair", "int8 in band"] + [f"exit: {k}" for k in kinds]
+    body = []
+    for row in rows:
+        cells = [row.get(a) for a in data.get("axes", [])]
+        cells += ["invalid"] * (3 + len(kinds)) if row.get("invalid") else [row["pairs_with_boxes"], row["boxes_per_pair"], row["int8_in_band"]] + [row["exits"].get(k, 0) for k in kinds]
+        body.append("<tr>" + "".join(f'<td class="num">{html.escape(str(c))}</td>' for c in cells) + "</tr>")
+    title = html.escape(" x ".join(data.get("axes", [])))
+    return (f'<section class="sweep" id="sweep"><h2>Threshold sweep: {title}</h2><img alt="sweep plot" src="data:image/png;base64,{plot}">'
+            f'<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>{"".join(body)}</table></section>')  # fmt: skip
+
+
+def _page(source: str, entries: list[dict], sweep_html: str = "") -> str:
     data = json.dumps({"source": source, "gap": GAP, "palette": ["#%02x%02x%02x" % c for c in PALETTE], "pairs": entries},
                       ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")  # fmt: skip
-    return PAGE.replace("__TITLE__", html.escape(Path(source).name)).replace("__DATA__", data)
+    return PAGE.replace("__SWEEP__", sweep_html).replace("__TITLE__", html.escape(Path(source).name)).replace("__DATA__", data)
 
 
 PAGE = """<!doctype html>
@@ -181,6 +203,7 @@ g.box.hl rect:first-child{stroke-width:4}tr[data-k]{cursor:pointer}tr[data-k].hl
 </style></head>
 <body><header><h1>imgdiff_onnx results: __TITLE__</h1></header>
 <main>
+__SWEEP__
 <section class="summary" id="summary"></section>
 <section class="controls" id="controls">
 <label>status <select id="f-status"><option value="all">all</option><option value="ok">ok</option><option value="error">error</option></select></label>
