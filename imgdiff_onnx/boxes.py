@@ -67,17 +67,18 @@ def greedy_overlap_filter(boxes_xywh: np.ndarray, iou_threshold: float = 0.5) ->
     x2 = boxes[:, 0] + boxes[:, 2] / 2
     y2 = boxes[:, 1] + boxes[:, 3] / 2
     areas = (y2 - y1 + 1) * (x2 - x1 + 1)
+    # every pair's IoU at once (the same float32 operations as box against box), then the greedy pass
+    w = np.maximum(0, np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]) + 1)
+    h = np.maximum(0, np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]) + 1)
+    overlap = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dropped_by = ~(overlap / (areas[:, None] + areas[None, :] - overlap) <= iou_threshold)  # NaN drops, as in the original
     keep = []
-    index = np.arange(len(boxes))
-    while len(index) > 0:
-        i = index[0]
-        keep.append(i)
-        rest = index[1:]
-        w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        overlap = w * h
-        ious = overlap / (areas[i] + areas[rest] - overlap)
-        index = rest[ious <= iou_threshold]
+    alive = np.ones(len(boxes), dtype=bool)
+    for i in range(len(boxes)):
+        if alive[i]:
+            keep.append(i)
+            alive &= ~dropped_by[i]
     return np.asarray(keep, dtype=np.int64)
 
 

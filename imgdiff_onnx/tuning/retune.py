@@ -184,7 +184,8 @@ def retune_file(results: Path, params: OperatorParams, output: Path, options: Re
             for record, result in kept.decide(params, options.models):
                 out.write((result_line(record, result) + "\n").encode("utf-8"))
                 counts["lines"] += 1
-                counts["changed"] += result is not None and result.to_dict()["boxes"] != record[RESULT_KEY]["boxes"]
+                counts["changed"] += result is not None and len(result.kept) != len(record[RESULT_KEY]["boxes"]) or (
+                    result is not None and result.kept != [e["candidate"] for e in record[RESULT_KEY]["evidence"]])
                 bar.update()
             bar.close()
             out.flush()

@@ -1,0 +1,124 @@
+"""What keeping scores costs and what a retune saves, measured side by side in one run.
+
+    python -m benchmarks.tuning --models MODELS --out benchmarks/results/tuning [--replicate 100000]
+
+1. A gated run and a `--keep-scores` run of the same pairs (the real Img-Diff pair and two
+   pasted pairs) at the recipe's thresholds, each in its own process: CPU seconds, the kept
+   scores' size per pair, and the time spent writing them (pack + save of every chunk again,
+   timed in this process).
+2. `retune` of the kept run to other thresholds against a fresh gated run at those thresholds:
+   byte-identical output is checked, CPU seconds of both.
+3. The kept int8 run's lines and scores repeated to `--replicate` pairs (line numbers and
+   digests renumbered), and `retune` of that file timed: the decisions only (an int8 run needs
+   no fp32 re-score).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.data_juicer_peer import _pairs
+from benchmarks.machine import cpu_description
+from imgdiff_onnx.jsonlines import line_digest
+from imgdiff_onnx.tuning.sheet import KeptScoresMeta, ScoreWriter, read_sheets, scores_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+STRICTER = {"image_pair_similarity_filter_args": {"min_score_1": 0.1, "max_score_1": 0.98, "min_score_2": 0.1, "max_score_2": 0.9},
+            "image_text_matching_filter_args": {"min_score": 0.3, "max_score": 1.0}}  # fmt: skip
+
+
+def _cli(*args: str) -> dict:
+    """Run `python -m imgdiff_onnx ARGS` in a child: its wall and CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args, "--quiet"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(cpu, 2)}
+
+
+def _dataset(out: Path) -> Path:
+    shared = ROOT.parent / "shared"
+    rows = _pairs(shared, "real", out / "pairs") + _pairs(shared, "pasted", out / "pairs")
+    path = out / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"id": r["key"], "image_path1": r["image1"], "image_path2": r["image2"],
+                                        "caption1": r["caption1"], "caption2": r["caption2"]}) + "\n" for r in rows))  # fmt: skip
+    return path
+
+
+def _writing_seconds(results: Path, scratch: Path) -> float:
+    """Pack and save every kept chunk again: what keeping the scores adds to a run's writes."""
+    sheets = list(read_sheets(scores_folder(results)))
+    meta = KeptScoresMeta.read(scores_folder(results)).to_json()
+    writer = ScoreWriter(scratch, meta, 0, True)
+    start = time.perf_counter()
+    for line, digest, sheet in sheets:
+        writer.write([line], [digest], [sheet])
+    return time.perf_counter() - start
+
+
+def replicate(results: Path, out: Path, n: int) -> Path:
+    """`results` and its kept scores repeated to n lines, renumbered, with fresh digests."""
+    lines = [json.loads(t) for t in results.read_text().splitlines()]
+    sheets = {line: sheet for line, _, sheet in read_sheets(scores_folder(results))}
+    big = out / "replicated.jsonl"
+    writer = ScoreWriter(big, KeptScoresMeta.read(scores_folder(results)).to_json(), 0, True)
+    with open(big, "w") as handle:
+        for start in range(0, n, 512):
+            numbers, digests, kept = [], [], []
+            for k in range(start, min(n, start + 512)):
+                record = json.loads(json.dumps(lines[k % len(lines)]))
+                original = record["imgdiff"]["line"]
+                record["id"] = f"copy {k}"
+                digest = line_digest(json.dumps({"id": record["id"]}).encode())
+                record["imgdiff"].update(line=k + 1, input_digest=digest)
+                handle.write(json.dumps(record) + "\n")
+                if original in sheets:
+                    numbers.append(k + 1)
+                    digests.append(digest)
+                    kept.append(sheets[original])
+            writer.write(numbers, digests, kept)
+    return big
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--replicate", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    data = _dataset(out)
+    stricter = out / "stricter.json"
+    stricter.write_text(json.dumps(STRICTER))
+    common = ["--models", str(args.models), "--input", str(data), "--params", "img_diff_onnx", "--overwrite"]
+    report: dict = {"cpu": cpu_description(), "models": str(args.models), "pairs": 3, "date": time.strftime("%Y-%m-%d")}
+    report["gated"] = _cli("run", *common, "--output", str(out / "gated.jsonl"))
+    report["keep"] = _cli("run", *common, "--output", str(out / "keep.jsonl"), "--keep-scores")
+    report["keep_lines_equal_gated"] = (out / "keep.jsonl").read_bytes() == (out / "gated.jsonl").read_bytes()
+    size = sum(p.stat().st_size for p in scores_folder(out / "keep.jsonl").iterdir())
+    report["kept_bytes_per_pair"] = size // 3
+    report["writing_s_per_pair"] = round(_writing_seconds(out / "keep.jsonl", out / "scratch.jsonl") / 3, 4)
+    report["retune"] = _cli("retune", "--input", str(out / "keep.jsonl"), "--params", str(stricter), "--output", str(out / "retuned.jsonl"), "--overwrite")
+    fresh_args = ["--models", str(args.models), "--input", str(data), "--params", str(stricter), "--overwrite"]
+    report["fresh_at_stricter"] = _cli("run", *fresh_args, "--output", str(out / "fresh.jsonl"))
+    report["retune_equals_fresh"] = (out / "retuned.jsonl").read_bytes() == (out / "fresh.jsonl").read_bytes()
+    report["keep_int8"] = _cli("run", *common, "--output", str(out / "keep_int8.jsonl"), "--keep-scores", "--precision", "int8")
+    big = replicate(out / "keep_int8.jsonl", out, args.replicate)
+    report["replicated_pairs"] = args.replicate
+    report["replicated_kept_bytes"] = sum(p.stat().st_size for p in scores_folder(big).iterdir())
+    report["retune_replicated"] = _cli("retune", "--input", str(big), "--params", str(stricter), "--output", str(out / "replicated_out.jsonl"), "--overwrite")
+    (out / "tuning.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
