@@ -48,12 +48,15 @@ def test_ray_run_takes_a_per_model_precision(tiny_models, dataset, tmp_path):  #
     assert proc.returncode == 2 and "clip must be fp32, int8 or banded" in proc.stderr
 
 
-def test_ray_run_resumes_like_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811
+def test_ray_run_resumes_like_the_single_process_run_and_keeps_its_scores(tiny_models, dataset, single, tmp_path):  # noqa: F811
     out = tmp_path / "ray.jsonl"
-    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--limit", "5"))
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--limit", "5", "--keep-scores"))
     assert len(out.read_text().splitlines()) == 5
-    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--resume"))
-    assert out.read_text() == single.read_text()
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1, "--resume", "--keep-scores"))
+    assert out.read_text() == single.read_text()  # a kept-scores run writes the gated run's lines
+    # the actors' sheets reached the driver: a retune at the run's own thresholds writes the same file
+    _cli_env("retune", "--input", str(out), "--params", str(dataset.parent / "params.json"), "--output", str(tmp_path / "again.jsonl"), "--quiet")
+    assert (tmp_path / "again.jsonl").read_text() == single.read_text()
 
 
 def test_dead_actor_record_is_retried_once_then_reported(tiny_models, dataset, single, tmp_path):  # noqa: F811

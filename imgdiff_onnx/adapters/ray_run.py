@@ -31,6 +31,7 @@ from imgdiff_onnx.modelset import ModelSet
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
+from imgdiff_onnx.tuning.sheet import kept_scores_meta
 from imgdiff_onnx.signals import GracefulStop
 
 log = logging.getLogger(__name__)
@@ -266,8 +267,9 @@ def run_ray(
     model_set = ModelSet(models, settings.precision, settings.model_check)
     manifest, precision = model_set.manifest, model_set.precision
     settings = dataclasses.replace(settings, threads=ray_options.threads, precision=precision)
-    identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options)
-    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity) as writer:
+    identity = run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options, settings.keep_scores)
+    meta = kept_scores_meta(model_set, params, settings.jpeg_roundtrip) if settings.keep_scores else None  # the actors' sheets are written here
+    with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity, meta) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(address=ray_options.address, num_cpus=ray_options.num_cpus if ray_options.address is None else None,

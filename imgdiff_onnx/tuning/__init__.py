@@ -1,0 +1,32 @@
+"""Tune thresholds without recomputing: keep a run's scores, decide again at other thresholds.
+
+- `run --keep-scores` / EngineSettings(keep_scores=True): every score kept beside the results
+  (imgdiff_onnx.tuning.sheet).
+- `retune` / `retune_file`, `KeptRun.decide`: the results a fresh run at new thresholds gives,
+  from the kept scores (imgdiff_onnx.tuning.decide, .retune, .rescore).
+- `sweep` / `sweep_file`: a grid of one or two thresholds, counted (imgdiff_onnx.tuning.sweep).
+
+In a notebook:
+
+>>> from imgdiff_onnx import OperatorParams                                          # doctest: +SKIP
+>>> from imgdiff_onnx.tuning import KeptRun                                          # doctest: +SKIP
+>>> kept = KeptRun.open("results.jsonl")                                             # doctest: +SKIP
+>>> stricter = OperatorParams.from_dicts({"max_score_2": 0.95}, None, {"min_score": 0.4})  # doctest: +SKIP
+>>> for line, result in kept.decide(stricter):  # result: a PairResult, or None for a line no threshold changes  # doctest: +SKIP
+...     print(line["id"], None if result is None else result.boxes)
+"""
+
+from importlib import import_module
+from typing import Any
+
+# the engine imports the pure modules (sheet, decide); these, which read results files, load on use
+_LAZY = {"RETUNABLE": "retune", "KeptRun": "retune", "RetuneOptions": "retune", "retune_file": "retune",
+         "Axis": "sweep", "SweepOptions": "sweep", "parse_axis": "sweep", "sweep": "sweep", "sweep_file": "sweep"}  # fmt: skip
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

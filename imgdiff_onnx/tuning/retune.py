@@ -41,6 +41,7 @@ RETUNABLE = {
     "image_text_matching_filter_args": ("min_score", "max_score"),
 }
 BLOCK = 512  # result lines decided together (their fp32 re-scores, if any, load the models once)
+ROUNDS = 4  # gates in a chain (S1, S6, S5 crop 1, S5 crop 2): each fp32 round settles at least the next one
 
 
 def check_retunable(kept: OperatorParams, new: OperatorParams) -> None:
@@ -129,10 +130,13 @@ class KeptRun:
             if self.rescorer is None:
                 self.rescorer = Rescorer.for_run(self.meta, models)
             record, sheet = block[k]
-            self.rescorer.fill(record[RESULT_KEY], sheet, d.needs)  # type: ignore[arg-type]
-            decided[k] = again = _decide(record, sheet, params, band)  # type: ignore[arg-type]
-            if not again.settled:
-                raise RunError(f"line {record[RESULT_KEY]['line']}: {len(again.needs)} score(s) still missing after the fp32 re-scoring")  # internal: fill() computes every need
+            for _ in range(ROUNDS):  # an fp32 score can let a window on to a gate whose score is in the band too
+                self.rescorer.fill(record[RESULT_KEY], sheet, d.needs)  # type: ignore[arg-type]
+                decided[k] = d = _decide(record, sheet, params, band)  # type: ignore[arg-type]
+                if d.settled:
+                    break
+            else:
+                raise RunError(f"line {record[RESULT_KEY]['line']}: {len(d.needs)} score(s) still missing after the fp32 re-scoring")  # internal: each round settles one more gate
         return [(record, None if d is None else d.result) for (record, _), d in zip(block, decided)]
 
 

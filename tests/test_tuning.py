@@ -1,0 +1,246 @@
+"""Kept scores, retune and sweep: a loose run with kept scores, decided again at other thresholds,
+equals a fresh run at those thresholds byte for byte; what cannot be retuned is refused; the
+kept scores survive resume and are dropped with the file they belong to."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
+from imgdiff_onnx.errors import ParameterError, RunError
+from imgdiff_onnx.jsonl import RunOptions, run
+from imgdiff_onnx.modelset import ModelSet, SessionPool
+from imgdiff_onnx.stages.matching import first_matching_words
+from imgdiff_onnx.tuning import KeptRun, retune_file
+from imgdiff_onnx.tuning.decide import _first_matches, _Tally
+from imgdiff_onnx.tuning.retune import RetuneOptions
+from imgdiff_onnx.tuning.sheet import ScoreSheet, pack, scores_folder, unpack
+from imgdiff_onnx.tuning.sweep import parse_axis, sweep_file
+
+from .conftest import DATA, PAIR1, PAIR_CAPTIONS
+
+
+def _params(s1=(-1.0, 1.0), s2=(-1.0, 1.0), itm=(0.0, 1.0), **segment) -> OperatorParams:
+    return OperatorParams.from_dicts({"min_score_1": s1[0], "max_score_1": s1[1], "min_score_2": s2[0], "max_score_2": s2[1]},
+                                     {"imgsz": 320, **segment}, {"min_score": itm[0], "max_score": itm[1]})  # fmt: skip
+
+
+def _write_params(path: Path, params: OperatorParams) -> Path:
+    data = params.to_dicts()
+    for group in data.values():
+        group.pop("hf_clip", None), group.pop("hf_blip", None), group.pop("model_path", None)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Pairs whose windows and words exercise every gate: a real pair, two photos with a repeated
+    word, a pasted patch (most windows the same pixels), a pair without object words, a bad image."""
+    folder = tmp_path_factory.mktemp("tuning")
+    one = cv2.imread(str(PAIR1))
+    two = one.copy()
+    h, w = one.shape[:2]
+    two[h // 3 : h // 3 + h // 4, w // 3 : w // 3 + w // 4] = cv2.resize(cv2.imread(str(DATA / "images" / "cat.jpg")), (w // 4, h // 4))
+    cv2.imwrite(str(folder / "pasted_1.png"), one)
+    cv2.imwrite(str(folder / "pasted_2.png"), two)
+    records = [
+        {"id": "real", "image_path1": str(PAIR1), "image_path2": str(DATA / "pairs" / "img_pair_2.jpg"), "caption1": PAIR_CAPTIONS[0], "caption2": PAIR_CAPTIONS[1]},
+        {"id": "photos", "image_path1": str(DATA / "images" / "cat.jpg"), "image_path2": str(DATA / "images" / "lena.jpg"),
+         "objects1": ["cat"], "objects2": ["woman", "hat", "woman"]},
+        {"id": "pasted", "image_path1": "pasted_1.png", "image_path2": "pasted_2.png", "objects1": ["plane", "sky"], "objects2": ["cat", "plane"]},
+        {"id": "no words", "image_path1": str(DATA / "images" / "cat.jpg"), "image_path2": str(DATA / "images" / "lena.jpg"), "caption1": "A cat.", "caption2": "A cat."},
+        {"id": "bad", "image_path1": "missing.png", "image_path2": "pasted_2.png", "objects1": ["cat"], "objects2": ["dog"]},
+    ]  # fmt: skip
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_sets(tiny_models):
+    pool = SessionPool()
+    return {name: ModelSet(tiny_models, precision, pool=pool) for name, precision in (("banded", None), ("int8", "int8"))}
+
+
+def _run(models: ModelSet, work: Path, params: OperatorParams, out: Path, keep: bool = False, limit: int | None = None, resume: bool = False) -> Path:
+    engine = DifferenceAreaGenerator(models, params, EngineSettings(threads=1, workers=1, keep_scores=keep))
+    run(engine, work / "pairs.jsonl", out, RunOptions(overwrite=not resume, resume=resume, limit=limit, progress=False, pairs_per_batch=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def kept(model_sets, work) -> dict[str, Path]:
+    """A loose (every gate open) run with kept scores, per precision."""
+    return {name: _run(models, work, _params(), work / f"kept-{name}.jsonl", keep=True) for name, models in model_sets.items()}
+
+
+def _retune(results: Path, params: OperatorParams, out: Path) -> Path:
+    retune_file(results, params, out, RetuneOptions(overwrite=True, progress=False))
+    return out
+
+
+def test_a_kept_scores_run_writes_what_the_gated_run_writes(model_sets, work, kept):
+    gated = _run(model_sets["banded"], work, _params(), work / "gated.jsonl")
+    assert kept["banded"].read_bytes() == gated.read_bytes()
+    folder = scores_folder(kept["banded"])
+    assert sorted(p.name for p in folder.iterdir()) == ["line-000000001.npz", "line-000000003.npz", "meta.json"]  # batches of 2; the last has none
+    with_scores = [sheet is not None for _, sheet in KeptRun.open(kept["banded"]).lines()]
+    assert with_scores == [True, True, True, False, False]  # no object words, a bad image: nothing to keep
+
+
+@pytest.mark.parametrize("precision", ["banded", "int8"])
+def test_retune_to_stricter_thresholds_equals_a_fresh_run(model_sets, work, kept, precision):
+    strict = _params(s1=(0.5, 0.99), s2=(0.6, 0.97), itm=(0.3, 0.9))
+    fresh = _run(model_sets[precision], work, strict, work / f"fresh-{precision}.jsonl")
+    retuned = _retune(kept[precision], strict, work / f"retuned-{precision}.jsonl")
+    assert retuned.read_bytes() == fresh.read_bytes()
+    assert retuned.read_bytes() != kept[precision].read_bytes()  # the thresholds changed the boxes
+    run_record = json.loads((work / f".fresh-{precision}.jsonl.run.json").read_text())
+    assert json.loads((work / f".retuned-{precision}.jsonl.run.json").read_text()) == run_record
+
+
+THRESHOLD = st.floats(0.0, 1.0).map(lambda v: round(v, 3))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(s1=st.tuples(THRESHOLD, THRESHOLD).map(sorted), s2=st.tuples(THRESHOLD, THRESHOLD).map(lambda t: sorted(0.5 + v / 2 for v in t)),
+       itm=st.tuples(THRESHOLD, THRESHOLD).map(sorted))  # fmt: skip
+def test_retune_equals_a_fresh_run_at_any_thresholds(model_sets, work, kept, s1, s2, itm):
+    """Banded (the default): the scores in the new guard band are computed in fp32, as the fresh run does."""
+    params = _params(tuple(s1), tuple(s2), tuple(itm))
+    fresh = _run(model_sets["banded"], work, params, work / "fresh-any.jsonl")
+    assert _retune(kept["banded"], params, work / "retuned-any.jsonl").read_bytes() == fresh.read_bytes()
+
+
+def test_what_chose_the_candidates_cannot_be_retuned(kept, work):
+    with pytest.raises(ParameterError, match=r"image_segment_mapper_args\.conf: 0\.2 asked, the kept scores are for 0\.05"):
+        _retune(kept["banded"], _params(conf=0.2), work / "refused.jsonl")
+    assert not (work / "refused.jsonl").exists()
+    params = _write_params(work / "imgsz.json", _params(imgsz=640))
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "retune", "--input", str(kept["banded"]), "--params", str(params),
+                           "--output", str(work / "refused.jsonl")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "image_segment_mapper_args.imgsz: 640 asked" in proc.stderr
+
+
+def test_kept_scores_resume_with_the_run_and_are_refused_when_the_file_changed(model_sets, work, kept):
+    out = work / "resumed.jsonl"
+    _run(model_sets["banded"], work, _params(), out, keep=True, limit=3)
+    with pytest.raises(RunError, match="other keep_scores"):
+        _run(model_sets["banded"], work, _params(), out, resume=True)
+    _run(model_sets["banded"], work, _params(), out, keep=True, resume=True)
+    assert out.read_bytes() == kept["banded"].read_bytes()
+    strict = _params(s2=(0.7, 0.95))
+    assert _retune(out, strict, work / "a.jsonl").read_bytes() == _retune(kept["banded"], strict, work / "b.jsonl").read_bytes()
+    lines = out.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["imgdiff"]["input_digest"] = "0" * 16
+    out.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    with pytest.raises(RunError, match="kept scores of line 1 are of another input line"):
+        _retune(out, strict, work / "c.jsonl")
+
+
+def test_overwriting_without_kept_scores_drops_the_old_ones(model_sets, work):
+    out = work / "dropped.jsonl"
+    _run(model_sets["int8"], work, _params(), out, keep=True, limit=1)
+    assert scores_folder(out).is_dir()
+    _run(model_sets["int8"], work, _params(), out, limit=1)
+    assert not scores_folder(out).exists()
+    with pytest.raises(RunError, match="no kept scores"):
+        _retune(out, _params(), work / "none.jsonl")
+
+
+def test_the_api_decides_in_a_notebook(kept):
+    run_ = KeptRun.open(kept["int8"])
+    results = [result for _, result in run_.decide(_params(s2=(0.9, 0.95)))]
+    assert [r is None for r in results] == [False, False, False, True, True]  # no words, bad image: as they were
+    assert all(len(r.boxes) == len(r.evidence) and all(0.9 <= e.crop_similarity <= 0.95 for e in r.evidence) for r in results if r is not None)
+
+
+def test_sweep_writes_its_table_plot_and_report_section(kept, work):
+    paths = sweep_file(kept["int8"], [parse_axis("max_score_2=0.8:1.0:0.1"), parse_axis("min_score=0,0.5")], work / "sweep")
+    rows = json.loads(paths["json"].read_text())["rows"]
+    assert [(r["max_score_2"], r["min_score"]) for r in rows] == [(0.8, 0.0), (0.8, 0.5), (0.9, 0.0), (0.9, 0.5), (1.0, 0.0), (1.0, 0.5)]
+    own = rows[4]  # the run's own thresholds: the counts of its results file
+    results = [json.loads(line)["imgdiff"] for line in kept["int8"].read_text().splitlines()]
+    assert own["boxes"] == sum(len(r["boxes"]) for r in results)
+    assert own["pairs_with_boxes"] == sum(bool(r["boxes"]) for r in results)
+    kinds = ["error" if r["status"] == "error" else "no_objects" if r["exit_reason"] else "has_boxes" if r["boxes"] else "no_box_left" for r in results]
+    assert own["exits"] == {kind: kinds.count(kind) for kind in set(kinds)}
+    assert kinds.count("error") == 1 and kinds.count("no_objects") == 1
+    assert rows[0]["boxes"] <= rows[2]["boxes"] <= rows[4]["boxes"]
+    assert paths["csv"].read_text().splitlines()[0].startswith("max_score_2,min_score,pairs,pairs_with_boxes")
+    assert cv2.imread(str(paths["plot"])).shape == (520, 900, 3)
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "show", "--input", str(kept["int8"]), "--out", str(work / "report"),
+                           "--sweep", str(work / "sweep"), "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    page = (work / "report" / "index.html").read_text()
+    assert "Threshold sweep: max_score_2 x min_score" in page and "data:image/png;base64," in page
+
+
+def test_a_sweep_refuses_what_it_cannot_vary():
+    with pytest.raises(ParameterError, match="conf: not a threshold a sweep can change"):
+        parse_axis("conf=0.1:0.5:0.1")
+    with pytest.raises(ParameterError, match="STEP must be > 0"):
+        parse_axis("max_score_2=1:0.5:0.1")
+
+
+# ---- the sheet's format and the first-word decision, over many inputs ------------------------------
+
+finite = st.floats(-1.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def sheets(draw) -> ScoreSheet:
+    n_windows = draw(st.integers(0, 6))
+    n_candidates = draw(st.integers(n_windows, n_windows + 3)) if n_windows else 0
+    n1, n2 = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    window_of = np.concatenate([np.arange(n_windows), rng.integers(0, max(n_windows, 1), n_candidates - n_windows)]).astype(np.int32)
+
+    def scores(*shape: int) -> np.ndarray:
+        out = rng.uniform(-1, 1, (*shape, 2))
+        out[..., 1][rng.random(shape) < 0.7] = np.nan
+        return out
+
+    return ScoreSheet(scores(1)[0], draw(st.booleans()), rng.uniform(0, 500, (n_candidates, 4)).astype(np.float32),
+                      draw(st.integers(0, n_candidates)), window_of, rng.random(n_windows) < 0.8, rng.random(n_windows) < 0.3,
+                      scores(n_windows), scores(n_windows, n1), scores(n_windows, n2))  # fmt: skip
+
+
+@given(st.lists(sheets(), min_size=1, max_size=4))
+def test_sheets_read_back_exactly(batch):
+    lines = list(range(7, 7 + len(batch)))
+    back = list(unpack(pack(lines, [f"{n:016x}" for n in lines], batch)))
+    assert [(line, digest) for line, digest, _ in back] == [(n, f"{n:016x}") for n in lines]
+    for (_, _, got), want in zip(back, batch):
+        for name in ScoreSheet.__dataclass_fields__:
+            a, b = getattr(got, name), getattr(want, name)
+            assert np.array_equal(a, b, equal_nan=True) if isinstance(b, np.ndarray) else a == b, name
+
+
+@given(st.data())
+def test_the_vectorised_first_word_is_the_engines_first_word(data):
+    """tuning.decide's first matching word per window equals stages.matching.first_matching_words,
+    word for word and score for score (a repeated word has its first score everywhere)."""
+    words = data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4))
+    n_windows = data.draw(st.integers(1, 5))
+    score = {(k, w): data.draw(finite) for k in range(n_windows) for w in set(words)}
+    lo, hi = sorted(data.draw(st.tuples(finite, finite)))
+    reach = np.array(data.draw(st.lists(st.booleans(), min_size=n_windows, max_size=n_windows)))
+    itm = np.full((n_windows, len(words), 2), np.nan)
+    itm[..., 0] = [[score[(k, w)] for w in words] for k in range(n_windows)]
+    reached = [k for k in range(n_windows) if reach[k]]
+    found = first_matching_words([words] * len(reached), lambda w, idx: np.array([score[(reached[i], w)] for i in idx]), lo, hi)
+    passes, chosen, probability = _first_matches(itm, words, reach, lo, hi, None, 1, _Tally())
+    got = [(words[chosen[k]], float(probability[k])) if passes[k] else None for k in reached]
+    assert got == found
+    assert not passes[~reach].any()
