@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from .integrity import MODEL_CHECKS
-from .settings import MEMORY_RELEASE
+from .settings import MEMORY_RELEASE, PAIRS_PER_BATCH, EngineSettings
+
+ENGINE = EngineSettings()  # every engine option's default comes from here (a test checks each option against it)
 
 log = logging.getLogger("imgdiff_onnx")
 
@@ -320,20 +322,25 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "recommendation written by `validate --write`, else banded: CLIP and BLIP int8 with fp32 for scores near a "
         "threshold, FastSAM fp32; int8 = fastest, fp32 = reference)",
     )
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=int, default=ENGINE.workers,
                    help="model calls run at once (0 = one per core, or 1 when --threads is given); cores used = workers x threads")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model call (0 = 1 per worker, or cores / --workers)")
-    p.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
-    p.add_argument("--model-check", choices=MODEL_CHECKS, default="once",
+    p.add_argument("--threads", type=int, default=ENGINE.threads, help="onnxruntime threads per model call (0 = 1 per worker, or cores / --workers)")
+    _crop_batch_option(p)
+    p.add_argument("--model-check", choices=MODEL_CHECKS, default=ENGINE.model_check,
                    help="model files against the manifest: sha256 once per file version (default), at every start, or sizes only")
     p.add_argument("--jpeg-roundtrip", action="store_true", help="D2 compatibility: crops through JPEG like Data-Juicer's cache")
-    p.add_argument("--memory-release", choices=MEMORY_RELEASE, default="trim",
+    p.add_argument("--memory-release", choices=MEMORY_RELEASE, default=ENGINE.memory_release,
                    help="freed memory back to the system after each stage (trim, default), also every large buffer at once "
                    "(mmap: lowest peak, more CPU time; less with GLIBC_TUNABLES=glibc.malloc.hugetlb=1), or not at all (off)")
     p.add_argument("--segment-together", action="store_true",
                    help="FastSAM's two images at once, one per worker (less FastSAM CPU time, ~300 MB more peak at 1024 px); "
                    "default: one after the other on every core")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
+
+
+def _crop_batch_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crop-batch-size", type=int, default=ENGINE.crop_batch_size,
+                   help=f"crops per model call on batch-invariant graphs (default {ENGINE.crop_batch_size})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts (or a Data-Juicer "
                    "recipe), or the name of a shipped recipe: img_diff_onnx (the published Img-Diff thresholds)")
     r.add_argument("--limit", type=int, help="process at most the first N input lines")
-    r.add_argument("--pairs-per-batch", type=int, default=4, help="pairs whose crops are scored together (default 4)")
+    r.add_argument("--pairs-per-batch", type=int, default=PAIRS_PER_BATCH, help=f"pairs whose crops are scored together (default {PAIRS_PER_BATCH})")
     existing = r.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue an interrupted run after its last complete line")
     existing.add_argument("--overwrite", action="store_true", help="replace an existing output file (only once start-up checks pass)")
@@ -392,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-candidate-f1", type=float, default=0.99, help="FastSAM candidate-box F1 vs fp32 int8 must keep (default 0.99)")
     v.add_argument("--min-saving", type=float, default=0.05, help="CPU-time saving an int8 graph must bring (default 0.05)")
     v.add_argument("--write", action="store_true", help="store the recommended precision in the model folder's manifest")
-    v.add_argument("--threads", type=int, default=0, help="onnxruntime threads per model call (0 = one model call per core at once; N = one call at a time on N threads)")
-    v.add_argument("--crop-batch-size", type=int, default=16, help="crops per model call on batch-invariant graphs (default 16)")
+    v.add_argument("--threads", type=int, default=ENGINE.threads, help="onnxruntime threads per model call (0 = one model call per core at once; N = one call at a time on N threads)")
+    _crop_batch_option(v)
     v.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     s = command("show", help="a report to review a results file: index.html with both images, numbered boxes, filters")
     s.add_argument("--input", type=Path, required=True, help="results JSONL from `run`")

@@ -31,6 +31,7 @@ from .pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
+from .settings import PAIRS_PER_BATCH
 from .signals import GracefulStop, Interrupted
 from .tuning.sheet import ScoreWriter, drop_scores, kept_scores_meta
 
@@ -44,7 +45,7 @@ class RunOptions:
     limit: int | None = None  # process at most this many input lines (counting resumed ones)
     resume: bool = False
     overwrite: bool = False
-    pairs_per_batch: int = 4
+    pairs_per_batch: int = PAIRS_PER_BATCH
     timings: bool = False  # include per-stage seconds in the output (makes output non-deterministic)
     progress: bool = True
 

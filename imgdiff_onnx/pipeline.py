@@ -44,7 +44,7 @@ from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure
 from .parallel import Workers
 from .params import OperatorParams
 from .runfile import same_file
-from .settings import EngineSettings
+from .settings import PAIRS_PER_BATCH, EngineSettings
 from .stages.crops import Crops, Window, crop_window, distinct, identical, nonempty
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
@@ -155,7 +155,7 @@ class DifferenceAreaGenerator:
             self._score([prepared])
             return self._finish(prepared)
 
-    def process_many(self, pairs: Iterable[PairInput], pairs_per_batch: int = 4) -> Iterator[PairResult | PairFailure]:
+    def process_many(self, pairs: Iterable[PairInput], pairs_per_batch: int = PAIRS_PER_BATCH) -> Iterator[PairResult | PairFailure]:
         """Results in input order; crop scoring is batched across `pairs_per_batch` pairs.
 
         A bad record yields a PairFailure and the run goes on.

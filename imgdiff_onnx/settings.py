@@ -13,6 +13,9 @@ from .errors import ParameterError
 from .integrity import MODEL_CHECKS, ModelCheck
 from .precision import Precision, PrecisionLike
 
+PAIRS_PER_BATCH = 4  # pairs whose crops are scored together: the one default of RunOptions,
+# ValidateOptions, DifferenceAreaGenerator.process_many and --pairs-per-batch
+
 MemoryRelease = Literal["trim", "mmap", "off"]
 MEMORY_RELEASE: tuple[str, ...] = ("trim", "mmap", "off")
 

@@ -39,6 +39,7 @@ from .modelset import ModelSet, SessionPool, resolve_precision
 from .params import OperatorParams
 from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 from .precision import BANDED, DEFAULT, MODELS, Precision
+from .settings import PAIRS_PER_BATCH
 from .progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class ValidateOptions:
     min_candidate_f1: float = 0.99
     min_saving: float = 0.05
     threads: int = 0
-    crop_batch_size: int = 16
-    pairs_per_batch: int = 4
+    crop_batch_size: int = EngineSettings.crop_batch_size
+    pairs_per_batch: int = PAIRS_PER_BATCH
     progress: bool = True
 
     def __post_init__(self) -> None:
