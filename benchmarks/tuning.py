@@ -3,9 +3,9 @@
     python -m benchmarks.tuning --models MODELS --out benchmarks/results/tuning [--replicate 100000]
 
 1. A gated run and a `--keep-scores` run of the same pairs (the real Img-Diff pair and two
-   pasted pairs) at the recipe's thresholds, each in its own process: CPU seconds, the kept
-   scores' size per pair, and the time spent writing them (pack + save of every chunk again,
-   timed in this process).
+   pasted pairs) at the recipe's thresholds, and a gated run with every gate open, each in its
+   own process: CPU seconds, the kept scores' size per pair, and the time spent writing them
+   (pack + save of every chunk again, timed in this process).
 2. `retune` of the kept run to other thresholds against a fresh gated run at those thresholds:
    byte-identical output is checked, CPU seconds of both.
 3. The kept int8 run's lines and scores repeated to `--replicate` pairs (line numbers and
@@ -31,6 +31,8 @@ from imgdiff_onnx.tuning.sheet import KeptScoresMeta, ScoreWriter, read_sheets, 
 ROOT = Path(__file__).resolve().parents[1]
 STRICTER = {"image_pair_similarity_filter_args": {"min_score_1": 0.1, "max_score_1": 0.98, "min_score_2": 0.1, "max_score_2": 0.9},
             "image_text_matching_filter_args": {"min_score": 0.3, "max_score": 1.0}}  # fmt: skip
+OPEN = {"image_pair_similarity_filter_args": {"min_score_1": -1, "max_score_1": 1, "min_score_2": -1, "max_score_2": 1},
+        "image_text_matching_filter_args": {"min_score": 0, "max_score": 1}}  # fmt: skip
 
 
 def _cli(*args: str) -> dict:
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--models", str(args.models), "--input", str(data), "--params", "img_diff_onnx", "--overwrite"]
     report: dict = {"cpu": cpu_description(), "models": str(args.models), "pairs": 3, "date": time.strftime("%Y-%m-%d")}
     report["gated"] = _cli("run", *common, "--output", str(out / "gated.jsonl"))
+    opened = out / "open.json"
+    opened.write_text(json.dumps(OPEN))
+    report["gated_open"] = _cli("run", *common[:-3], "--params", str(opened), "--overwrite", "--output", str(out / "gated_open.jsonl"))
     report["keep"] = _cli("run", *common, "--output", str(out / "keep.jsonl"), "--keep-scores")
     report["keep_lines_equal_gated"] = (out / "keep.jsonl").read_bytes() == (out / "gated.jsonl").read_bytes()
     size = sum(p.stat().st_size for p in scores_folder(out / "keep.jsonl").iterdir())

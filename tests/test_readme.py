@@ -60,3 +60,31 @@ def test_a_params_name_that_is_neither_a_file_nor_a_shipped_recipe_is_one_line(t
     proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "run", "--models", str(tiny_models), "--input", "pairs.jsonl",
                            "--output", "out.jsonl", "--params", "img_dif"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr == "error: --params img_dif: no such file, and not the name of a shipped recipe (img_diff_onnx)\n"
+
+
+def test_the_tuning_steps_run_as_written(tiny_models, tmp_path):
+    """README's tuning block, line by line, on the own-data record; `retune` writes what `run` would."""
+    section = _section("Tuning thresholds without recomputing")
+    [block] = _blocks(section, "bash")
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    assert [c[:3] for c in commands] == [["python", "-m", "imgdiff_onnx"]] * 4
+    record_text = _blocks(_section("Your own data in three steps"), "json")[0]
+    record = json.loads(record_text)
+    for key, source in (("image_path1", PAIR1), ("image_path2", PAIR2)):
+        (tmp_path / record[key]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, tmp_path / record[key])
+    shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
+    (tmp_path / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    segment = "image_segment_mapper_args: {imgsz: 320}\n"
+    (tmp_path / "loose.yaml").write_text("image_pair_similarity_filter_args: {min_score_1: -1, min_score_2: -1}\n" + segment
+                                         + "image_text_matching_filter_args: {min_score: 0}\n")  # fmt: skip
+    (tmp_path / "chosen.yaml").write_text("image_pair_similarity_filter_args: {min_score_1: -1, min_score_2: 0.5, max_score_2: 0.95}\n"
+                                          + segment + "image_text_matching_filter_args: {min_score: 0.2}\n")  # fmt: skip
+    for argv in commands:
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{argv}\n{proc.stderr[-3000:]}"
+    fresh = [sys.executable, "-m", "imgdiff_onnx", "run", "--models", "models/", "--input", "pairs.jsonl", "--output", "fresh.jsonl", "--params", "chosen.yaml"]
+    subprocess.run(fresh, cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "results.jsonl").read_text() == (tmp_path / "fresh.jsonl").read_text()
+    assert {p.name for p in (tmp_path / "sweep").iterdir()} == {"sweep.csv", "sweep.md", "sweep.png", "sweep.json"}
+    assert "Threshold sweep" in (tmp_path / "report" / "index.html").read_text()
