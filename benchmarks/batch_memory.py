@@ -6,7 +6,7 @@ batch is what each pair holds until the batch ends (its two images, candidate bo
 the crops. The table gives candidates in the batch, peak RSS (VmHWM), RSS when ready, wall and CPU
 seconds.
 
-    python benchmarks/batch_memory.py --models MODELS --out benchmarks/results/batch_memory [--batches 1,5,20] [--gates open]
+    python -m benchmarks.batch_memory --models MODELS --out benchmarks/results/batch_memory [--batches 1,5,20] [--gates open]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import process_memory_mb, save_record  # noqa: E402
 
@@ -60,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (int(b) for b in args.batches.split(",")):
         job_file, result_file = args.out / f"job-{batch}.json", args.out / f"result-{batch}.json"
         job_file.write_text(json.dumps({"models": str(args.models.resolve()), "params": GATES[args.gates], "pair": pair, "batch": batch}))
-        proc = subprocess.run([sys.executable, __file__, "--worker", str(job_file), str(result_file)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", str(job_file), str(result_file)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"batch {batch} failed:\n{proc.stderr[-4000:]}")
         rows.append(json.loads(result_file.read_text()))
         print(rows[-1], flush=True)
-    command = f"python benchmarks/batch_memory.py --models MODELS --out {args.out} --batches {args.batches} --gates {args.gates}"
+    command = f"python -m benchmarks.batch_memory --models MODELS --out {args.out} --batches {args.batches} --gates {args.gates}"
     header = ["pairs in the batch", "candidates", "final boxes", "RSS when ready", "peak RSS", "wall s", "CPU s"]
     table = [[str(r["batch"]), f"{r['candidates']:,}", f"{r['boxes']:,}", f"{r['rss_ready_mb']:.0f} MB", f"{r['peak_rss_mb']:.0f} MB",
               f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}"] for r in rows]  # fmt: skip

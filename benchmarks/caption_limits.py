@@ -6,7 +6,7 @@ Cases: `distinct` (every word different, none shared: the close-pair search comp
 `shuffled` (the same distinct words in another order), `repeated` (words drawn from 200).
 A case ends either with the exact difference or with the record error naming the limit.
 
-    python benchmarks/caption_limits.py --out benchmarks/results/caption_limits [--words 1000,8000,50000]
+    python -m benchmarks.caption_limits --out benchmarks/results/caption_limits [--words 1000,8000,50000]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import save_record  # noqa: E402
 

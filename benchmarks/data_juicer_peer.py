@@ -8,7 +8,7 @@ that a random-init export saves under MODELS/torch/; the engine with the given p
 (default: its default settings). Reported: wall and CPU seconds per pair, cores busy, peak RSS,
 the ratios, and the engine's final boxes against Data-Juicer's (F1 at IoU 0.9).
 
-    python benchmarks/data_juicer_peer.py --models MODELS --out benchmarks/results/dj_peer \
+    python -m benchmarks.data_juicer_peer --models MODELS --out benchmarks/results/dj_peer \
         [--gates open|recipe] [--precisions default,fp32,int8] [--pairs real|pasted] [--keep-data-juicer]
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
@@ -150,8 +149,7 @@ def _pairs(shared: Path, which: str, work: Path) -> list[dict]:
 
 
 def _dj_python() -> Path:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from dj_env import ensure_dj_python
+    from tests.dj_env import ensure_dj_python
 
     return ensure_dj_python(peer=True)
 
@@ -161,8 +159,10 @@ def _spawn(python: Path, job: dict, out: Path) -> dict:
     result_file = out / f"result-{job['name']}.json"
     job_file.write_text(json.dumps(job))
     nltk_data = Path(os.environ.get("NLTK_DATA", ROOT.parent / "shared" / "nltk_data")).resolve()  # the worker runs in `out`
-    env = {**os.environ, "NLTK_DATA": str(nltk_data)}
-    proc = subprocess.run([str(python), __file__, "--worker", str(job_file), str(result_file)], env=env, cwd=out, text=True, capture_output=True)
+    # Data-Juicer's virtualenv has neither this checkout's package nor its benchmarks installed: the
+    # checkout is on its PYTHONPATH (the worker runs in `out`, where Data-Juicer writes its caches)
+    env = {**os.environ, "NLTK_DATA": str(nltk_data), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([str(python), "-m", "benchmarks.data_juicer_peer", "--worker", str(job_file), str(result_file)], env=env, cwd=out, text=True, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{job['name']} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return json.loads(result_file.read_text())

@@ -16,7 +16,7 @@ upper bound sits at the 30th percentile of crop-pair similarities (it rejects ~7
 Img-Diff pair most candidate regions are unchanged, which is what that gate removes), the ITM
 lower bound at the median of the ITM scores. The gates' pass counts are reported.
 
-    python benchmarks/end_to_end.py --models MODELDIR --out benchmarks/results/e2e [--generated-pairs 1]
+    python -m benchmarks.end_to_end --models MODELDIR --out benchmarks/results/e2e [--generated-pairs 1]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 
@@ -255,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             job = args.out / f"job{rnd}.json"
             job.write_text(json.dumps({"pairs": pairs, "params": params, "round": rnd}))
             started = time.perf_counter()
-            cmd = [sys.executable, __file__, "--models", str(args.models), "--worker", mode, "--job", str(job), "--threads", str(args.threads),
+            cmd = [sys.executable, "-m", __spec__.name, "--models", str(args.models), "--worker", mode, "--job", str(job), "--threads", str(args.threads),
                    "--shared", str(args.shared)]
             subprocess.run(cmd, check=True)
             runs.append(json.loads(job.with_suffix(f".{mode}.{rnd}.json").read_text()))
             print(f"round {rnd} {mode}: {time.perf_counter() - started:.1f} s", flush=True)
     boxes_per_image = {r["key"]: r["candidates"] for r in runs[0]["pairs"]}
     summary = summarise(runs, params, boxes_per_image)
-    summary["command"] = " ".join(["python", "benchmarks/end_to_end.py", *(argv if argv is not None else sys.argv[1:])])
+    summary["command"] = " ".join(["python", "-m", "benchmarks.end_to_end", *(argv if argv is not None else sys.argv[1:])])
     summary["cpu"] = cpu_description()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     table = cpu_line(summary["cpu"]) + "\n\n" + _table(summary)

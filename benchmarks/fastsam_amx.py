@@ -6,7 +6,7 @@ every repeat), best of `--repeats` CPU times per image after a warm-up; one sess
 Reports CPU seconds, whether onnxruntime runs its int8 GEMM on AMX in this process, and whether
 both give the same boxes and scores.
 
-    python benchmarks/fastsam_amx.py --models models-full [--imgsz 1024] [--repeats 3] [--out DIR]
+    python -m benchmarks.fastsam_amx --models models-full [--imgsz 1024] [--repeats 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 

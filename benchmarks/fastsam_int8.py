@@ -8,7 +8,7 @@ post-processing are compared with the fp32 graph's (F1 at IoU 0.9). The control 
 graph itself with +-1 grey level of input noise: a random-weight network is chaotic, so no recipe
 can be judged tighter than that. Seconds per image say what each recipe costs.
 
-    python benchmarks/fastsam_int8.py --models MODELS --out benchmarks/results/fastsam_int8 [--imgsz 1024]
+    python -m benchmarks.fastsam_int8 --models MODELS --out benchmarks/results/fastsam_int8 [--imgsz 1024]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 

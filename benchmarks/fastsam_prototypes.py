@@ -7,7 +7,7 @@ times per image after a warm-up; one session thread. Reports CPU seconds, the sh
 computed, and whether both give the same boxes. The share depends on where the masks are
 positive, i.e. on the weights: with random weights it says nothing about real checkpoints.
 
-    python benchmarks/fastsam_prototypes.py --models models-full --precision fp32 [--imgsz 1024]
+    python -m benchmarks.fastsam_prototypes --models models-full --precision fp32 [--imgsz 1024]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 

@@ -7,7 +7,7 @@
 Best of two repetitions after a warm-up, wall and CPU time of the process per pair, and whether
 the outputs equal the 2-thread ones bit for bit.
 
-    python benchmarks/fastsam_threads.py --models models-full --precision fp32
+    python -m benchmarks.fastsam_threads --models models-full --precision fp32
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:

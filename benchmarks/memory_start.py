@@ -12,7 +12,7 @@ warm-up process first, so the model files are in the page cache and their checks
 ("once"): this is the start of a worker on a host that already has the models, not the first
 start after a reboot.
 
-    python benchmarks/memory_start.py --models MODELS --out benchmarks/results/memory_start \
+    python -m benchmarks.memory_start --models MODELS --out benchmarks/results/memory_start \
         [--configs default,memory-mmap,memory-off,int8,memory-mmap+thp] [--rounds 3] [--gates open|recipe] [--pairs real|pasted]
 """
 
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 from imgdiff_onnx import memory  # noqa: E402
@@ -102,7 +101,7 @@ def _spawn(job: dict, out: Path, name: str) -> dict:
     job_file, result_file = out / f"job-{name}.json", out / f"result-{name}.json"
     job_file.write_text(json.dumps(job))
     spawned_at = time.time()
-    command = [sys.executable, __file__, "--worker", str(job_file), str(result_file), repr(spawned_at)]
+    command = [sys.executable, "-m", __spec__.name, "--worker", str(job_file), str(result_file), repr(spawned_at)]
     proc = subprocess.run(command, text=True, capture_output=True, env=_environment(job["config"]))
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-4000:]}")

@@ -2,7 +2,7 @@
 side by side in one process, plus this CPU's matrix-multiply ceilings (large MatMul and
 MatMulInteger on onnxruntime) and each model's achieved fraction of them.
 
-    python benchmarks/models.py --models MODELDIR --out benchmarks/results/models [--threads 2]
+    python -m benchmarks.models --models MODELDIR --out benchmarks/results/models [--threads 2]
 
 MAC counts per sample come from forward hooks on the torch modules' Linear and Conv2d layers
 (`_macs`): exact for those layers; attention products, norms and activations are not counted,
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 

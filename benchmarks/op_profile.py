@@ -11,7 +11,7 @@ every MatMul dynamically quantized, the attention products (whose second input i
 weight) included, as onnxruntime's quantize_dynamic writes it with MatMulConstBOnly off. It
 also reports how far its output lies from the fp32 and the shipped int8 graphs' on the same input.
 
-    python benchmarks/op_profile.py --models MODELS --graph fastsam --precision fp32 --out benchmarks/results/op_profile
+    python -m benchmarks.op_profile --models MODELS --graph fastsam --precision fp32 --out benchmarks/results/op_profile
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 from imgdiff_onnx.modelset import ModelSet  # noqa: E402

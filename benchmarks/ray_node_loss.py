@@ -7,7 +7,7 @@ nodes. Once --kill-after of the lines are written, the second node's processes a
 graceful leave). The run retries the dead actor's records on the survivors and, with no CPUs left
 for a replacement, goes on with fewer actors.
 
-    python benchmarks/ray_node_loss.py --out benchmarks/results/ray_node_loss [--models MODELS] [--pairs 60]
+    python -m benchmarks.ray_node_loss --out benchmarks/results/ray_node_loss [--models MODELS] [--pairs 60]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 from benchmarks.soak import dataset, tiny_models  # noqa: E402

@@ -23,8 +23,8 @@ Data: the real shared pair repeated --pairs times (nothing is cached across reco
 copy costs a full pair; generated pairs give 300 boxes per image with these random weights and
 take minutes each) plus --generated generated pairs; Data-Juicer's default parameters.
 
-    python benchmarks/ray_scaling.py --models MODELDIR --out benchmarks/results/ray_scaling --pairs 8
-    python benchmarks/ray_scaling.py --models MODELDIR --out OUT --pairs 3 --rounds 3 \
+    python -m benchmarks.ray_scaling --models MODELDIR --out benchmarks/results/ray_scaling --pairs 8
+    python -m benchmarks.ray_scaling --models MODELDIR --out OUT --pairs 3 --rounds 3 \
         --configs baseline,single-2x1,ray-2x1 --baseline-code OLD_WORKTREE --baseline-models OLD_MODELDIR
 """
 
@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _dataset(shared: Path, pairs: int, generated: int, work: Path) -> Path:

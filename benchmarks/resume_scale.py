@@ -8,7 +8,7 @@ lines (`records.output_line`) with a fixed outcome, since N real pairs would tak
 `python -m imgdiff_onnx run --resume` starts as a user would; this script polls the results file
 until it grows and reads the child's VmHWM from /proc until it exits.
 
-    python benchmarks/resume_scale.py --out benchmarks/results/resume_scale [--lines 1000000] [--models MODELS]
+    python -m benchmarks.resume_scale --out benchmarks/results/resume_scale [--lines 1000000] [--models MODELS]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import process_memory_mb, save_record  # noqa: E402
 from benchmarks.soak import OPEN_PARAMS, tiny_models  # noqa: E402
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if lines != args.lines + 8:
             raise SystemExit(f"expected {args.lines + 8} result lines after the resume, found {lines}")
     summary = {"lines": args.lines, **sizes, **result, "fabricate_seconds": fabricated,
-               "command": " ".join(["python benchmarks/resume_scale.py", "--out", str(args.out), "--lines", str(args.lines)])}  # fmt: skip
+               "command": " ".join(["python -m benchmarks.resume_scale", "--out", str(args.out), "--lines", str(args.lines)])}  # fmt: skip
     header = ["completed lines", "input", "results file", "to first new line", "whole resume (8 records)", "peak RSS"]
     row = [f"{args.lines:,}", f"{sizes['input_mb']:.0f} MB", f"{sizes['results_mb']:.0f} MB", f"{result['seconds_to_first_new_line']:.1f} s",
            f"{result['seconds_total']:.1f} s", f"{result['peak_rss_mb']:.0f} MB"]  # fmt: skip

@@ -8,7 +8,7 @@ the number of result lines written. A leak shows as memory or descriptors growin
 written; the summary gives both at 10%, 50% and 100% of the run and the growth over its second
 half.
 
-    python benchmarks/soak.py --out benchmarks/results/soak [--models MODELS] [--pairs 1000]
+    python -m benchmarks.soak --out benchmarks/results/soak [--models MODELS] [--pairs 1000]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
 

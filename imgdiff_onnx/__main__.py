@@ -31,7 +31,7 @@ def _load_params(path: Path | None):
     """(OperatorParams, precision or None) from JSON or YAML: either Data-Juicer's three parameter
     dicts themselves (and optionally `precision`), or a Data-Juicer recipe, whose `process:` entry
     for this operator (or the original) gives them (and its `precision`, if any)."""
-    from .jsonl import RunError
+    from .errors import RunError
     from .params import OperatorParams
 
     if path is None:
@@ -74,7 +74,7 @@ def shipped_recipes() -> list[str]:
 def _shipped_recipe(path: Path) -> Path:
     """`path` itself when it exists or names a folder, else the shipped recipe of that name
     (`img_diff_onnx` or `img_diff_onnx.yaml`), else a one-line error naming the shipped ones."""
-    from .jsonl import RunError
+    from .errors import RunError
 
     if path.exists() or len(path.parts) != 1:
         return path
@@ -93,7 +93,7 @@ def _no_constant(name: str) -> object:
 def _operator_entry(path: Path, process: object) -> dict:
     """This operator's arguments in a Data-Juicer recipe's process list (its three dicts and its
     precision)."""
-    from .jsonl import RunError
+    from .errors import RunError
 
     entries = [e for e in process if isinstance(e, dict)] if isinstance(process, list) else []
     for entry in entries:
@@ -118,7 +118,7 @@ def _precision(args: argparse.Namespace, from_file: object):
 
 
 def _settings(args: argparse.Namespace, threads: int, precision: object = None):
-    from .jsonl import RunError
+    from .errors import RunError
     from .errors import ParameterError
     from .precision import PrecisionError
     from .settings import EngineSettings
@@ -200,7 +200,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 def validate(args: argparse.Namespace) -> int:
     from .errors import ParameterError
-    from .jsonl import RunError
+    from .errors import RunError
     from .outfolder import claim, named
     from .validate import ValidateOptions, validate as run_validate
     from .validate_report import OUTPUT_NAMES, write_outputs, write_recommendation

@@ -33,7 +33,6 @@ def imgdiff_command(*args: str) -> list[str]:
 os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 # Model verification stamps go to a folder of this test session, not the user's cache.
 os.environ["IMGDIFF_ONNX_CACHE"] = tempfile.mkdtemp(prefix="imgdiff-test-cache-")
-sys.path.insert(0, str(ROOT))  # benchmarks.reference
 
 
 def run_export(out: Path, *args: str) -> Path:

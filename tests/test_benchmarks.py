@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import ROOT, SHARED
 
 
 def _run_benchmark(script: str, models, out, *args: str) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--models", str(models), "--out", str(out), "--shared", str(SHARED), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", f"benchmarks.{Path(script).stem}", "--models", str(models), "--out", str(out), "--shared", str(SHARED), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -63,8 +64,8 @@ def test_cpu_description_reads_the_int8_instruction_sets(tmp_path):
 
 def test_soak_benchmark_samples_memory_and_descriptors(tiny_models, tmp_path):
     out = tmp_path / "soak"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--models", str(tiny_models), "--out", str(out), "--pairs", "12", "--threads", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.soak", "--models", str(tiny_models), "--out", str(out), "--pairs", "12", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "soak.json").read_text())
     assert result["lines_written"] == 12 and result["samples"]
@@ -74,8 +75,8 @@ def test_soak_benchmark_samples_memory_and_descriptors(tiny_models, tmp_path):
 
 
 def test_fastsam_layout_benchmark_runs_and_finds_the_layouts_equal(tiny_models):
-    cmd = [sys.executable, str(ROOT / "benchmarks/fastsam_threads.py"), "--models", str(tiny_models), "--precision", "int8", "--shared", str(SHARED)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.fastsam_threads", "--models", str(tiny_models), "--precision", "int8", "--shared", str(SHARED)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert out.count("cpu") == 5
@@ -83,9 +84,9 @@ def test_fastsam_layout_benchmark_runs_and_finds_the_layouts_equal(tiny_models):
 
 
 def test_prototype_tiles_benchmark_runs_and_finds_the_same_boxes(tiny_models, tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks/fastsam_prototypes.py"), "--models", str(tiny_models), "--precision", "fp32",
+    cmd = [sys.executable, "-m", "benchmarks.fastsam_prototypes", "--models", str(tiny_models), "--precision", "fp32",
            "--imgsz", "320", "--repeats", "1", "--shared", str(SHARED), "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary_fp32.json").read_text())
     assert len(summary["rows"]) == 7 and all(r["same_boxes"] for r in summary["rows"])
@@ -134,8 +135,8 @@ def test_op_profile_builds_and_profiles_the_int8_attention_variant(tiny_models, 
 
 
 def test_op_profile_refuses_int8_attention_for_fastsam(tiny_models, tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "op_profile.py"), "--models", str(tiny_models), "--out", str(tmp_path), "--graph", "fastsam", "--precision", "int8-attention"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.op_profile", "--models", str(tiny_models), "--out", str(tmp_path), "--graph", "fastsam", "--precision", "int8-attention"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "vision towers" in proc.stderr
 
 
@@ -161,7 +162,7 @@ def test_scaling_benchmark_interleaves_rounds_and_compares_a_baseline_checkout(t
     # the summary can be recomputed from the saved runs alone
     table = (out / "table.md").read_text()
     (out / "table.md").unlink()
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ray_scaling.py"), "--out", str(out), "--resummarize"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ray_scaling", "--out", str(out), "--resummarize"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "table.md").read_text() == table and json.loads((out / "ray_scaling.json").read_text()) == summary
 
@@ -180,8 +181,8 @@ def test_machine_cpu_seconds_reads_busy_and_steal_time(tmp_path):
 
 def test_resume_scale_benchmark_resumes_after_the_completed_lines(tiny_models, tmp_path):
     out = tmp_path / "resume"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "resume_scale.py"), "--models", str(tiny_models), "--out", str(out), "--lines", "300"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.resume_scale", "--models", str(tiny_models), "--out", str(out), "--lines", "300"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]  # it checks the file has every line after the resume
     result = json.loads((out / "resume_scale.json").read_text())
     assert result["lines"] == 300 and 0 < result["seconds_to_first_new_line"] <= result["seconds_total"] and result["peak_rss_mb"] > 0
@@ -189,8 +190,8 @@ def test_resume_scale_benchmark_resumes_after_the_completed_lines(tiny_models, t
 
 def test_caption_limits_benchmark_reports_exact_results_and_limits(tmp_path):
     out = tmp_path / "captions"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "caption_limits.py"), "--out", str(out), "--words", "300,12000", "--cases", "distinct"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "benchmarks.caption_limits", "--out", str(out), "--words", "300,12000", "--cases", "distinct"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "caption_limits.json").read_text())["rows"]
     assert rows[0]["outcome"].startswith("exact") and rows[1]["outcome"].startswith("record error") and "limit 64,000,000" in rows[1]["outcome"]

@@ -176,16 +176,16 @@ def test_the_tile_state_is_granted_where_onnxruntime_found_amx():
 
 def test_the_benchmark_times_both_graphs_and_finds_the_same_boxes(tiny_models, tmp_path):
     folder = _folder_with_variant(tiny_models, tmp_path)
-    cmd = [sys.executable, str(ROOT / "benchmarks/fastsam_amx.py"), "--models", str(folder), "--imgsz", "320", "--repeats", "1",
+    cmd = [sys.executable, "-m", "benchmarks.fastsam_amx", "--models", str(folder), "--imgsz", "320", "--repeats", "1",
            "--shared", str(SHARED), "--out", str(tmp_path / "out")]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["rows"]) == len(list((SHARED / "data/images").glob("*.jpg"))) + 2
     assert all(r["same_boxes"] for r in summary["rows"]) and summary["variant"]["convs"] > 40
     assert summary["onnxruntime_uses_amx"] == cpu.onnxruntime_uses_amx()
     # the variant folder without its variant: the benchmark says what is missing
-    no_variant = subprocess.run([sys.executable, str(ROOT / "benchmarks/fastsam_amx.py"), "--models", str(tiny_models)], capture_output=True, text=True)
+    no_variant = subprocess.run([sys.executable, "-m", "benchmarks.fastsam_amx", "--models", str(tiny_models)], capture_output=True, text=True, cwd=ROOT)
     assert no_variant.returncode == 2 and "has no AMX variant" in no_variant.stderr
 
 

@@ -244,3 +244,30 @@ def test_the_vectorised_first_word_is_the_engines_first_word(data):
     got = [(words[chosen[k]], float(probability[k])) if passes[k] else None for k in reached]
     assert got == found
     assert not passes[~reach].any()
+
+
+BLOCK_ENGINE = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("onnxruntime", "torch", "transformers", "ultralytics"):
+            raise ImportError("no " + name + " on this host")
+sys.meta_path.insert(0, Block())
+sys.argv = ["imgdiff_onnx"] + sys.argv[1:]
+runpy.run_module("imgdiff_onnx", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_show_sweep_and_a_model_free_retune_need_no_onnxruntime(kept, work):
+    """Reviewing and tuning happen where the results are, which need not have the engine."""
+    strict = _write_params(work / "strict-int8.json", _params(s2=(0.6, 0.95), itm=(0.2, 1.0)))
+    commands = [
+        ["show", "--input", str(kept["int8"]), "--out", str(work / "report-no-ort")],
+        ["sweep", "--input", str(kept["int8"]), "--vary", "min_score=0:1:0.5", "--out", str(work / "sweep-no-ort")],
+        ["retune", "--input", str(kept["int8"]), "--params", str(strict), "--output", str(work / "retuned-no-ort.jsonl")],
+    ]
+    for args in commands:
+        proc = subprocess.run([sys.executable, "-c", BLOCK_ENGINE, *args, "--quiet"], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{args[0]}: {proc.stderr[-2000:]}"
+    expected = _retune(kept["int8"], OperatorParams.from_mapping(json.loads(strict.read_text())), work / "retuned-here.jsonl")
+    assert (work / "retuned-no-ort.jsonl").read_bytes() == expected.read_bytes()

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ParameterError, RunError
 from ..jsonlines import read_lines, strict_dumps
@@ -31,8 +32,10 @@ from ..progress import ProgressBar
 from ..records import RESULT_KEY, InputLine, output_line
 from ..runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, params_text
 from .decide import BandSpec, Decision, decide
-from .rescore import Rescorer
 from .sheet import KeptScoresMeta, ScoreSheet, read_sheets, scores_folder
+
+if TYPE_CHECKING:
+    from .rescore import Rescorer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class KeptRun:
     results: Path
     meta: KeptScoresMeta
     identity: RunIdentity | None
-    rescorer: Rescorer | None = None  # the fp32 graphs, loaded at the first score that needs them
+    rescorer: "Rescorer | None" = None  # the fp32 graphs, loaded at the first score that needs them
 
     @classmethod
     def open(cls, results: str | Path) -> "KeptRun":
@@ -128,6 +131,8 @@ class KeptRun:
             if d is None or d.settled:
                 continue
             if self.rescorer is None:
+                from .rescore import Rescorer  # the fp32 graphs (onnxruntime): only when a score needs them
+
                 self.rescorer = Rescorer.for_run(self.meta, models)
             record, sheet = block[k]
             for _ in range(ROUNDS):  # an fp32 score can let a window on to a gate whose score is in the band too
