@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .integrity import MODEL_CHECKS
@@ -343,6 +344,24 @@ def _crop_batch_option(p: argparse.ArgumentParser) -> None:
                    help=f"crops per model call on batch-invariant graphs (default {ENGINE.crop_batch_size})")
 
 
+def _tuning_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """`retune` and `sweep`: decisions again from a --keep-scores run's scores."""
+    t = command("retune", help="decide a --keep-scores run again at other similarity / ITM thresholds, without the models")
+    t.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores` (its scores are in INPUT.scores/)")
+    t.add_argument("--params", type=Path, required=True, help="the new thresholds: JSON or YAML with Data-Juicer's parameter dicts, or a recipe")
+    t.add_argument("--output", type=Path, required=True, help="JSONL results, as `run` with --params would write them")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    t.add_argument("--models", type=Path, help="the run's model folder, if it moved (for the few fp32 scores a banded model needs)")
+    t.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    w = command("sweep", help="pairs kept, boxes per pair and exit reasons over a grid of one or two thresholds of a --keep-scores run")
+    w.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores`")
+    w.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:STEP",
+                   help="a threshold and its grid, e.g. max_score_2=0.80:1.00:0.02 (once or twice)")
+    w.add_argument("--out", type=Path, required=True, help="folder for sweep.csv, sweep.md, sweep.png, sweep.json")
+    w.add_argument("--params", type=Path, help="the other thresholds (default: the run's)")
+    w.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -375,20 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
     r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
-    t = command("retune", help="decide a --keep-scores run again at other similarity / ITM thresholds, without the models")
-    t.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores` (its scores are in INPUT.scores/)")
-    t.add_argument("--params", type=Path, required=True, help="the new thresholds: JSON or YAML with Data-Juicer's parameter dicts, or a recipe")
-    t.add_argument("--output", type=Path, required=True, help="JSONL results, as `run` with --params would write them")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing results file")
-    t.add_argument("--models", type=Path, help="the run's model folder, if it moved (for the few fp32 scores a banded model needs)")
-    t.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
-    w = command("sweep", help="pairs kept, boxes per pair and exit reasons over a grid of one or two thresholds of a --keep-scores run")
-    w.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores`")
-    w.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:STEP",
-                   help="a threshold and its grid, e.g. max_score_2=0.80:1.00:0.02 (once or twice)")
-    w.add_argument("--out", type=Path, required=True, help="folder for sweep.csv, sweep.md, sweep.png, sweep.json")
-    w.add_argument("--params", type=Path, help="the other thresholds (default: the run's)")
-    w.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
+    _tuning_commands(command)
     v = command("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
     v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
     v.add_argument("--input", type=Path, required=True, help="JSONL of your pairs (as for run)")

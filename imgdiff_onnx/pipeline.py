@@ -38,7 +38,7 @@ from .band import BandTally, near
 from .captions import CaptionDifference
 from .errors import ModelRunError, ParameterError
 from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
-from .modelset import Components, ModelSet, SessionSettings
+from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
 from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .parallel import Workers
@@ -87,9 +87,9 @@ def _deciding(scores: np.ndarray) -> np.ndarray:
 class DifferenceAreaGenerator:
     """The Img-Diff difference-area operator on onnxruntime.
 
-    models: a model folder (or a ModelSet); params: what the operator computes (the original's
-    arguments); settings: how it runs; components: the three models, when not built from the
-    folder (tests and the PyTorch reference engine inject their own).
+    models: a model folder, or a ModelSet (which builds the sessions and the three models: a
+    subclass may supply its own, as the PyTorch reference engine and the parity tests do);
+    params: what the operator computes (the original's arguments); settings: how it runs.
 
     >>> gen = DifferenceAreaGenerator("models/")                                 # doctest: +SKIP
     >>> result = gen.process(PairInput("a.jpg", "b.jpg", "A cat.", "A dog."))    # doctest: +SKIP
@@ -105,7 +105,6 @@ class DifferenceAreaGenerator:
         models: str | Path | ModelSet,
         params: OperatorParams | None = None,
         settings: EngineSettings | None = None,
-        components: Components | None = None,
     ):
         self.settings = settings or EngineSettings()
         self.params = params or OperatorParams()
@@ -118,20 +117,17 @@ class DifferenceAreaGenerator:
         self.models = models if isinstance(models, ModelSet) else ModelSet(models, self.settings.precision, self.settings.model_check)
         n_workers, threads = self.settings.parallelism()
         self.workers = Workers(n_workers)
-        built_here = components is None
-        if built_here:
-            sessions = SessionSettings(threads=threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
-            segment = replace(
-                sessions,
-                threads=threads if self.settings.segment_together else n_workers * threads,  # one image at a time: all the cores
-                shrinking_arena=self.settings.fastsam_arena,
-            )
-            components = self.models.components(sessions, self.settings.crop_batch_size, self.workers, segment)
-        self.components = components
+        sessions = SessionSettings(threads=threads, cpu_mem_arena=self.settings.memory_arena, mem_pattern=self.settings.memory_pattern)
+        segment = replace(
+            sessions,
+            threads=threads if self.settings.segment_together else n_workers * threads,  # one image at a time: all the cores
+            shrinking_arena=self.settings.fastsam_arena,
+        )
+        self.components = components = self.models.components(sessions, self.settings.crop_batch_size, self.workers, segment)
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
         self.fp32 = components.fp32  # the fp32 models of the banded ones, loaded at their first score in the band
         self.band = self.models.manifest.guard_band if self.fp32 is not None else None
-        if built_here and self.settings.warm_up:
+        if self.settings.warm_up:
             self.blip.warm_up()
         self._release_memory()
         self.load_seconds = time.perf_counter() - started

@@ -50,13 +50,7 @@ def crashing_worker(spec: str, marker_dir: Path) -> type[EngineWorker]:
 
 def main(argv: list[str]) -> int:
     spec, marker_dir, cli_args = argv[0], Path(argv[1]), argv[2:]
-    worker = crashing_worker(spec, marker_dir)
-    real = ray_run.run_ray
-
-    def run_ray(*args, **kwargs):  # the CLI's call, with the crashing worker
-        return real(*args, **kwargs, worker=worker)
-
-    ray_run.run_ray = run_ray
+    ray_run.EngineWorker = crashing_worker(spec, marker_dir)  # the actors the CLI's run starts are these
     return cli.main(cli_args)
 
 

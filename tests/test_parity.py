@@ -38,6 +38,8 @@ import pytest
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
 from imgdiff_onnx.imageio import load_image_file
 from imgdiff_onnx.models.fastsam import FastSamSegmenter
+from imgdiff_onnx.modelset import Components, ModelSet, SessionSettings
+from imgdiff_onnx.parallel import Workers
 
 from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
 
@@ -123,6 +125,19 @@ def _memoise(fn):
     return wrapper
 
 
+class _WithTorchFastSam(ModelSet):
+    """The folder's fp32 graphs, with PyTorch's FastSAM network as the segmenter (the same
+    FastSAM outputs on both sides isolate the rest of the chain)."""
+
+    def __init__(self, folder: Path, network: object):
+        super().__init__(folder, "fp32")
+        self._network = network
+
+    def components(self, settings: SessionSettings, crop_batch_size: int, workers: Workers | None = None, segment_settings: SessionSettings | None = None) -> Components:
+        built = super().components(settings, crop_batch_size, workers, segment_settings)
+        return dataclasses.replace(built, segmenter=FastSamSegmenter(_TorchFastSamSession(self._network), self.letterbox))
+
+
 @pytest.fixture(scope="module")
 def comparison(models, imgsz):
     from benchmarks.reference import TorchReference
@@ -145,8 +160,7 @@ def comparison(models, imgsz):
     )
     ref.params = params
     onnx = DifferenceAreaGenerator(models, params, EngineSettings(precision="fp32", threads=2))
-    torch_fastsam = FastSamSegmenter(_TorchFastSamSession(ref.fastsam.predictor.model), onnx.models.letterbox)
-    shared = DifferenceAreaGenerator(onnx.models, params, EngineSettings(precision="fp32", threads=2), dataclasses.replace(onnx.components, segmenter=torch_fastsam))
+    shared = DifferenceAreaGenerator(_WithTorchFastSam(models, ref.fastsam.predictor.model), params, EngineSettings(precision="fp32", threads=2))
     out = {mode: [] for mode in MODES}
     for name, a, b, c1, c2 in pairs:
         r = ref.process(a, b, c1, c2)

@@ -252,7 +252,6 @@ def run_ray(
     output_path: Path,
     options: RunOptions,
     ray_options: RayOptions,
-    worker: type[EngineWorker] = EngineWorker,
 ) -> dict[str, int]:
     """Like jsonl.run, on a pool of Ray actors; returns counts of ok / error lines written now."""
     try:
@@ -277,7 +276,7 @@ def run_ray(
             stop.install()  # Ray's core worker replaces the SIGTERM handler
         try:
             _grant_check(ray, ray_options)
-            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(worker)
+            actor_class = ray.remote(num_cpus=ray_options.threads, max_restarts=0)(EngineWorker)
             param_dicts = params.to_dicts()
             reader = iter(input_batches(input_path, writer.done, options.limit, options.pairs_per_batch))
             pool = _ActorPool(ray, lambda: actor_class.remote(models, param_dicts, settings), reader, writer, ray_options, options.timings)
