@@ -119,3 +119,12 @@ def from_array(array: np.ndarray, name: str = "<array>") -> LoadedImage:
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageLoadError(f"{name}: empty image {array.shape}")
     return LoadedImage(rgb=np.ascontiguousarray(array), source=name)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Do two paths name one file: the same path after resolving links, or the same device and
+    inode (a hard link)? A path that does not exist is no other file."""
+    try:
+        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
+    except (OSError, ValueError):  # a path that does not exist, or holds a NUL
+        return False

@@ -37,13 +37,12 @@ from . import memory
 from .band import BandTally, near
 from .captions import CaptionDifference
 from .errors import ModelRunError, ParameterError
-from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file
+from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file, same_file
 from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
 from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .parallel import Workers
 from .params import OperatorParams
-from .runfile import same_file
 from .settings import PAIRS_PER_BATCH, EngineSettings
 from .stages.crops import Crops, Window, crop_window, distinct, identical, nonempty
 from .stages.ledger import CandidateLedger

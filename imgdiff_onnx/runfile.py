@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import RunError
+from .imageio import same_file
 from .manifest import Manifest
 
 
@@ -33,15 +34,6 @@ class OutputInUse(RunError):
 
 def sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(f".{output.name}.{suffix}")
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Do two paths name one file: the same path after resolving links, or the same device and
-    inode (a hard link)? A path that does not exist is no other file."""
-    try:
-        return os.path.realpath(a) == os.path.realpath(b) or os.path.samefile(a, b)
-    except (OSError, ValueError):  # a path that does not exist, or holds a NUL
-        return False
 
 
 def check_not_input(input_path: Path, output: Path) -> None:
