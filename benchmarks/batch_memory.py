@@ -25,7 +25,7 @@ from benchmarks.machine import process_memory_mb, save_record  # noqa: E402
 
 def worker(job: dict) -> dict:
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
-    from imgdiff_onnx.captions import ensure_available
+    from imgdiff_onnx.engine.captions import ensure_available
 
     ensure_available()
     engine = DifferenceAreaGenerator(job["models"], OperatorParams.from_mapping(job["params"]), EngineSettings())

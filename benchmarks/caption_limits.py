@@ -24,7 +24,7 @@ from benchmarks.machine import save_record  # noqa: E402
 CHILD = r"""
 import json, random, string, sys, time
 from benchmarks.machine import process_memory_mb
-from imgdiff_onnx.captions import WordDiffTooComplex, caption_difference
+from imgdiff_onnx.engine.captions import WordDiffTooComplex, caption_difference
 
 words, case = int(sys.argv[1]), sys.argv[2]
 def vocabulary(k, seed):

@@ -109,7 +109,7 @@ def dj_worker(models: Path, pairs: list[dict], params: dict, threads: int) -> di
 
 def engine_worker(models: Path, pairs: list[dict], params: dict, precision: str) -> dict:
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
-    from imgdiff_onnx.captions import ensure_available
+    from imgdiff_onnx.engine.captions import ensure_available
 
     started = time.perf_counter()
     ensure_available()
@@ -174,7 +174,7 @@ def _found(boxes: list) -> list:
 
 
 def _summary(result: dict, reference: dict) -> dict:
-    from imgdiff_onnx.boxes import box_matches
+    from imgdiff_onnx.engine.boxes import box_matches
 
     rows, ref_rows = result["rows"], {r["key"]: _found(r["boxes"]) for r in reference["rows"]}
     wall = sum(r["seconds"] for r in rows) / len(rows)
@@ -188,7 +188,7 @@ def _summary(result: dict, reference: dict) -> dict:
 
 def _band(rows: list[dict]) -> str:
     """The guard band's re-scores over the pairs, per score ("-" when nothing ran banded)."""
-    from imgdiff_onnx.band import BandTally
+    from imgdiff_onnx.engine.band import BandTally
 
     tally = BandTally.empty()
     for r in rows:

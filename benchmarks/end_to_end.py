@@ -95,7 +95,7 @@ def worker(mode: str, models: Path, pairs: list[dict], params_dict: dict, thread
     """One mode in this process: cold start, every pair once, peak memory."""
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
 
-    from imgdiff_onnx.captions import ensure_available
+    from imgdiff_onnx.engine.captions import ensure_available
 
     params = OperatorParams.from_mapping(params_dict)
     started = time.perf_counter()
@@ -184,7 +184,7 @@ def _chart(summary: dict, path: Path) -> None:
 
 
 def summarise(runs: list[dict], params: dict, boxes_per_image: dict) -> dict:
-    from imgdiff_onnx.boxes import box_f1
+    from imgdiff_onnx.engine.boxes import box_f1
 
     by_mode: dict[str, list[dict]] = {}
     for r in runs:

@@ -26,9 +26,9 @@ from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imgdiff_onnx.cpu import onnxruntime_uses_amx
-    from imgdiff_onnx.modelset import ModelSet, SessionSettings
-    from imgdiff_onnx.models.fastsam import predictor_imgsz
+    from imgdiff_onnx.engine.cpu import onnxruntime_uses_amx
+    from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings
+    from imgdiff_onnx.engine.models.fastsam import predictor_imgsz
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True, help="a model folder whose int8 FastSAM has an AMX variant")

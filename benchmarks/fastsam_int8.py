@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
-    from imgdiff_onnx.boxes import box_f1
+    from imgdiff_onnx.engine.boxes import box_f1
     from imgdiff_onnx.imageio import load_image_file
-    from imgdiff_onnx.modelset import ModelSet, SessionSettings, create_session
-    from imgdiff_onnx.models.fastsam import postprocess
-    from imgdiff_onnx.preprocess import letterbox
+    from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings, create_session
+    from imgdiff_onnx.engine.models.fastsam import postprocess
+    from imgdiff_onnx.engine.preprocess import letterbox
     from imgdiff_onnx_export.fastsam import join_prototype_head
     from imgdiff_onnx_export.images import natural_images
 

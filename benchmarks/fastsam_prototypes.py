@@ -27,9 +27,9 @@ from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imgdiff_onnx.modelset import ModelSet, SessionSettings
-    from imgdiff_onnx.models.fastsam import postprocess, predictor_imgsz
-    from imgdiff_onnx.preprocess import letterbox
+    from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings
+    from imgdiff_onnx.engine.models.fastsam import postprocess, predictor_imgsz
+    from imgdiff_onnx.engine.preprocess import letterbox
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True, help="a model folder with FastSAM split (fastsam_proto)")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+    from imgdiff_onnx.engine.preprocess import LetterboxSettings, letterbox
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True)

@@ -51,7 +51,7 @@ CONFIGS: dict[str, dict] = {
     "int8-trim": {"precision": "int8", "memory_release": "trim"},
     "fp32": {"precision": "fp32"},
 }
-# the same settings in a process started with glibc's huge-page tunable (imgdiff_onnx.memory)
+# the same settings in a process started with glibc's huge-page tunable (imgdiff_onnx.engine.memory)
 HUGE_PAGES = {"GLIBC_TUNABLES": memory.HUGE_PAGES_SETTING}
 CONFIGS.update({f"{name}+thp": settings for name, settings in list(CONFIGS.items())})
 
@@ -76,7 +76,7 @@ def _vmstat() -> dict[str, int]:
 def worker(job: dict, spawned_at: float) -> dict:
     vmstat_before = _vmstat()
     from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
-    from imgdiff_onnx.captions import ensure_available
+    from imgdiff_onnx.engine.captions import ensure_available
 
     ensure_available()
     engine = DifferenceAreaGenerator(job["models"], OperatorParams.from_mapping(job["params"]), EngineSettings(**CONFIGS[job["config"]]))

@@ -73,7 +73,7 @@ def matmul_ceiling(threads: int, size: int = 2048) -> dict:
 
 def caption_step_ms(pairs: int = 2000) -> float:
     """S2 per pair after warm-up (NLTK loaded once), on distinct caption pairs."""
-    from imgdiff_onnx.captions import objects_from_captions
+    from imgdiff_onnx.engine.captions import objects_from_captions
 
     objects_from_captions("A cat on a mat.", "A dog on a mat.")
     nouns = ["cat", "dog", "boat", "plane", "car", "tree", "house", "bird", "ball", "lamp"]
@@ -115,8 +115,8 @@ class _WholeFastSam:
     it is compared with: the prototype head on the whole feature map."""
 
     def __init__(self, main, proto):
-        from imgdiff_onnx.models.fastsam import FastSamSegmenter
-        from imgdiff_onnx.preprocess import LetterboxSettings
+        from imgdiff_onnx.engine.models.fastsam import FastSamSegmenter
+        from imgdiff_onnx.engine.preprocess import LetterboxSettings
 
         self._segmenter = FastSamSegmenter(main, LetterboxSettings(), proto)
 
@@ -126,8 +126,8 @@ class _WholeFastSam:
 
 def _ort_session(folder: Path, manifest, graph: str, precision: str, settings):
     """The graph the engine would load here (an AMX variant where onnxruntime uses AMX)."""
-    from imgdiff_onnx.cpu import onnxruntime_uses_amx
-    from imgdiff_onnx.modelset import create_session
+    from imgdiff_onnx.engine.cpu import onnxruntime_uses_amx
+    from imgdiff_onnx.engine.modelset import create_session
 
     session = create_session(folder / manifest.graph(graph, precision).file_for(onnxruntime_uses_amx()), settings)
     if graph == "fastsam" and "fastsam_proto" in manifest.graphs:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.torch_engine import TorchModelSet
-    from imgdiff_onnx.modelset import SessionSettings
+    from imgdiff_onnx.engine.modelset import SessionSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True)

@@ -30,8 +30,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.machine import cpu_description, cpu_line  # noqa: E402
-from imgdiff_onnx.modelset import ModelSet  # noqa: E402
-from imgdiff_onnx.preprocess import letterbox, normalize_batch  # noqa: E402
+from imgdiff_onnx.engine.modelset import ModelSet  # noqa: E402
+from imgdiff_onnx.engine.preprocess import letterbox, normalize_batch  # noqa: E402
 
 GRAPHS = ("fastsam", "clip_vision", "blip_vision")
 PRECISIONS = ("fp32", "int8", "int8-attention")

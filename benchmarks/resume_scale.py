@@ -54,9 +54,9 @@ def fabricate_results(data: Path, out: Path, done: int) -> None:
     """Lines 2..done of `out` as the results writer formats them (line 1 is a real run's)."""
     import numpy as np
 
-    from imgdiff_onnx.jsonlines import read_lines
+    from imgdiff_onnx.runs.jsonlines import read_lines
     from imgdiff_onnx.pairs import PairResult
-    from imgdiff_onnx.records import output_line, parse_line
+    from imgdiff_onnx.runs.records import output_line, parse_line
 
     base = data.resolve().parent
     boxes = np.array([[10.0, 20.0, 30.0, 40.0]], dtype=np.float32)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgdiff_onnx.modelset import Components, GraphInfo, ModelSet, SessionSettings
-from imgdiff_onnx.parallel import Workers
+from imgdiff_onnx.engine.modelset import Components, GraphInfo, ModelSet, SessionSettings
+from imgdiff_onnx.engine.parallel import Workers
 
 
 class TorchSession:

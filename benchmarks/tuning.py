@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks.data_juicer_peer import _pairs
 from benchmarks.machine import cpu_description
-from imgdiff_onnx.jsonlines import line_digest
+from imgdiff_onnx.runs.jsonlines import line_digest
 from imgdiff_onnx.tuning.sheet import KeptScoresMeta, ScoreSheet, ScoreWriter, read_sheets, scores_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The guard band's margins (imgdiff_onnx.band), measured on the calibration images.
+"""The guard band's margins (imgdiff_onnx.engine.band), measured on the calibration images.
 
 Each decision score is computed by the runtime's own code on the folder just written, once with
 the fp32 graphs and once with the int8 graphs, on inputs like the operator's: near-identical
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from imgdiff_onnx import manifest as mf
-from imgdiff_onnx.band import SAFETY, GuardBand, Margin
+from imgdiff_onnx.engine.band import SAFETY, GuardBand, Margin
 from imgdiff_onnx.errors import ImgDiffError
-from imgdiff_onnx.models.clip import cosine
-from imgdiff_onnx.modelset import ModelSet, SessionPool, SessionSettings
-from imgdiff_onnx.stages.crops import Crops, Window, identical
+from imgdiff_onnx.engine.models.clip import cosine
+from imgdiff_onnx.engine.modelset import ModelSet, SessionPool, SessionSettings
+from imgdiff_onnx.engine.stages.crops import Crops, Window, identical
 
 log = logging.getLogger(__name__)
 

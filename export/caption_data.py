@@ -28,7 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from imgdiff_onnx.lexicon import PACKAGED_DATA, PACKAGED_FORMAT, TAGGER, TAGGER_FILES, WORDNET, Lexicon, _one_word_features, _Resource
+from imgdiff_onnx.engine.lexicon import PACKAGED_DATA, PACKAGED_FORMAT, TAGGER, TAGGER_FILES, WORDNET, Lexicon, _one_word_features, _Resource
 
 # features whose text depends on the word (the rest of a one-word sentence's features are fixed)
 WORD_FEATURE_PREFIXES = ("i suffix ", "i pref1 ", "i word ", "i-1 tag+i word -START- ")

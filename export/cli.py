@@ -21,7 +21,7 @@ import numpy as np
 
 from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
-from imgdiff_onnx.preprocess import letterbox, normalize_batch
+from imgdiff_onnx.engine.preprocess import letterbox, normalize_batch
 
 from . import band, blip, clip, conv_kernels, fastsam, quantize, random_init, verify
 from .onnx_io import describe, store_weights_beside

@@ -11,7 +11,7 @@ weights, (q - 1) - (-1) = q, are the same numbers, and the kernels' integer arit
 so the outputs are bit-identical (checked at export on the calibration images). The symmetric
 recipe keeps weights in [-127, 127], so q - 1 fits in int8.
 
-The runtime loads the variant only where onnxruntime uses AMX (imgdiff_onnx/cpu.py).
+The runtime loads the variant only where onnxruntime uses AMX (imgdiff_onnx/engine/cpu.py).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def write_gemm_variant(model, dst: Path, convs: list[str]) -> int:
 
 def same_outputs(a: Path, b: Path, samples: list[np.ndarray]) -> bool:
     """Do the two graphs give the same outputs, bit for bit, on every sample?"""
-    from imgdiff_onnx.modelset import SessionSettings, create_session
+    from imgdiff_onnx.engine.modelset import SessionSettings, create_session
 
     settings = SessionSettings(threads=1)
     first, second = create_session(a, settings), create_session(b, settings)

@@ -89,7 +89,7 @@ def split_prototype_head(path: Path, main_path: Path, proto_path: Path) -> None:
     `main_path`: images -> predictions, proto_features; `proto_path`: proto_features -> protos.
 
     The prototype head is local, so the runtime can run `proto_path` on tiles of the features
-    (imgdiff_onnx/masks.py). Works on the fp32 graph and on its QDQ int8 graph alike."""
+    (imgdiff_onnx/engine/masks.py). Works on the fp32 graph and on its QDQ int8 graph alike."""
     import onnx
     from onnx.utils import Extractor
 
@@ -107,9 +107,9 @@ def split_prototype_head(path: Path, main_path: Path, proto_path: Path) -> None:
 
 def same_outputs(path: Path, main_path: Path, proto_path: Path, samples: list[np.ndarray]) -> bool:
     """Do the split graphs give the full graph's predictions and prototypes bit for bit?"""
-    from imgdiff_onnx.modelset import SessionSettings, create_session
-    from imgdiff_onnx.models.fastsam import FastSamSegmenter
-    from imgdiff_onnx.preprocess import LetterboxSettings
+    from imgdiff_onnx.engine.modelset import SessionSettings, create_session
+    from imgdiff_onnx.engine.models.fastsam import FastSamSegmenter
+    from imgdiff_onnx.engine.preprocess import LetterboxSettings
 
     settings = SessionSettings()
     full = create_session(path, settings)

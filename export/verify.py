@@ -16,12 +16,12 @@ import torch
 
 from imgdiff_onnx import boxes as bx
 from imgdiff_onnx.errors import ExportError
-from imgdiff_onnx.models.batching import map_chunks, run_graph
-from imgdiff_onnx.models.blip import match_probability
-from imgdiff_onnx.models.clip import cosine
-from imgdiff_onnx.models.fastsam import FastSamSegmenter, postprocess
-from imgdiff_onnx.modelset import SessionSettings, create_session
-from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+from imgdiff_onnx.engine.models.batching import map_chunks, run_graph
+from imgdiff_onnx.engine.models.blip import match_probability
+from imgdiff_onnx.engine.models.clip import cosine
+from imgdiff_onnx.engine.models.fastsam import FastSamSegmenter, postprocess
+from imgdiff_onnx.engine.modelset import SessionSettings, create_session
+from imgdiff_onnx.engine.preprocess import LetterboxSettings, letterbox
 
 from .fastsam import raw_outputs
 

@@ -8,16 +8,16 @@ the first use of DifferenceAreaGenerator, so reading and reviewing results files
 from importlib import import_module
 from typing import Any
 
-from .captions import CaptionDataMissing, objects_from_captions
+from .engine.captions import CaptionDataMissing, objects_from_captions
 from .errors import CaptionDataError, ExportError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
-from .manifest import ManifestError
+from .engine.manifest import ManifestError
 from .pairs import BoxEvidence, PairError, PairFailure, PairInput, PairResult
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
 from .settings import EngineSettings
 
 __version__ = "0.1.0"
 
-_ENGINE = {"DifferenceAreaGenerator": "pipeline"}  # loads onnxruntime: imported on first use
+_ENGINE = {"DifferenceAreaGenerator": "engine.pipeline"}  # loads onnxruntime: imported on first use
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .integrity import MODEL_CHECKS
+from .engine.integrity import MODEL_CHECKS
 from .settings import MEMORY_RELEASE, PAIRS_PER_BATCH, EngineSettings
 
 ENGINE = EngineSettings()  # every engine option's default comes from here (a test checks each option against it)
@@ -121,7 +121,7 @@ def _precision(args: argparse.Namespace, from_file: object):
 def _settings(args: argparse.Namespace, threads: int, precision: object = None):
     from .errors import RunError
     from .errors import ParameterError
-    from .precision import PrecisionError
+    from .engine.precision import PrecisionError
     from .settings import EngineSettings
 
     for name, value in (("threads", threads), ("workers", args.workers)):
@@ -139,13 +139,13 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
 
 
 def _engine(models: Path, params, args: argparse.Namespace):
-    from .pipeline import DifferenceAreaGenerator
+    from .engine.pipeline import DifferenceAreaGenerator
 
     return DifferenceAreaGenerator(models, params, _settings(args, args.threads))
 
 
 def run(args: argparse.Namespace) -> int:
-    from .jsonl import RunError, RunOptions, check_start, run as run_jsonl
+    from .runs.jsonl import RunError, RunOptions, check_start, run as run_jsonl
 
     try:
         options = RunOptions(
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     # the cheap checks (input, output, caption data) before any model loads
     check_start(args.input, args.output, options)
     if args.ray is not None:
-        from .adapters.ray_run import RayOptions, run_ray
+        from .runs.ray_run import RayOptions, run_ray
 
         try:
             ray_options = RayOptions(address=args.ray or None, actors=args.actors, threads=threads, num_cpus=args.ray_num_cpus)
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             raise RunError(str(exc)) from None
         stats = run_ray(args.models, params, settings, args.input, args.output, options, ray_options)
     else:
-        from .pipeline import DifferenceAreaGenerator
+        from .engine.pipeline import DifferenceAreaGenerator
 
         stats = run_jsonl(DifferenceAreaGenerator(args.models, params, settings), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
@@ -202,9 +202,9 @@ def sweep(args: argparse.Namespace) -> int:
 def validate(args: argparse.Namespace) -> int:
     from .errors import ParameterError
     from .errors import RunError
-    from .outfolder import claim, named
-    from .validate import ValidateOptions, validate as run_validate
-    from .validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
+    from .review.outfolder import claim, named
+    from .review.validate import ValidateOptions, validate as run_validate
+    from .review.validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
 
     if not args.input.is_file():
         raise RunError(f"input file not found: {args.input}")
@@ -232,7 +232,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .review.report import write_report
 
     index = write_report(args.input, args.out, args.limit, single_file=args.single_file, progress=not args.quiet, sweep=args.sweep)
     print(f"report: {index}")
@@ -247,11 +247,11 @@ def demo(args: argparse.Namespace) -> int:
     import cv2
 
     from . import samples
-    from .jsonl import RunOptions, run as run_jsonl
-    from .manifest import MANIFEST_NAME
-    from .outfolder import claim, named
+    from .runs.jsonl import RunOptions, run as run_jsonl
+    from .engine.manifest import MANIFEST_NAME
+    from .review.outfolder import claim, named
     from .params import OperatorParams
-    from .report import write_report
+    from .review.report import write_report
 
     out: Path = args.out
     models = args.models or out / f"models-{args.size}"
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "quiet", False))
     from .errors import ImgDiffError
-    from .signals import Interrupted
+    from .runs.signals import Interrupted
 
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:

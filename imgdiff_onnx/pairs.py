@@ -102,7 +102,7 @@ class PairResult:
     # (rows r0, r1, columns c0, c1): "crop_pair" {window: cosine}, "itm_image1"/"itm_image2"
     # {(window, word): probability}. Empty otherwise.
     diagnostics: dict[str, dict] = field(default_factory=dict)
-    # for banded models (imgdiff_onnx.band): per score, how many were computed and how many of
+    # for banded models (imgdiff_onnx.engine.band): per score, how many were computed and how many of
     # them fell in the guard band and were scored again in fp32: {score: {"scored", "rescored"}}.
     # How the pair ran, like `times`: not compared by ==.
     band: dict[str, dict[str, int]] | None = None
@@ -160,7 +160,7 @@ class PairResult:
     def plot(self, image1: np.ndarray | str | Path | None = None, image2: np.ndarray | str | Path | None = None, numbers: bool = True) -> np.ndarray:
         """The pair side by side with box k numbered and coloured the same on both images, as an
         RGB uint8 array. Images default to the files the pair was read from."""
-        from .drawing import draw_pair
+        from .review.drawing import draw_pair
         from .imageio import from_array, load_image_file
 
         def rgb(image: np.ndarray | str | Path | None, which: int) -> np.ndarray:

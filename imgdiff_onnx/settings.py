@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import ParameterError
-from .integrity import MODEL_CHECKS, ModelCheck
-from .precision import Precision, PrecisionLike
+from .engine.integrity import MODEL_CHECKS, ModelCheck
+from .engine.precision import Precision, PrecisionLike
 
 PAIRS_PER_BATCH = 4  # pairs whose crops are scored together: the one default of RunOptions,
 # ValidateOptions, DifferenceAreaGenerator.process_many and --pairs-per-batch
@@ -33,10 +33,10 @@ class EngineSettings:
     """How the engine runs.
 
     precision: which graphs run: "banded", "int8", "fp32", a per-model choice such as
-    "fastsam=fp32,clip=banded,blip=int8" (or a mapping / Precision; see imgdiff_onnx.precision),
+    "fastsam=fp32,clip=banded,blip=int8" (or a mapping / Precision; see imgdiff_onnx.engine.precision),
     or None (default) for the model folder's recommendation (written by `validate --write`), else
     the built-in default: CLIP and BLIP banded (int8, with fp32 for the scores in the guard band
-    of a threshold: imgdiff_onnx.band), FastSAM fp32.
+    of a threshold: imgdiff_onnx.engine.band), FastSAM fp32.
     workers, threads: cores used = workers x threads. `workers` model calls run at once (crop
     chunks of the gates), each with `threads` onnxruntime intra-op threads. Defaults (both 0):
     one worker per core, one thread each, which cost up to 8% less CPU time than one call spread
@@ -54,7 +54,7 @@ class EngineSettings:
     PIL decode as in Data-Juicer, for score-exact comparison; default in memory.
     model_check: "once" (default) checks each model file's sha256 against the manifest the first
     time and trusts it while its size and mtime stay the same; "always" hashes at every load;
-    "size" compares sizes only (see imgdiff_onnx.integrity).
+    "size" compares sizes only (see imgdiff_onnx.engine.integrity).
     segment_together: FastSAM's two images of a pair at once, one per worker. Off (default): one
     after the other, each on all workers x threads cores, which holds one image's activations
     (~300 MB at 1024 px, fp32) instead of two for a few per cent more FastSAM CPU time.
@@ -76,7 +76,7 @@ class EngineSettings:
     after loading and after each stage (a pair's FastSAM, each step of a gate), at no measured
     cost. "mmap": in addition, every buffer of 4 MiB or more is mapped on its own and unmapped
     when freed: the lowest peak (~-19% against "trim", measured) for more CPU time (page faults:
-    +13% measured, +7% in a process started with glibc's huge pages, see imgdiff_onnx.memory).
+    +13% measured, +7% in a process started with glibc's huge pages, see imgdiff_onnx.engine.memory).
     "off": the allocator is left alone. "mmap" changes a process-wide allocator setting.
     Figures: benchmarks/ARCHIVE.md.
     diagnostics: keep every score a gate computed, keyed by candidate window

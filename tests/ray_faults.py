@@ -17,8 +17,8 @@ from pathlib import Path
 
 from imgdiff_onnx import __main__ as cli
 from imgdiff_onnx.adapters import ray_run
-from imgdiff_onnx.adapters.ray_run import EngineWorker
-from imgdiff_onnx.records import InputLine, OutputLine
+from imgdiff_onnx.runs.ray_run import EngineWorker
+from imgdiff_onnx.runs.records import InputLine, OutputLine
 
 
 def crashing_worker(spec: str, marker_dir: Path) -> type[EngineWorker]:

@@ -1,4 +1,4 @@
-"""The guard band (imgdiff_onnx.band) and the identical-crop shortcut.
+"""The guard band (imgdiff_onnx.engine.band) and the identical-crop shortcut.
 
 The flip tests place a threshold between the fp32 and the int8 score of a real candidate (found
 from the diagnostics of an fp32 run and an int8 run on the tiny models): there the int8 engine
@@ -16,15 +16,15 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from imgdiff_onnx import manifest as mf
-from imgdiff_onnx.band import SCORES, BandTally, GuardBand, Margin, near
+from imgdiff_onnx.engine.band import SCORES, BandTally, GuardBand, Margin, near
 from imgdiff_onnx.errors import ModelFolderError
 from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.models.clip import cosine
-from imgdiff_onnx.modelset import ModelSet, SessionPool, resolve_precision
+from imgdiff_onnx.engine.models.clip import cosine
+from imgdiff_onnx.engine.modelset import ModelSet, SessionPool, resolve_precision
 from imgdiff_onnx.params import OperatorParams
-from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairInput
-from imgdiff_onnx.precision import Precision, PrecisionError
-from imgdiff_onnx.stages.crops import crop, distinct
+from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairInput
+from imgdiff_onnx.engine.precision import Precision, PrecisionError
+from imgdiff_onnx.engine.stages.crops import crop, distinct
 
 from .conftest import DATA, PAIR1, PAIR2
 
@@ -240,7 +240,7 @@ def test_identical_crops_are_decided_without_clip_as_computing_would(tiny_models
 
 
 def result_windows(result) -> list:
-    from imgdiff_onnx.stages.crops import crop_window
+    from imgdiff_onnx.engine.stages.crops import crop_window
 
     return [crop_window(box) for box in result.candidate_boxes]
 
@@ -269,7 +269,7 @@ def test_the_same_pixels_are_scored_once_in_a_batch(tiny_models):
 def test_the_run_log_totals_the_band_of_its_lines(engines, tmp_path, caplog):
     import logging
 
-    from imgdiff_onnx.jsonl import RunOptions, run
+    from imgdiff_onnx.runs.jsonl import RunOptions, run
 
     data = tmp_path / "in.jsonl"
     data.write_text("".join(json.dumps({"image_path1": p.image1, "image_path2": p.image2, "objects1": p.objects1, "objects2": p.objects2}) + "\n"

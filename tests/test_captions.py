@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 
-from imgdiff_onnx.captions import caption_words, objects_from_captions
-from imgdiff_onnx.lexicon import TAGGER, TAGGER_FILES, WORDNET, CaptionDataMissing, Lexicon, _Resource, nltk_data_path
+from imgdiff_onnx.engine.captions import caption_words, objects_from_captions
+from imgdiff_onnx.engine.lexicon import TAGGER, TAGGER_FILES, WORDNET, CaptionDataMissing, Lexicon, _Resource, nltk_data_path
 
 from .conftest import SHARED
 
@@ -144,7 +144,7 @@ def test_corrupt_nltk_data_is_a_clear_error(tmp_path):
 
 def test_the_caption_step_needs_no_nltk_data_installed(tmp_path):
     """The tables ship with the package: no NLTK_DATA, no ~/nltk_data, no nltk."""
-    code = "from imgdiff_onnx.captions import objects_from_captions\nprint(objects_from_captions('A plane in the sky.', 'A boat in the sea.'))\n"
+    code = "from imgdiff_onnx.engine.captions import objects_from_captions\nprint(objects_from_captions('A plane in the sky.', 'A boat in the sea.'))\n"
     env = {"PATH": "/usr/bin:/bin", "NLTK_DATA": str(tmp_path), "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "(['plane', 'sky'], ['boat', 'sea'])", proc.stderr
@@ -157,7 +157,7 @@ def test_reading_nltk_files_that_are_missing_names_the_download_command(tmp_path
 
 
 def test_the_shipped_tables_are_rebuilt_byte_for_byte_from_nltk_data(tmp_path):
-    from imgdiff_onnx.lexicon import PACKAGED_DATA
+    from imgdiff_onnx.engine.lexicon import PACKAGED_DATA
     from imgdiff_onnx_export.caption_data import build, one_word_feature, write
 
     rebuilt = write(build(SHARED / "nltk_data"), tmp_path)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from imgdiff_onnx.drawing import GAP, colour, draw_pair
+from imgdiff_onnx.review.drawing import GAP, colour, draw_pair
 
 from .conftest import DATA, PAIR_CAPTIONS
 
@@ -88,8 +88,8 @@ def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_p
 
 
 def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
-    from imgdiff_onnx.jsonlines import RawLine
-    from imgdiff_onnx.records import parse_line, process_lines
+    from imgdiff_onnx.runs.jsonlines import RawLine
+    from imgdiff_onnx.runs.records import parse_line, process_lines
 
     texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"})]
     raws = [RawLine(n, t.encode(), len(t.encode())) for n, t in enumerate(texts, 1)]
@@ -235,7 +235,7 @@ def test_input_folder_and_resume_with_overwrite_are_refused(tiny_models, dataset
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_file(tiny_models, dataset, tmp_path):
-    from imgdiff_onnx.runfile import OutputLock
+    from imgdiff_onnx.runs.runfile import OutputLock
 
     out = tmp_path / "out.jsonl"
     lock = OutputLock(out).acquire()  # as a live run would

@@ -1,4 +1,4 @@
-"""Graph contracts (imgdiff_onnx/models/contracts.py): a graph that is not what the runtime feeds
+"""Graph contracts (imgdiff_onnx/engine/models/contracts.py): a graph that is not what the runtime feeds
 and reads fails at load, with one line naming the graph, the tensor, and what was expected."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from imgdiff_onnx import integrity
 from imgdiff_onnx.errors import ModelFolderError
-from imgdiff_onnx.models.contracts import CONTRACTS
-from imgdiff_onnx.modelset import ModelSet, SessionSettings
+from imgdiff_onnx.engine.models.contracts import CONTRACTS
+from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings
 
 
 def _session(inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]]) -> SimpleNamespace:

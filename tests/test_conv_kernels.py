@@ -19,8 +19,8 @@ from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
 from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.errors import ModelFolderError
-from imgdiff_onnx.modelset import ModelSet
-from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+from imgdiff_onnx.engine.modelset import ModelSet
+from imgdiff_onnx.engine.preprocess import LetterboxSettings, letterbox
 from imgdiff_onnx_export import conv_kernels as ck
 
 from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS, ROOT, SHARED
@@ -197,7 +197,7 @@ def test_without_the_tile_state_the_runtime_keeps_the_plain_graph(tiny_models, t
     if built.returncode != 0:  # e.g. a compiler without the C library headers: the host, not the product
         pytest.skip(f"could not build the no-AMX preload: {built.stderr.strip()[-300:]}")
     folder = _folder_with_variant(tiny_models, tmp_path)
-    code = ("from imgdiff_onnx.cpu import onnxruntime_uses_amx, tile_state_granted; from imgdiff_onnx.modelset import ModelSet; "
+    code = ("from imgdiff_onnx.engine.cpu import onnxruntime_uses_amx, tile_state_granted; from imgdiff_onnx.engine.modelset import ModelSet; "
             f"m = ModelSet({str(folder)!r}, precision='int8'); print(onnxruntime_uses_amx(), tile_state_granted(), m.graphs['fastsam'].path.name)")  # fmt: skip
     env = {**os.environ, "LD_PRELOAD": str(shim)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

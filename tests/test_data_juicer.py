@@ -17,8 +17,8 @@ import yaml
 
 from imgdiff_onnx import samples
 from imgdiff_onnx.params import OperatorParams
-from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
-from imgdiff_onnx.records import pair_from_record, record_key
+from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings
+from imgdiff_onnx.runs.records import pair_from_record, record_key
 
 from .conftest import DATA, PAIR_CAPTIONS, ROOT, SHARED
 from .dj_env import ensure_dj_python

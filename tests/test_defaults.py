@@ -10,11 +10,11 @@ import dataclasses
 import re
 
 from imgdiff_onnx.__main__ import build_parser
-from imgdiff_onnx.adapters.ray_run import RayOptions
-from imgdiff_onnx.jsonl import RunOptions
+from imgdiff_onnx.runs.ray_run import RayOptions
+from imgdiff_onnx.runs.jsonl import RunOptions
 from imgdiff_onnx.settings import PAIRS_PER_BATCH, EngineSettings
 from imgdiff_onnx.tuning.retune import RetuneOptions
-from imgdiff_onnx.validate import ValidateOptions
+from imgdiff_onnx.review.validate import ValidateOptions
 
 from .conftest import ROOT
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from imgdiff_onnx.jsonl import RunOptions, run
-from imgdiff_onnx.jsonlines import count_lines
+from imgdiff_onnx.runs.jsonl import RunOptions, run
+from imgdiff_onnx.runs.jsonlines import count_lines
 from imgdiff_onnx.pairs import EMPTY_BOXES, PairResult
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.settings import EngineSettings

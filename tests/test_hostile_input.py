@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imgdiff_onnx.jsonlines import MAX_DEPTH, MAX_INT_DIGITS, MAX_LINE_BYTES, LineError, RawLine, count_lines, parse_record, read_lines
-from imgdiff_onnx.runfile import OutputInUse, OutputLock
+from imgdiff_onnx.runs.jsonlines import MAX_DEPTH, MAX_INT_DIGITS, MAX_LINE_BYTES, LineError, RawLine, count_lines, parse_record, read_lines
+from imgdiff_onnx.runs.runfile import OutputInUse, OutputLock
 
 from .conftest import DATA
 
@@ -285,7 +285,7 @@ def test_parameters_out_of_their_range_are_refused(dicts, message):
 
 def test_parameters_are_compared_by_value():
     from imgdiff_onnx.params import OperatorParams
-    from imgdiff_onnx.runfile import RunIdentity, params_text
+    from imgdiff_onnx.runs.runfile import RunIdentity, params_text
 
     ints = OperatorParams.from_dicts({"min_score_1": 0, "max_score_1": 1}, {"imgsz": 640.0}, {"min_score": 0})
     floats = OperatorParams.from_dicts({"min_score_1": 0.0, "max_score_1": 1.0}, {"imgsz": 640}, {"min_score": 0.0})
@@ -378,7 +378,7 @@ def test_hostile_lines_around_real_records_keep_the_invariants_end_to_end(tiny_e
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from imgdiff_onnx.jsonl import RunOptions, run
+    from imgdiff_onnx.runs.jsonl import RunOptions, run
 
     from .conftest import PAIR1, PAIR2
 

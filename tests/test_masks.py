@@ -1,12 +1,12 @@
-"""The empty-mask rule (imgdiff_onnx/masks.py): exact against Ultralytics, and the same decisions
+"""The empty-mask rule (imgdiff_onnx/engine/masks.py): exact against Ultralytics, and the same decisions
 whether the prototypes are complete or computed tile by tile."""
 
 import numpy as np
 import pytest
 import torch
 
-from imgdiff_onnx.masks import Prototypes, nonempty_masks
-from imgdiff_onnx.preprocess import LetterboxSettings, letterbox
+from imgdiff_onnx.engine.masks import Prototypes, nonempty_masks
+from imgdiff_onnx.engine.preprocess import LetterboxSettings, letterbox
 
 from .conftest import DATA
 
@@ -92,8 +92,8 @@ def test_split_fastsam_finds_the_same_boxes_as_the_whole_graph(tiny_models, prec
     prototypes from the same graphs, on real photographs."""
     import cv2
 
-    from imgdiff_onnx.modelset import ModelSet, SessionSettings
-    from imgdiff_onnx.models.fastsam import postprocess, predictor_imgsz
+    from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings
+    from imgdiff_onnx.engine.models.fastsam import postprocess, predictor_imgsz
 
     models = ModelSet(tiny_models, precision=precision)
     assert "fastsam_proto" in models.graphs
@@ -118,8 +118,8 @@ def test_prototype_tiles_equal_the_whole_map_bit_for_bit(tiny_models, precision)
     at letterbox shapes whose edge tiles are partial (features a multiple of 4, not 8)."""
     import cv2
 
-    from imgdiff_onnx.modelset import ModelSet, SessionSettings
-    from imgdiff_onnx.models.fastsam import predictor_imgsz
+    from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings
+    from imgdiff_onnx.engine.models.fastsam import predictor_imgsz
 
     models = ModelSet(tiny_models, precision=precision)
     segmenter = models.components(SessionSettings(threads=1), 16).segmenter

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
-from imgdiff_onnx.parallel import Workers
+from imgdiff_onnx.engine.parallel import Workers
 
 from .conftest import DATA
 
@@ -34,7 +34,7 @@ def test_map_keeps_input_order_and_runs_on_several_threads():
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("invariant", [True, False])
 def test_map_chunks_stacks_chunk_outputs_in_input_order(count, invariant):
-    from imgdiff_onnx.models.batching import map_chunks
+    from imgdiff_onnx.engine.models.batching import map_chunks
 
     workers = Workers(count)
     items = list(range(11))
@@ -53,7 +53,7 @@ def test_map_chunks_stacks_chunk_outputs_in_input_order(count, invariant):
 
 
 def test_map_chunks_refuses_a_chunk_whose_output_does_not_fit():
-    from imgdiff_onnx.models.batching import map_chunks
+    from imgdiff_onnx.engine.models.batching import map_chunks
 
     def fn(chunk):  # the last chunk's rows are wider
         return np.zeros((len(chunk), 3 if chunk[0] == 8 else 2), np.float32)

@@ -37,9 +37,9 @@ import pytest
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
 from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.models.fastsam import FastSamSegmenter
-from imgdiff_onnx.modelset import Components, ModelSet, SessionSettings
-from imgdiff_onnx.parallel import Workers
+from imgdiff_onnx.engine.models.fastsam import FastSamSegmenter
+from imgdiff_onnx.engine.modelset import Components, ModelSet, SessionSettings
+from imgdiff_onnx.engine.parallel import Workers
 
 from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
 

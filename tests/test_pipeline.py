@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairFailure, PairInput, ParameterError
-from imgdiff_onnx.pipeline import PairError, crop_window
+from imgdiff_onnx.engine.pipeline import PairError, crop_window
 
 from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
 
@@ -105,7 +105,7 @@ def test_d2_jpeg_roundtrip_option_changes_only_crop_pixels(tiny_models, engine):
 
 
 def test_crops_are_cut_when_read_and_match_the_windows(engine):
-    from imgdiff_onnx.stages.crops import Crops, crop, jpeg_roundtrip
+    from imgdiff_onnx.engine.stages.crops import Crops, crop, jpeg_roundtrip
 
     rgb = np.asarray(Image.open(PAIR1).convert("RGB"))
     windows = [(0, 10, 0, 20), (100, 300, 50, 90), (-5, 40, 3, 7)]  # a negative start wraps, as in the original
@@ -354,7 +354,7 @@ def test_fastsam_in_the_shrinking_arena_writes_its_outputs_into_arrays_of_ours(t
 
 def test_an_onnxruntime_error_in_a_bound_run_names_the_graph():
     from imgdiff_onnx.errors import ModelRunError
-    from imgdiff_onnx.models.batching import OwnOutputs
+    from imgdiff_onnx.engine.models.batching import OwnOutputs
 
     class Session:
         def run(self, outputs, feeds, run_options=None):
@@ -371,7 +371,7 @@ def test_an_onnxruntime_error_in_a_bound_run_names_the_graph():
 
 
 def test_blip_vision_is_warmed_up_at_load_unless_asked_not_to(tiny_models, monkeypatch):
-    from imgdiff_onnx.models.blip import BlipMatcher
+    from imgdiff_onnx.engine.models.blip import BlipMatcher
 
     seen: list[int] = []
     original = BlipMatcher.encode_images

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, ManifestError, OperatorParams, PairInput, RunError
-from imgdiff_onnx.modelset import ModelSet, resolve_precision
-from imgdiff_onnx.precision import DEFAULT, Precision, PrecisionError
-from imgdiff_onnx.validate import ValidateOptions, compare, run_config, validate
-from imgdiff_onnx.modelset import SessionPool
-from imgdiff_onnx.validate_report import write_outputs, write_recommendation
+from imgdiff_onnx.engine.modelset import ModelSet, resolve_precision
+from imgdiff_onnx.engine.precision import DEFAULT, Precision, PrecisionError
+from imgdiff_onnx.review.validate import ValidateOptions, compare, run_config, validate
+from imgdiff_onnx.engine.modelset import SessionPool
+from imgdiff_onnx.review.validate_report import write_outputs, write_recommendation
 
 from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS
 from .test_cli import _cli

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx.imageio import load_image_file
-from imgdiff_onnx.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch, normalize_image, rescale_and_normalize
+from imgdiff_onnx.engine.preprocess import ImageNormalization, LetterboxSettings, letterbox, normalize_batch, normalize_image, rescale_and_normalize
 
 from .conftest import DATA
 
@@ -86,7 +86,7 @@ def test_letterbox_matches_ultralytics(name, imgsz):
 def test_predictor_imgsz_rounds_up_to_the_stride():
     from ultralytics.utils.checks import check_imgsz
 
-    from imgdiff_onnx.models.fastsam import predictor_imgsz
+    from imgdiff_onnx.engine.models.fastsam import predictor_imgsz
 
     for imgsz in (32, 333, 640, 1000, 1024, 1025):
         assert predictor_imgsz(imgsz, 32) == check_imgsz(imgsz, stride=32, min_dim=2)[0]

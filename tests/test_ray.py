@@ -139,7 +139,7 @@ def test_sigterm_stops_a_ray_run_cleanly_and_resume_completes_it(tiny_models, da
 
 
 def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
-    from imgdiff_onnx.adapters.ray_run import _room_for_one_more
+    from imgdiff_onnx.runs.ray_run import _room_for_one_more
 
     class FakeRay:
         def __init__(self, cpus: int):
@@ -159,7 +159,7 @@ def test_a_dead_actor_is_replaced_only_while_the_cluster_has_cpus_for_it():
 
 def _pool_dispatching(batches: int, actors: int, in_flight: int = 2):
     """The driver's pool after its first dispatch, on stand-in actors that only record their calls."""
-    from imgdiff_onnx.adapters.ray_run import RayOptions, _ActorPool
+    from imgdiff_onnx.runs.ray_run import RayOptions, _ActorPool
 
     class Actor:
         def __init__(self, index: int):
@@ -196,7 +196,7 @@ def test_batches_spread_over_every_actor_before_any_gets_a_second():
     pool, actors = _pool_dispatching(batches=7, actors=3)
     assert [len(a.calls) for a in actors] == [2, 2, 2] and len(pool.queue) == 0 and pool.busy == [2, 2, 2]
     # a retry waits for an idle actor and then runs alone on it
-    from imgdiff_onnx.adapters.ray_run import _Unit
+    from imgdiff_onnx.runs.ray_run import _Unit
 
     pool.busy[1] = 0
     pool.queue.append(_Unit(9, ["again"], retry=True))

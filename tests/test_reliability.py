@@ -21,21 +21,21 @@ from imgdiff_onnx import ImgDiffError, ModelRunError
 from imgdiff_onnx import integrity
 from imgdiff_onnx import manifest as mf
 from imgdiff_onnx.errors import CaptionDataError, ModelFolderError, ParameterError, RecordErrorBase, RunError
-from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
+from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 
 from .conftest import DATA, DEFAULT_SIGNALS, imgdiff_command
 from .test_cli import _cli, _read, _run_args, dataset  # noqa: F401 - the dataset fixture
 
 
 def test_every_package_error_shares_one_base():
-    from imgdiff_onnx.captions import CaptionDataMissing
+    from imgdiff_onnx.engine.captions import CaptionDataMissing
     from imgdiff_onnx.imageio import ImageLoadError
-    from imgdiff_onnx.pipeline import PairError
-    from imgdiff_onnx.precision import PrecisionError
-    from imgdiff_onnx.records import RecordError
-    from imgdiff_onnx.runfile import OutputInUse
-    from imgdiff_onnx.signals import Interrupted
-    from imgdiff_onnx.worddiff import WordDiffTooComplex
+    from imgdiff_onnx.engine.pipeline import PairError
+    from imgdiff_onnx.engine.precision import PrecisionError
+    from imgdiff_onnx.runs.records import RecordError
+    from imgdiff_onnx.runs.runfile import OutputInUse
+    from imgdiff_onnx.runs.signals import Interrupted
+    from imgdiff_onnx.engine.worddiff import WordDiffTooComplex
 
     family = {
         RecordErrorBase: (PairError, RecordError, ImageLoadError, WordDiffTooComplex),
@@ -140,7 +140,7 @@ def test_a_signal_stops_after_the_batch_in_flight_and_resume_completes_the_file(
 # non-interactive shell ignores SIGINT, and so would the child, which then has no KeyboardInterrupt.
 SECOND_SIGNAL = """
 import signal, sys, threading, time
-from imgdiff_onnx.signals import GracefulStop
+from imgdiff_onnx.runs.signals import GracefulStop
 main = threading.main_thread().ident
 with GracefulStop() as stop:
     signal.pthread_kill(main, signal.{name})
@@ -165,7 +165,7 @@ def test_the_first_signal_asks_and_the_second_stops_at_once(name, code, said):
 
 
 def test_the_second_signal_goes_to_the_handler_that_was_there_before():
-    from imgdiff_onnx.signals import GracefulStop
+    from imgdiff_onnx.runs.signals import GracefulStop
 
     seen = []
     before = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
@@ -184,7 +184,7 @@ def test_the_second_signal_goes_to_the_handler_that_was_there_before():
 
 
 def test_a_signal_the_process_ignores_stays_ignored():
-    from imgdiff_onnx.signals import GracefulStop
+    from imgdiff_onnx.runs.signals import GracefulStop
 
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -276,7 +276,7 @@ def test_an_onnxruntime_failure_before_scoring_becomes_the_record_error(tiny_mod
 
 
 def test_run_graph_wraps_only_onnxruntime_errors():
-    from imgdiff_onnx.models.batching import run_graph
+    from imgdiff_onnx.engine.models.batching import run_graph
 
     class Raises:
         def __init__(self, exc):
@@ -370,7 +370,7 @@ def test_warnings_print_above_the_progress_bar_not_inside_it(monkeypatch):
     import io
     import logging
 
-    from imgdiff_onnx.progress import ProgressBar
+    from imgdiff_onnx.runs.progress import ProgressBar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from imgdiff_onnx.errors import RunError
-from imgdiff_onnx.report import read_results, write_report
+from imgdiff_onnx.review.report import read_results, write_report
 
 from .conftest import DATA, ROOT
 from .test_cli import _cli

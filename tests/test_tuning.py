@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
 from imgdiff_onnx.errors import ParameterError, RunError
-from imgdiff_onnx.jsonl import RunOptions, run
-from imgdiff_onnx.modelset import ModelSet, SessionPool
-from imgdiff_onnx.stages.matching import first_matching_words
+from imgdiff_onnx.runs.jsonl import RunOptions, run
+from imgdiff_onnx.engine.modelset import ModelSet, SessionPool
+from imgdiff_onnx.engine.stages.matching import first_matching_words
 from imgdiff_onnx.tuning import KeptRun, retune_file
 from imgdiff_onnx.tuning.decide import _first_matches, _Tally
 from imgdiff_onnx.tuning.retune import RetuneOptions

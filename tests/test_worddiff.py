@@ -9,8 +9,8 @@ import time
 import pytest
 
 from imgdiff_onnx import PairInput
-from imgdiff_onnx.captions import caption_words
-from imgdiff_onnx.worddiff import WordDiffTooComplex, differ_lines
+from imgdiff_onnx.engine.captions import caption_words
+from imgdiff_onnx.engine.worddiff import WordDiffTooComplex, differ_lines
 
 VOCAB = ["a", "the", "cat", "cats", "dog", "dogs", "plane", "planes", "plate", "boat", "boats", "coat", "sky", "skies", "sea",
          "in", "on", "of", "flying", "sailing", "flies", "alone", "red", "reds", "bed", "be", "", "ça", "naïve", "日本",
@@ -97,7 +97,7 @@ def test_work_budget_gives_a_record_error_not_a_hang(tiny_models, monkeypatch):
 
 
 def test_caption_step_uses_the_exact_word_difference():
-    from imgdiff_onnx.captions import objects_from_captions
+    from imgdiff_onnx.engine.captions import objects_from_captions
 
     assert objects_from_captions("A plane in the sky flying alone.", "A boat in the ocean sailing alone.") == (["plane", "sky"], ["boat", "ocean"])
     long1, long2 = "a cat " * 1000, "a dog " * 1000

@@ -36,12 +36,12 @@ from data_juicer.ops.base_op import OPERATORS, TAGGING_OPS, Mapper
 from data_juicer.utils.constant import Fields, MetaKeys
 
 from imgdiff_onnx.errors import ModelFolderError, ParameterError
-from imgdiff_onnx.manifest import read as read_manifest
-from imgdiff_onnx.modelset import resolve_precision
+from imgdiff_onnx.engine.manifest import read as read_manifest
+from imgdiff_onnx.engine.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
-from imgdiff_onnx.precision import Precision
-from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from imgdiff_onnx.records import RecordError, pair_from_record, process_pairs, record_key
+from imgdiff_onnx.engine.precision import Precision
+from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
+from imgdiff_onnx.runs.records import RecordError, pair_from_record, process_pairs, record_key
 
 OP_NAME = "imgdiff_difference_area_generator_onnx_mapper"
 ERROR_KEY = "imgdiff_error"

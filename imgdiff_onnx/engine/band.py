@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 
 SCORES = ("pair_similarity", "crop_similarity", "itm_probability")
 SCORE_MODEL = {"pair_similarity": "clip", "crop_similarity": "clip", "itm_probability": "blip"}

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from .errors import ModelFolderError, ParameterError
+from ..errors import ModelFolderError, ParameterError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import CaptionDataError
+from ..errors import CaptionDataError
 
 DOWNLOAD_COMMAND = "python -m nltk.downloader wordnet averaged_perceptron_tagger_eng"
 WORDNET = "corpora/wordnet"
@@ -33,7 +33,7 @@ TAGGER_FILES = tuple(f"averaged_perceptron_tagger_eng.{part}.json" for part in (
 
 # WordNet's morphological rules for nouns (nltk WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS)
 NOUN_SUBSTITUTIONS = (("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y"))
-PACKAGED_DATA = Path(__file__).resolve().parent / "data" / "caption_data.json.gz"
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "data" / "caption_data.json.gz"
 PACKAGED_FORMAT = "imgdiff-onnx-caption-data/1"
 START = ("-START-", "-START2-")
 END = ("-END-", "-END2-")

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import integrity
 from .band import GuardBand
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 from .integrity import ModelCheck
 from .preprocess import ImageNormalization, LetterboxSettings
 
@@ -161,7 +161,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)  # packages of the export
     verification: dict = field(default_factory=dict)  # figures of export/verify.py
     recommended_precision: dict | None = None  # written by `validate --write`
-    guard_band: GuardBand | None = None  # int8 score margins (imgdiff_onnx.band): export, widened by `validate --write`
+    guard_band: GuardBand | None = None  # int8 score margins (imgdiff_onnx.engine.band): export, widened by `validate --write`
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = MANIFEST_NAME) -> "Manifest":

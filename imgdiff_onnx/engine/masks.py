@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 # a tile computes prototype cells [r0, r1) x [c0, c1) and returns them as (C, r1 - r0, c1 - c0)
 TileFunction = Callable[[int, int, int, int], np.ndarray]

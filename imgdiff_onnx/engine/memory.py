@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .cpu import onnxruntime_uses_amx
-from .errors import ParameterError
+from ..errors import ParameterError
 from .integrity import ModelCheck
 from .models.blip import BlipMatcher
 from .models.clip import ClipImageEncoder
@@ -106,7 +106,7 @@ def create_session(path: Path, settings: SessionSettings) -> ort.InferenceSessio
 
 
 class Fp32Referee:
-    """The fp32 CLIP and BLIP of the banded models (imgdiff_onnx.band), each built the first time
+    """The fp32 CLIP and BLIP of the banded models (imgdiff_onnx.engine.band), each built the first time
     a score falls in the guard band, then kept: a run whose scores never come near a threshold
     never loads them."""
 

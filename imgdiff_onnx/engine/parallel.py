@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 T = TypeVar("T")
 R = TypeVar("R")

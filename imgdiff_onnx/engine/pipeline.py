@@ -13,7 +13,7 @@ Plan per batch of pairs:
 S5 (two sides) and S6 are ANDed tests of the same candidate, so this order gives the set the
 original's order gives.
 
-On several workers (imgdiff_onnx.parallel) the model calls of each step run at once: the crop
+On several workers (imgdiff_onnx.engine.parallel) the model calls of each step run at once: the crop
 chunks of each gate (and the two FastSAM images of a pair with EngineSettings.segment_together;
 by default they run one after the other, each on all the cores). (Whole pairs per worker measured
 slower than this, see benchmarks/ARCHIVE.md.) Results do not depend on the number of workers
@@ -36,20 +36,20 @@ from . import boxes as bx
 from . import memory
 from .band import BandTally, near
 from .captions import CaptionDifference
-from .errors import ModelRunError, ParameterError
-from .imageio import ImageLoadError, LoadedImage, from_array, load_image_file, same_file
+from ..errors import ModelRunError, ParameterError
+from ..imageio import ImageLoadError, LoadedImage, from_array, load_image_file, same_file
 from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
-from .pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
+from ..pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
 from .parallel import Workers
-from .params import OperatorParams
-from .settings import PAIRS_PER_BATCH, EngineSettings
+from ..params import OperatorParams
+from ..settings import PAIRS_PER_BATCH, EngineSettings
 from .stages.crops import Crops, Window, crop_window, distinct, identical, nonempty
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
 from .stages.objects import pair_objects
-from .tuning.decide import BandSpec, decide, pair_exit_reason
-from .tuning.sheet import ScoreSheet
+from ..tuning.decide import BandSpec, decide, pair_exit_reason
+from ..tuning.sheet import ScoreSheet
 
 __all__ = ["DifferenceAreaGenerator", "EngineSettings", "PairError", "PairFailure", "PairInput", "PairResult", "crop_window"]
 

@@ -8,7 +8,7 @@ at one of three precisions:
     int8     the int8 graphs alone: fastest; a score within int8's error of a threshold may
              decide otherwise than fp32 would
     banded   the int8 graphs, and the fp32 graphs for the scores that lie within the model
-             folder's guard band of a threshold (imgdiff_onnx.band): decisions as fp32's at
+             folder's guard band of a threshold (imgdiff_onnx.engine.band): decisions as fp32's at
              close to int8 cost. FastSAM has no score to band (int8 changes which boxes exist),
              so "banded" FastSAM is fp32.
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 MODELS = ("clip", "blip", "fastsam")
 # which exported graphs each model runs

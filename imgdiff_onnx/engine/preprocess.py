@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

@@ -25,7 +25,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
-from .errors import RecordErrorBase
+from ..errors import RecordErrorBase
 
 BEST_RATIO, CUTOFF = 0.74, 0.75  # difflib.Differ._fancy_replace's constants
 DEFAULT_BUDGET = 5_000_000  # position look-ups in synch-point searches (about a few seconds at most)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import RunError
+from ..errors import RunError
 
 MARKER = ".imgdiff-onnx-output"
 

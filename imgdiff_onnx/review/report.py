@@ -31,10 +31,10 @@ import numpy as np
 
 from . import outfolder
 from .drawing import GAP, PALETTE, side_by_side
-from .errors import RunError
-from .imageio import ImageLoadError, load_image_file
-from .progress import ProgressBar
-from .records import RESULT_KEY
+from ..errors import RunError
+from ..imageio import ImageLoadError, load_image_file
+from ..runs.progress import ProgressBar
+from ..runs.records import RESULT_KEY
 
 log = logging.getLogger(__name__)
 

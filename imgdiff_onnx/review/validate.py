@@ -10,7 +10,7 @@ gates computed, keyed by crop window, so runs are compared on the same inputs:
 - blip: ITM probability |delta| and flips at your thresholds;
 - every run: final boxes F1 against the fp32 run, pairs whose status or exit differs, CPU time.
 
-The guard band (imgdiff_onnx.band): the clip and blip int8 runs give the largest int8 error of each
+The guard band (imgdiff_onnx.engine.band): the clip and blip int8 runs give the largest int8 error of each
 score on your pairs, against the margin in the manifest; a run with CLIP and BLIP banded (when the
 folder has margins) gives the share of scores that were re-scored in fp32 (the band's hit rate),
 its CPU time, and its boxes against fp32's. `--write` widens a margin your pairs exceed.
@@ -30,17 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import boxes as bx
-from .band import SAFETY, SCORE_MODEL, SCORES, BandTally, GuardBand, Margin
-from .errors import ModelFolderError, ParameterError, RunError
-from .jsonl import input_batches
-from .manifest import read as read_manifest
-from .modelset import ModelSet, SessionPool, resolve_precision
-from .params import OperatorParams
-from .pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from .precision import BANDED, DEFAULT, MODELS, Precision
-from .settings import PAIRS_PER_BATCH
-from .progress import ProgressBar
+from ..engine import boxes as bx
+from ..engine.band import SAFETY, SCORE_MODEL, SCORES, BandTally, GuardBand, Margin
+from ..errors import ModelFolderError, ParameterError, RunError
+from ..runs.jsonl import input_batches
+from ..engine.manifest import read as read_manifest
+from ..engine.modelset import ModelSet, SessionPool, resolve_precision
+from ..params import OperatorParams
+from ..engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
+from ..engine.precision import BANDED, DEFAULT, MODELS, Precision
+from ..settings import PAIRS_PER_BATCH
+from ..runs.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 

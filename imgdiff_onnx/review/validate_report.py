@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import manifest as mf
+from ..engine import manifest as mf
 from . import outfolder
-from .band import SCORES, GuardBand, Margin
+from ..engine.band import SCORES, GuardBand, Margin
 
 log = logging.getLogger(__name__)
 

@@ -21,19 +21,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .band import BandTally
-from .captions import ensure_available
-from .errors import ParameterError, RunError
+from ..engine.band import BandTally
+from ..engine.captions import ensure_available
+from ..errors import ParameterError, RunError
 from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
-from .manifest import Manifest
-from .params import OperatorParams
-from .pipeline import DifferenceAreaGenerator
+from ..engine.manifest import Manifest
+from ..params import OperatorParams
+from ..engine.pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
 from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
-from .settings import PAIRS_PER_BATCH
+from ..settings import PAIRS_PER_BATCH
 from .signals import GracefulStop, Interrupted
-from .tuning.sheet import ScoreWriter, drop_scores, kept_scores_meta
+from ..tuning.sheet import ScoreWriter, drop_scores, kept_scores_meta
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import ImgDiffError
+from ..errors import ImgDiffError
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one record: captions of ~1 million characters still fit
 MAX_DEPTH = 64  # nested arrays/objects in one record

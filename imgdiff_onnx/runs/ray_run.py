@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgdiff_onnx.errors import ParameterError
-from imgdiff_onnx.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
-from imgdiff_onnx.modelset import ModelSet
+from imgdiff_onnx.runs.jsonl import ResultWriter, RunError, RunOptions, check_start, input_batches, run_identity
+from imgdiff_onnx.engine.modelset import ModelSet
 from imgdiff_onnx.params import OperatorParams
-from imgdiff_onnx.pipeline import DifferenceAreaGenerator, EngineSettings
-from imgdiff_onnx.records import InputLine, OutputLine, error_output, process_lines
+from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings
+from imgdiff_onnx.runs.records import InputLine, OutputLine, error_output, process_lines
 from imgdiff_onnx.tuning.sheet import kept_scores_meta
-from imgdiff_onnx.signals import GracefulStop
+from imgdiff_onnx.runs.signals import GracefulStop
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ImgDiffError
+from ..errors import ImgDiffError
 from .jsonlines import LineError, RawLine, parse_record, strict_dumps
-from .pairs import PairError, PairFailure, PairInput, PairResult
+from ..pairs import PairError, PairFailure, PairInput, PairResult
 
 if TYPE_CHECKING:  # records are read and written without the engine (and onnxruntime): `show`, `retune`
-    from .pipeline import DifferenceAreaGenerator
-    from .tuning.sheet import ScoreSheet
+    from ..engine.pipeline import DifferenceAreaGenerator
+    from ..tuning.sheet import ScoreSheet
 
 log = logging.getLogger(__name__)
 

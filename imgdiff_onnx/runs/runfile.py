@@ -23,9 +23,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import RunError
-from .imageio import same_file
-from .manifest import Manifest
+from ..errors import RunError
+from ..imageio import same_file
+from ..engine.manifest import Manifest
 
 
 class OutputInUse(RunError):

@@ -9,7 +9,7 @@ import signal
 import threading
 from types import FrameType
 
-from .errors import RunError
+from ..errors import RunError
 
 log = logging.getLogger(__name__)
 

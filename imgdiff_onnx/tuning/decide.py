@@ -2,7 +2,7 @@
 
 `decide` gives the PairResult a run with `params` gives on the same models: the same boxes,
 evidence, exit reason, per-gate counts and guard-band tally. It follows the engine's gated run
-(imgdiff_onnx.pipeline), not a simplification of it:
+(imgdiff_onnx.engine.pipeline), not a simplification of it:
 
 - S1: outside [min_score_1, max_score_1] the pair stops before FastSAM (no counts).
 - S6 on every distinct non-degenerate window; S5 on crop 1 for the S6 survivors, each window
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import boxes as bx
-from ..band import SCORE_MODEL, near
+from ..engine import boxes as bx
+from ..engine.band import SCORE_MODEL, near
 from ..pairs import EMPTY_BOXES, BoxEvidence, PairResult
 from ..params import OperatorParams, PairSimilarityArgs
 from .sheet import ScoreSheet
@@ -106,7 +106,7 @@ class _Tally:
 def _first_matches(itm: np.ndarray, words: list[str], reach: np.ndarray, lo: float, hi: float, margin: float | None,
                    side: int, tally: _Tally) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """S5 on one side for the windows in `reach`: (passes, word index, probability) per window,
-    as imgdiff_onnx.stages.matching.first_matching_words decides, with its band tally."""
+    as imgdiff_onnx.engine.stages.matching.first_matching_words decides, with its band tally."""
     n_windows, n_words = itm.shape[:2]
     values, band, missing = _banded_values(itm, lo, hi, margin)
     first_time = np.array([w not in words[:j] for j, w in enumerate(words)], dtype=bool)

@@ -1,5 +1,5 @@
 """The fp32 scores a retune needs and the run did not compute: a banded model's scores within the
-guard band of a new threshold. Computed as the engine computes them (imgdiff_onnx.pipeline):
+guard band of a new threshold. Computed as the engine computes them (imgdiff_onnx.engine.pipeline):
 the same image loading, image 2 resized to image 1 (D1), the same crop windows and crops (JPEG
 round trip when the run had it), the fp32 CLIP and BLIP graphs of the run's model folder.
 """
@@ -14,12 +14,12 @@ import numpy as np
 
 from ..errors import ModelFolderError, RunError
 from ..imageio import ImageLoadError, load_image_file
-from ..modelset import ModelSet, SessionSettings
-from ..models.blip import BlipMatcher
-from ..models.clip import ClipImageEncoder, cosine
-from ..runfile import models_digest
+from ..engine.modelset import ModelSet, SessionSettings
+from ..engine.models.blip import BlipMatcher
+from ..engine.models.clip import ClipImageEncoder, cosine
+from ..runs.runfile import models_digest
 from ..settings import available_cores
-from ..stages.crops import Crops, crop_window
+from ..engine.stages.crops import Crops, crop_window
 from .decide import Need
 from .sheet import KeptScoresMeta, ScoreSheet
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ParameterError, RunError
-from ..jsonlines import read_lines, strict_dumps
+from ..runs.jsonlines import read_lines, strict_dumps
 from ..pairs import PairInput, PairResult
 from ..params import OperatorParams
-from ..progress import ProgressBar
-from ..records import RESULT_KEY, InputLine, output_line
-from ..runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, params_text
+from ..runs.progress import ProgressBar
+from ..runs.records import RESULT_KEY, InputLine, output_line
+from ..runs.runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, params_text
 from .decide import BandSpec, Decision, decide
 from .sheet import KeptScoresMeta, ScoreSheet, read_sheets, scores_folder
 
@@ -212,7 +212,7 @@ def _check_output(results: Path, output: Path, overwrite: bool, identity: RunIde
     if output.is_dir():
         raise RunError(f"--output {output} is a folder; give the results file's name")
     if output.exists() and output.stat().st_size > 0:
-        from ..jsonl import is_results_file
+        from ..runs.jsonl import is_results_file
 
         if not overwrite:
             raise RunError(f"{output} exists; pass --overwrite to replace it")

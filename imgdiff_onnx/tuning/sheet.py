@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import RunError
 
 if TYPE_CHECKING:
-    from ..modelset import ModelSet
+    from ..engine.modelset import ModelSet
     from ..params import OperatorParams
 
 FORMAT = "imgdiff-onnx-scores/1"
@@ -231,7 +231,7 @@ def sheets_by_line(folder: Path, wanted: Iterable[int] | None = None) -> dict[in
 
 def kept_scores_meta(models: "ModelSet", params: "OperatorParams", jpeg_roundtrip: bool) -> dict:
     """The record written beside a run's kept scores (KeptScoresMeta)."""
-    from ..runfile import models_digest
+    from ..runs.runfile import models_digest
 
     band = models.manifest.guard_band
     banded = [m for m in models.precision.banded() if m in ("clip", "blip")] if band is not None else []

@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..params import OperatorParams
-from ..progress import ProgressBar
-from ..records import RESULT_KEY
+from ..runs.progress import ProgressBar
+from ..runs.records import RESULT_KEY
 from .decide import decide
 from .retune import RETUNABLE, KeptRun
 

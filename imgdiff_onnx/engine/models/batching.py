@@ -12,7 +12,7 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import ModelRunError
+from ...errors import ModelRunError
 from ..parallel import Workers
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import ModelFolderError
+from ...errors import ModelFolderError
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import boxes as bx
-from ..errors import ModelFolderError
+from ...errors import ModelFolderError
 from ..masks import Prototypes, nonempty_masks
 from ..preprocess import LetterboxSettings, letterbox
 from .batching import OwnOutputs, run_graph

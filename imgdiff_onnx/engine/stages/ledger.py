@@ -27,7 +27,7 @@ class CandidateLedger:
     seconds: dict[str, float] = field(default_factory=dict)  # gate name -> this pair's share of its time
     diagnostics: dict[str, dict] = field(default_factory=dict)  # every score computed, only when asked for
     identical: int = 0  # windows whose two crops are the same pixels (crop similarity 1.0 without CLIP)
-    band: BandTally = field(default_factory=BandTally.empty)  # scores computed / re-scored in fp32 (imgdiff_onnx.band)
+    band: BandTally = field(default_factory=BandTally.empty)  # scores computed / re-scored in fp32 (imgdiff_onnx.engine.band)
 
     def __post_init__(self) -> None:
         if len(self.windows) != len(self.valid):

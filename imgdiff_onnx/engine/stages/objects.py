@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..captions import CaptionDifference, WordDiffTooComplex, caption_difference
-from ..pairs import PairError, PairInput
+from ...pairs import PairError, PairInput
 
 
 def _words(key: str, name: str, value: object) -> list[str]:
