@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx.engine.band import SAFETY, GuardBand, Margin
 from imgdiff_onnx.errors import ImgDiffError
 from imgdiff_onnx.engine.models.clip import cosine

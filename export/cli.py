@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from imgdiff_onnx import integrity
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx.engine import integrity
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx.engine.preprocess import letterbox, normalize_batch
 
 from . import band, blip, clip, conv_kernels, fastsam, quantize, random_init, verify

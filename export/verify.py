@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgdiff_onnx import boxes as bx
+from imgdiff_onnx.engine import boxes as bx
 from imgdiff_onnx.errors import ExportError
 from imgdiff_onnx.engine.models.batching import map_chunks, run_graph
 from imgdiff_onnx.engine.models.blip import match_probability

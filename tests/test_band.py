@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx.engine.band import SCORES, BandTally, GuardBand, Margin, near
 from imgdiff_onnx.errors import ModelFolderError
 from imgdiff_onnx.imageio import load_image_file

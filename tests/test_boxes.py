@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgdiff_onnx import boxes as bx
+from imgdiff_onnx.engine import boxes as bx
 
 
 def _random_boxes(rng, n, size=500):

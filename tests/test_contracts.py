@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import onnx
 import pytest
 
-from imgdiff_onnx import integrity
+from imgdiff_onnx.engine import integrity
 from imgdiff_onnx.errors import ModelFolderError
 from imgdiff_onnx.engine.models.contracts import CONTRACTS
 from imgdiff_onnx.engine.modelset import ModelSet, SessionSettings

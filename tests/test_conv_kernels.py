@@ -15,9 +15,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput, cpu
-from imgdiff_onnx import integrity
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
+from imgdiff_onnx.engine import cpu
+from imgdiff_onnx.engine import integrity
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx.errors import ModelFolderError
 from imgdiff_onnx.engine.modelset import ModelSet
 from imgdiff_onnx.engine.preprocess import LetterboxSettings, letterbox

@@ -13,8 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from imgdiff_onnx import integrity
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx.engine import integrity
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx_export.sources import SourceUnavailable, resolve_hf, resolve_ultralytics
 
 from .conftest import export_output, run_export

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput, memory
+from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams, PairInput
+from imgdiff_onnx.engine import memory
 
 from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS
 
@@ -23,7 +24,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 _SCRIPT = """
 import sys
 import numpy as np
-from imgdiff_onnx import memory
+from imgdiff_onnx.engine import memory
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -96,7 +97,7 @@ def test_transparent_huge_page_mode_is_the_bracketed_word(tmp_path):
 # process's anonymous memory came in huge pages, and whether the process says it has them.
 _HUGE_SCRIPT = """
 import ctypes
-from imgdiff_onnx import memory
+from imgdiff_onnx.engine import memory
 
 def huge_mb():
     for line in open("/proc/self/smaps_rollup"):

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 
 from imgdiff_onnx import ImgDiffError, ModelRunError
-from imgdiff_onnx import integrity
-from imgdiff_onnx import manifest as mf
+from imgdiff_onnx.engine import integrity
+from imgdiff_onnx.engine import manifest as mf
 from imgdiff_onnx.errors import CaptionDataError, ModelFolderError, ParameterError, RecordErrorBase, RunError
 from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 

@@ -83,7 +83,7 @@ def test_work_budget_gives_a_record_error_not_a_hang(tiny_models, monkeypatch):
     with pytest.raises(WordDiffTooComplex, match="more than 100 steps.*objects1/objects2"):
         differ_lines(("a cat " * 300).split(), ("a dog " * 300).split(), budget=100)
     from imgdiff_onnx import DifferenceAreaGenerator, PairFailure
-    from imgdiff_onnx import worddiff
+    from imgdiff_onnx.engine import worddiff
 
     from .conftest import PAIR1, PAIR2
 
