@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.machine import cpu_description, cpu_line, process_memory_mb  # noqa: E402
-from imgdiff_onnx import memory  # noqa: E402
+from imgdiff_onnx.engine import memory  # noqa: E402
 
 # EngineSettings fields per configuration (everything else at its default)
 CONFIGS: dict[str, dict] = {

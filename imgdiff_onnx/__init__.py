@@ -23,7 +23,7 @@ _ENGINE = {"DifferenceAreaGenerator": "engine.pipeline"}  # loads onnxruntime: i
 def __getattr__(name: str) -> Any:
     if name in _ENGINE:
         return getattr(import_module(f".{_ENGINE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")  # internal: Python's protocol for a module __getattr__
 
 
 __all__ = [

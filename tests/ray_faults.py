@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from imgdiff_onnx import __main__ as cli
-from imgdiff_onnx.adapters import ray_run
+from imgdiff_onnx.runs import ray_run
 from imgdiff_onnx.runs.ray_run import EngineWorker
 from imgdiff_onnx.runs.records import InputLine, OutputLine
 

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from .conftest import PAIR1, PAIR2, ROOT
 
@@ -26,6 +27,17 @@ def _blocks(section: str, language: str) -> list[str]:
     return [re.sub(r"^\s+", "", b, flags=re.M).strip() for b in re.findall(rf"```{language}\n(.*?)```", section, re.S)]
 
 
+def _user_folder(folder: Path, record_text: str, models: Path) -> dict:
+    """What the user brings: the pictures the record names, the exported models, pairs.jsonl."""
+    record = json.loads(record_text)
+    for key, source in (("image_path1", PAIR1), ("image_path2", PAIR2)):
+        (folder / record[key]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / record[key])
+    shutil.copytree(models, folder / "models", ignore=shutil.ignore_patterns("torch"))
+    (folder / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    return record
+
+
 def test_the_own_data_steps_run_as_written_in_an_empty_folder(tiny_models, tmp_path):
     home, tmp_path = tmp_path / "home", tmp_path / "work"
     tmp_path.mkdir()
@@ -33,13 +45,7 @@ def test_the_own_data_steps_run_as_written_in_an_empty_folder(tiny_models, tmp_p
     [record_text] = _blocks(section, "json")
     commands = _blocks(section, "bash")
     assert len(commands) == 2 and all(c.startswith("python -m imgdiff_onnx ") for c in commands)
-    # what the user brings: the pictures the record names, and the exported models
-    record = json.loads(record_text)
-    for key, source in (("image_path1", PAIR1), ("image_path2", PAIR2)):
-        (tmp_path / record[key]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, tmp_path / record[key])
-    shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
-    (tmp_path / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    record = _user_folder(tmp_path, record_text, tiny_models)
     # no NLTK data anywhere: no NLTK_DATA, and a home folder without nltk_data
     env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"} | {"HOME": str(home)}
     for command in commands:
@@ -68,13 +74,7 @@ def test_the_tuning_steps_run_as_written(tiny_models, tmp_path):
     [block] = _blocks(section, "bash")
     commands = [shlex.split(line, comments=True) for line in block.splitlines()]
     assert [c[:3] for c in commands] == [["python", "-m", "imgdiff_onnx"]] * 4
-    record_text = _blocks(_section("Your own data in three steps"), "json")[0]
-    record = json.loads(record_text)
-    for key, source in (("image_path1", PAIR1), ("image_path2", PAIR2)):
-        (tmp_path / record[key]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, tmp_path / record[key])
-    shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
-    (tmp_path / "pairs.jsonl").write_text(record_text + "\n", encoding="utf-8")
+    _user_folder(tmp_path, _blocks(_section("Your own data in three steps"), "json")[0], tiny_models)
     segment = "image_segment_mapper_args: {imgsz: 320}\n"
     (tmp_path / "loose.yaml").write_text("image_pair_similarity_filter_args: {min_score_1: -1, min_score_2: -1}\n" + segment
                                          + "image_text_matching_filter_args: {min_score: 0}\n")  # fmt: skip

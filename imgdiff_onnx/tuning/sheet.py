@@ -195,14 +195,16 @@ class KeptScoresMeta:
         path = folder / META_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.pop("format", None) != FORMAT:
-                raise ValueError("another format")
+            found = data.pop("format", None)
             data["banded"] = tuple(data["banded"])
-            return cls(**data)
+            meta = cls(**data)
         except FileNotFoundError:
             raise RunError(f"no kept scores at {folder}: run with --keep-scores to keep them") from None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RunError(f"{path}: not the record of kept scores this version reads ({exc})") from None
+        if found != FORMAT:
+            raise RunError(f"{path}: kept scores of format {found!r}; this version reads {FORMAT}")
+        return meta
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "precision": self.precision, "banded": list(self.banded), "margins": self.margins,

@@ -52,17 +52,20 @@ def parse_axis(text: str) -> Axis:
     if not sep:
         raise ParameterError(f"--vary {text!r}: expected NAME=START:STOP:STEP or NAME=V1,V2,...", "vary")
     try:
-        if ":" in spec:
-            start, stop, step = (float(v) for v in spec.split(":"))
-            if step <= 0 or stop < start:
-                raise ValueError("STEP must be > 0 and STOP >= START")
-            count = int(np.floor((stop - start) / step + 1e-9)) + 1
-            values = tuple(round(start + k * step, 10) for k in range(count))
-        else:
-            values = tuple(float(v) for v in spec.split(","))
+        numbers = [float(v) for v in spec.replace(":", ",").split(",")]
     except ValueError as exc:
         raise ParameterError(f"--vary {text!r}: {exc}", "vary") from None
-    return Axis(name.strip(), values)
+    if ":" not in spec:
+        return Axis(name.strip(), tuple(numbers))
+    if len(numbers) != 3:
+        raise ParameterError(f"--vary {text!r}: expected NAME=START:STOP:STEP", "vary")
+    start, stop, step = numbers
+    if not step > 0 or not stop >= start:
+        raise ParameterError(f"--vary {text!r}: STEP must be > 0 and STOP >= START", "vary")
+    count = int(np.floor((stop - start) / step + 1e-9)) + 1
+    if count > MAX_SETTINGS:
+        raise ParameterError(f"--vary {text!r}: {count} values; at most {MAX_SETTINGS}", "vary")
+    return Axis(name.strip(), tuple(round(start + k * step, 10) for k in range(count)))
 
 
 def with_value(params: OperatorParams, name: str, value: float) -> OperatorParams:
