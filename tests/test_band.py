@@ -135,6 +135,12 @@ def _run(models: ModelSet, pairs: list[PairInput], pair: dict, itm: dict | None 
     return list(engine.process_many(pairs, 4))
 
 
+@pytest.fixture(scope="module")
+def open_runs(engines) -> dict[str, list]:
+    """fp32 and int8 runs with every gate open and every score kept (diagnostics), once for the module."""
+    return {name: _run(engines[name], _pairs(), OPEN) for name in ("fp32", "int8")}
+
+
 def _pairs() -> list[PairInput]:
     return [
         PairInput(str(PAIR1), str(PAIR2), objects1=["plane"], objects2=["boat"], key="real"),
@@ -161,9 +167,9 @@ def _itm_gate(threshold: float) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize(("score", "diagnostics", "gates"), [("crop_similarity", "crop_pair", _crop_gate), ("itm_probability", "itm_image1", _itm_gate)])
-def test_a_threshold_between_int8_and_fp32_scores(engines, score, diagnostics, gates):
+def test_a_threshold_between_int8_and_fp32_scores(engines, open_runs, score, diagnostics, gates):
     pairs = _pairs()
-    ref, quick = _run(engines["fp32"], pairs, OPEN), _run(engines["int8"], pairs, OPEN)
+    ref, quick = open_runs["fp32"], open_runs["int8"]
     margin = engines["banded"].manifest.guard_band.margin(score)
     scores = _between(ref[0].diagnostics[diagnostics], quick[0].diagnostics[diagnostics], margin)
     assert scores, f"no {score} whose int8 and fp32 values differ within the margin"
@@ -178,9 +184,9 @@ def test_a_threshold_between_int8_and_fp32_scores(engines, score, diagnostics, g
     assert flipped, "no threshold made the unbanded int8 run differ: the test could not fail"
 
 
-def test_pair_threshold_between_int8_and_fp32_similarity(engines):
+def test_pair_threshold_between_int8_and_fp32_similarity(engines, open_runs):
     pairs = _pairs()[:1]
-    fp32, int8 = _run(engines["fp32"], pairs, OPEN)[0].pair_similarity, _run(engines["int8"], pairs, OPEN)[0].pair_similarity
+    fp32, int8 = open_runs["fp32"][0].pair_similarity, open_runs["int8"][0].pair_similarity
     margin = engines["banded"].manifest.guard_band.margin("pair_similarity")
     assert 0 < abs(fp32 - int8) <= margin
     gate = {**OPEN, "min_score_1": (fp32 + int8) / 2}

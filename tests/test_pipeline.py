@@ -193,9 +193,12 @@ def test_image_modes_are_normalised(engine, tmp_path):
     assert load_image_file(tmp_path / "exif.jpg").shape == (640, 480)  # EXIF orientation applied
     assert load_image_file(tmp_path / "grey16.png").rgb.max() <= 255
     np.testing.assert_array_equal(load_image_file(tmp_path / "grey16.png").rgb, load_image_file(tmp_path / "grey.png").rgb)
+    # every mode through S1-S6 (BLIP is the same for all of them: the crop gate passes nothing)
+    shut = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": -1}, {"imgsz": 640}, {"min_score": 0})
+    gated = DifferenceAreaGenerator(engine.models, shut, EngineSettings(precision="fp32", threads=2))
     for name in list(variants) + ["exif.jpg"]:
-        r = engine.process(PairInput(DATA / "images/cat.jpg", tmp_path / name, "A cat.", "A dog.", key=name))
-        assert r.boxes.shape[1] == 4
+        r = gated.process(PairInput(DATA / "images/cat.jpg", tmp_path / name, "A cat.", "A dog.", key=name))
+        assert r.boxes.shape == (0, 4) and r.exit_reason is None and r.counts["candidates"] > 0, (name, r.counts)
 
 
 def test_process_many_keeps_order_and_reports_failures(engine):
@@ -259,16 +262,20 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(engine, tmp_path,
     assert info.value.key == "huge"
 
 
-def test_very_large_image_pair_is_processed_in_image1_pixels(engine):
-    # 24 megapixels, far above imgsz: segmentation runs on the letterboxed copy, boxes come back
-    # in full-resolution image-1 pixels and every crop is taken at full resolution.
+def test_very_large_image_pair_is_processed_in_image1_pixels(tiny_models):
+    # 24 megapixels, far above imgsz: segmentation runs on the letterboxed copies, boxes come back
+    # in full-resolution image-1 pixels. The two images are the same pixels and the crop gate's
+    # upper bound is below 1, so every window is decided without a model (D6): the test pays for
+    # FastSAM on two 24-megapixel images, not for hundreds of full-resolution crops.
     from imgdiff_onnx import samples
 
     s = samples.pair(11, 512, 768)
     big1 = np.ascontiguousarray(np.kron(s.image1, np.ones((8, 8, 1), np.uint8)))  # 4096 x 6144
-    big2 = np.ascontiguousarray(np.kron(s.image2, np.ones((8, 8, 1), np.uint8)))
     assert big1.shape == (4096, 6144, 3)
-    r = engine.process(PairInput(big1, big2, objects1=(s.object1,), objects2=(s.object2,), key="big"))
+    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 0.99}, {"imgsz": 640}, {"min_score": 0})
+    engine = DifferenceAreaGenerator(tiny_models, params, EngineSettings(precision="fp32", threads=2))
+    r = engine.process(PairInput(big1, big1.copy(), objects1=(s.object1,), objects2=(s.object2,), key="big"))
+    assert r.counts["identical_windows"] == r.counts["unique_windows"]
     assert r.exit_reason is None and r.counts["candidates"] > 0
     boxes = r.candidate_boxes
     x0, y0 = boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2
