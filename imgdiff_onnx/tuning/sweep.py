@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..params import OperatorParams
+from ..runs.jsonlines import read_lines
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
 from .decide import decide
@@ -101,43 +102,40 @@ def _exit_kind(fields: dict) -> str:
 
 
 def sweep(kept: KeptRun, axes: list[Axis], base: OperatorParams | None = None, progress: bool = True) -> list[SweepRow]:
-    """One row per grid setting (the first axis outermost)."""
+    """One row per grid setting (the first axis outermost). The kept scores are read once, pair by
+    pair, and each pair is decided at every setting, so memory holds one chunk, not the run."""
     if not 1 <= len(axes) <= 2 or len({a.name for a in axes}) != len(axes):
         raise ParameterError("a sweep varies one or two different thresholds", "vary")
     grid = [[(axes[0].name, a)] for a in axes[0].values] if len(axes) == 1 else [[(axes[0].name, a), (axes[1].name, b)] for a in axes[0].values for b in axes[1].values]
     if len(grid) > MAX_SETTINGS:
         raise ParameterError(f"--vary: {len(grid)} settings; at most {MAX_SETTINGS}", "vary")
-    start = base or kept.params
-    lines = list(kept.lines())
-    fixed = Counter(_exit_kind(rec[RESULT_KEY]) for rec, sheet in lines if sheet is None)
-    band = kept.band
-    rows, bar = [], ProgressBar(len(grid) * len(lines), progress, unit="pair")
-    for setting in grid:
-        row = SweepRow({name: value for name, value in setting}, exits=Counter(fixed))
-        row.pairs = len(lines)
+    rows = [SweepRow({name: value for name, value in setting}, exits=Counter()) for setting in grid]
+    settings: list[tuple[SweepRow, OperatorParams]] = []
+    for row, setting in zip(rows, grid):
         try:
-            params = start
+            params = base or kept.params
             for name, value in setting:
                 params = with_value(params, name, value)
+            settings.append((row, params))
         except ParameterError as exc:
             row.invalid = str(exc)
-            rows.append(row)
-            bar.update(len(lines))
-            continue
-        for record, sheet in lines:
-            if sheet is None:
-                continue
-            fields = record[RESULT_KEY]
-            d = decide(sheet, "", fields["objects1"], fields["objects2"], params, band)
-            n = len(d.result.kept)
+    band = kept.band
+    bar = ProgressBar(sum(1 for _ in read_lines(kept.results)), progress, unit="pair")
+    for record, sheet in kept.lines():
+        fields = record[RESULT_KEY]
+        for row, params in settings:
+            row.pairs += 1
+            if sheet is None:  # no threshold changes this line
+                n, kind = len(fields.get("boxes", [])), _exit_kind(fields)
+            else:
+                d = decide(sheet, "", fields["objects1"], fields["objects2"], params, band)
+                n = len(d.result.kept)
+                kind = "pair_similarity" if d.result.exit_reason else ("has_boxes" if n else "no_box_left")
+                row.int8_in_band += len(d.needs)
             row.boxes += n
             row.with_boxes += n > 0
-            row.int8_in_band += len(d.needs)
-            row.exits["pair_similarity" if d.result.exit_reason else ("has_boxes" if n else "no_box_left")] += 1
-        row.with_boxes += fixed.get("has_boxes", 0)
-        row.boxes += sum(len(rec[RESULT_KEY].get("boxes", [])) for rec, sheet in lines if sheet is None)
-        rows.append(row)
-        bar.update(len(lines))
+            row.exits[kind] += 1  # type: ignore[index]
+        bar.update()
     bar.close()
     return rows
 
