@@ -240,7 +240,7 @@ def test_fastsam_is_split_only_where_the_halves_reproduce_the_whole_graph(tiny_m
 
     import cv2
 
-    from imgdiff_onnx_export import cli, fastsam
+    from imgdiff_onnx_export import fastsam, steps
     from imgdiff_onnx_export.fastsam import join_prototype_head
 
     from .conftest import DATA
@@ -256,7 +256,7 @@ def test_fastsam_is_split_only_where_the_halves_reproduce_the_whole_graph(tiny_m
         monkeypatch.setattr(fastsam, "same_outputs", lambda path, *a: real(path, *a) and "int8" not in path.name)
     interfaces = {"fastsam": {}}
     images = [cv2.imread(str(DATA / "images/cat.jpg"))[:, :, ::-1]]
-    cli._split_fastsam(paths, interfaces, mf.read(tiny_models).preprocessing, images, 320)
+    steps.split_fastsam(paths, interfaces, mf.read(tiny_models).preprocessing, images, 320)
     left = sorted(p.name for p in tmp_path.iterdir())
     if reproduces:
         assert left == ["fastsam.fp32.onnx", "fastsam.int8.onnx", "fastsam_proto.fp32.onnx", "fastsam_proto.int8.onnx"]
