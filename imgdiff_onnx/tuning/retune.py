@@ -95,6 +95,8 @@ class KeptRun:
         sheets = read_sheets(scores_folder(self.results))
         pending = next(sheets, None)
         for raw in read_lines(self.results):
+            if raw.data is None:
+                raise RunError(f"{self.results}: line {raw.number} is longer than a results line may be ({raw.length} bytes)")
             record = json.loads(raw.data)
             fields = record.get(RESULT_KEY, {})
             number = fields.get("line")
