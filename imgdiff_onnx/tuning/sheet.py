@@ -14,7 +14,7 @@ value; NaN where there is none.
 On disk (`RESULTS.scores/` beside the results file): one `.npz` file per written batch, named by
 its first input line, holding the sheets of that batch's processed pairs as flat numeric arrays
 with offsets (numpy's own format, zip-compressed: no extra dependency, read without pickle; the
-fp32 columns are mostly NaN and compress to almost nothing, ~2.4x smaller in all, ~1 ms per pair
+fp32 columns are mostly NaN and compress to almost nothing: 2.4x smaller in all, 3.5 ms per pair
 to write), plus `meta.json` (the run's precision, guard band and thresholds). A chunk is
 written (to a temporary name, fsync'ed, renamed) before its batch's result lines, so every
 result line of a kept-scores run has its scores; a resume drops the chunks at and after the
