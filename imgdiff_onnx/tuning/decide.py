@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..engine import boxes as bx
-from ..engine.band import SCORE_MODEL, near
+from ..engine.band import SCORE_MODEL, SCORES, near
 from ..pairs import EMPTY_BOXES, BoxEvidence, PairResult
 from ..params import OperatorParams, PairSimilarityArgs
 from .sheet import ScoreSheet
@@ -191,5 +191,4 @@ def _band_record(tally: _Tally) -> dict[str, dict[str, int]] | None:
     """PairResult.band as the gated run writes it: the scores in SCORES order, None when none was banded."""
     if not tally.band:
         return None
-    order = ("pair_similarity", "crop_similarity", "itm_probability")
-    return {s: {"scored": tally.band[s][0], "rescored": tally.band[s][1]} for s in order if s in tally.band}
+    return {s: {"scored": tally.band[s][0], "rescored": tally.band[s][1]} for s in SCORES if s in tally.band}

@@ -32,6 +32,7 @@ class Rescorer:
     def __init__(self, clip: ClipImageEncoder, blip: BlipMatcher, jpeg_roundtrip: bool):
         self.clip, self.blip, self.jpeg = clip, blip, jpeg_roundtrip
         self.rescored = 0  # scores computed
+        self._images: tuple[object, np.ndarray, np.ndarray, np.ndarray] | None = None  # (line, image 1, image 2, image 2 in image 1's frame)
 
     @classmethod
     def for_run(cls, meta: KeptScoresMeta, models: Path | None = None) -> "Rescorer":
@@ -52,11 +53,9 @@ class Rescorer:
     def fill(self, fields: dict, sheet: ScoreSheet, needs: list[Need]) -> None:
         """Compute `needs` for the pair of results line `fields` and write them into the sheet's
         fp32 column."""
-        rgb1, rgb2 = (_load(fields, which) for which in (1, 2))
+        rgb1, rgb2, resized = self._pair_images(fields)
         if any(n.score == "pair_similarity" for n in needs):
             sheet.pair[1] = float(cosine(*np.split(self.clip.embed([rgb1, rgb2]), 2))[0])
-        h, w = rgb1.shape[:2]
-        resized = rgb2 if rgb2.shape[:2] == (h, w) else cv2.resize(rgb2, (w, h), interpolation=cv2.INTER_LINEAR)
         windows = list(dict.fromkeys(crop_window(b) for b in sheet.boxes))
         crops = [n.window for n in needs if n.score == "crop_similarity"]
         if crops:
@@ -75,6 +74,16 @@ class Rescorer:
                 same_word = [j for j, word in enumerate(words) if word == words[n.word]]
                 scores[n.window, same_word, 1] = probability
         self.rescored += len(needs)
+
+
+    def _pair_images(self, fields: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pair's images, read once for all the rounds of one line (retune re-scores in rounds)."""
+        if self._images is None or self._images[0] != fields.get("line"):
+            rgb1, rgb2 = (_load(fields, which) for which in (1, 2))
+            h, w = rgb1.shape[:2]
+            resized = rgb2 if rgb2.shape[:2] == (h, w) else cv2.resize(rgb2, (w, h), interpolation=cv2.INTER_LINEAR)
+            self._images = (fields.get("line"), rgb1, rgb2, resized)
+        return self._images[1], self._images[2], self._images[3]
 
 
 def _load(fields: dict, which: int) -> np.ndarray:

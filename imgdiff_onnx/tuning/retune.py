@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ParameterError, RunError
-from ..runs.jsonlines import read_lines, strict_dumps
+from ..runs.jsonlines import count_lines, read_lines, strict_dumps
 from ..pairs import PairInput, PairResult
 from ..params import OperatorParams
 from ..runs.progress import ProgressBar
@@ -184,7 +184,7 @@ def retune_file(results: Path, params: OperatorParams, output: Path, options: Re
     except OutputInUse as exc:
         raise RunError(str(exc)) from None
     counts = {"lines": 0, "changed": 0, "rescored": 0}
-    total = sum(1 for _ in read_lines(results))
+    total = count_lines(results)
     try:
         with open(lock.real, "r+b") as out:
             out.truncate(0)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..params import OperatorParams
-from ..runs.jsonlines import read_lines
+from ..runs.jsonlines import count_lines
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
 from .decide import decide
@@ -120,7 +120,7 @@ def sweep(kept: KeptRun, axes: list[Axis], base: OperatorParams | None = None, p
         except ParameterError as exc:
             row.invalid = str(exc)
     band = kept.band
-    bar = ProgressBar(sum(1 for _ in read_lines(kept.results)), progress, unit="pair")
+    bar = ProgressBar(count_lines(kept.results), progress, unit="pair")
     for record, sheet in kept.lines():
         fields = record[RESULT_KEY]
         for row, params in settings:
