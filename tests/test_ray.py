@@ -34,7 +34,9 @@ def single(tiny_models, dataset, tmp_path):  # noqa: F811
 
 def test_ray_run_writes_the_same_file_as_the_single_process_run(tiny_models, dataset, single, tmp_path):  # noqa: F811
     out = tmp_path / "ray.jsonl"
-    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1))
+    # --ray without an address starts a Ray of its own: it neither joins the cluster RAY_ADDRESS
+    # names (here nothing listens) nor one already running on this machine
+    _cli_env(*_run_args(tiny_models, dataset, out, *RAY_2X1), env={"RAY_ADDRESS": "127.0.0.1:9"})
     assert out.read_text() == single.read_text()
     assert sum(r["imgdiff"]["status"] == "ok" for r in _read(out)) == 9  # the 3 bad lines stay errors
 

@@ -271,7 +271,10 @@ def run_ray(
     with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity, meta) as writer:
         started_ray = not ray.is_initialized()
         if started_ray:
-            ray.init(address=ray_options.address, num_cpus=ray_options.num_cpus if ray_options.address is None else None,
+            # "local": a new local Ray even where one already runs on this machine (a bare ray.init()
+            # would join that one, and then refuse num_cpus)
+            local = ray_options.address is None
+            ray.init(address="local" if local else ray_options.address, num_cpus=ray_options.num_cpus if local else None,
                      include_dashboard=False, log_to_driver=True)  # fmt: skip
             stop.install()  # Ray's core worker replaces the SIGTERM handler
         try:
