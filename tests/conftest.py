@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,12 @@ os.environ.setdefault("NLTK_DATA", str(SHARED / "nltk_data"))
 os.environ["IMGDIFF_ONNX_CACHE"] = tempfile.mkdtemp(prefix="imgdiff-test-cache-")
 
 
+def _export_command(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imgdiff_onnx.export", "--out", str(out), "--verify-imgsz", "640", "--quiet", *args]
+
+
 def run_export(out: Path, *args: str) -> Path:
-    cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--out", str(out), "--verify-imgsz", "640", "--quiet", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(_export_command(out, *args), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"tiny export failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     export_output(out).write_text(proc.stdout + proc.stderr)
@@ -49,7 +53,80 @@ def export_output(out: Path) -> Path:
     return out.parent / f"{out.name}.export-output.txt"
 
 
+class TinyExport:
+    """The tiny model folder of a test run, exported once for all its workers (pytest-xdist), in the
+    background from the run's start so that tests without models run meanwhile.
+
+    The first worker to start launches the export (a lock decides which); every worker's
+    tiny_models waits for the exit code file the launcher writes when the export has ended."""
+
+    def __init__(self, shared: Path):
+        self.home = shared / "tiny-models"
+        self.folder = self.home / "tiny"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from filelock import FileLock
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.home / "launch.lock")):
+            if (self.home / "launched").exists():
+                return
+            (self.home / "launched").write_text(str(os.getpid()))
+            with export_output(self.folder).open("w") as log:
+                self._proc = subprocess.Popen(_export_command(self.folder, "--random-init", "tiny"), stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self) -> Path:
+        exit_file = self.home / "exit-code"
+        if self._proc is not None and not exit_file.exists():
+            written = self.home / "exit-code.partial"
+            written.write_text(str(self._proc.wait()))
+            written.rename(exit_file)  # whole, as the other workers see it
+        deadline = time.time() + 1800
+        while not exit_file.exists():  # another worker launched it
+            if time.time() > deadline:
+                raise RuntimeError(f"the tiny export launched by another worker did not end: {self.home}")
+            time.sleep(0.2)
+        code = exit_file.read_text()
+        if code != "0":
+            raise RuntimeError(f"tiny export failed ({code}):\n{export_output(self.folder).read_text()}")
+        return self.folder
+
+    def finish(self) -> None:
+        """At the end of the worker that launched it: the other workers may still wait for it."""
+        if self._proc is not None:
+            self.wait()
+
+
+def run_root(tmp_path_factory) -> Path:
+    """A folder shared by every worker of this test run: the base temp folder itself without
+    pytest-xdist, its parent (the run's folder) under it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_export(request, tmp_path_factory):
+    """Starts the tiny export at the start of a run that has tests needing it."""
+    export = TinyExport(run_root(tmp_path_factory))
+    if any("tiny_models" in item.fixturenames for item in request.session.items):
+        export.start()
+    yield export
+    export.finish()
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> Path:
-    """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once."""
-    return run_export(tmp_path_factory.mktemp("models") / "tiny", "--random-init", "tiny")
+def tiny_models(_tiny_export) -> Path:
+    """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once per run."""
+    return _tiny_export.wait()
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The order the workers take tests in (with --no-loadscope-reorder): files that need no model
+    folder first, while the tiny export runs in the background; then the files that one worker runs
+    whole (xdist_group), so that none of them starts last and leaves the other worker idle; then
+    the rest, test by test. Each file's tests stay together and in their order."""
+    needs: dict = {}
+    for item in items:
+        needs[item.path] = needs.get(item.path, False) or "tiny_models" in item.fixturenames
+    items.sort(key=lambda item: (needs[item.path], item.get_closest_marker("xdist_group") is None))

@@ -55,6 +55,16 @@ def ensure_dj_python(quiet: bool = True, peer: bool = False) -> Path:
     python = _python(venv)
     if _ready(python, peer):
         return python
+    from filelock import FileLock
+
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv.parent / f"{venv.name}.lock")):  # test workers (pytest-xdist) build it once
+        if _ready(python, peer):
+            return python
+        return _build(venv, python, quiet, peer)
+
+
+def _build(venv: Path, python: Path, quiet: bool, peer: bool) -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     q = ["--quiet"] if quiet else []

@@ -15,6 +15,10 @@ from imgdiff_onnx.engine.lexicon import TAGGER, TAGGER_FILES, WORDNET, CaptionDa
 
 from .conftest import SHARED
 
+# the suite runs on pytest-xdist workers: this file's tests stay on one worker, which loads NLTK's
+# WordNet (seconds) once for all of them
+pytestmark = pytest.mark.xdist_group("captions")
+
 # (caption1, caption2, objects1, objects2). Notes on the original's edge cases, kept on purpose:
 # - several spaces in a row make empty words, and "" tags as NN, so it becomes an "object";
 # - tabs are not split on ("bear\tin" stays one word); punctuation is deleted, so "well-known"
@@ -111,7 +115,9 @@ def test_lemmatize_and_tag_equal_nltk_on_every_wordnet_lemma():
     assert len(words) > 400_000
     lemma_diff = [w for w in words if lexicon.lemmatize(w) != lemmatizer.lemmatize(w)]
     assert lemma_diff == []
-    tag_diff = [w for w in words if lexicon.tag(w) != nltk.pos_tag([w])[0][1]]
+    # pos_tag_sents tags each one-word sentence on its own, as nltk.pos_tag([w]) does, with one tagger
+    tagged = nltk.pos_tag_sents([[w] for w in words])
+    tag_diff = [w for w, sentence in zip(words, tagged) if lexicon.tag(w) != sentence[0][1]]
     assert tag_diff == []
 
 

@@ -258,7 +258,14 @@ def test_concurrent_resume_is_refused_and_the_first_run_finishes_intact(tiny_mod
     deadline = time.time() + 300
     while time.time() < deadline and not (out.exists() and out.read_bytes().count(b"\n") >= 1):
         time.sleep(0.05)
-    second = _cli(*_run_args(tiny_models, dataset, out, "--pairs-per-batch", "1", "--resume"), check=False)
+    # the first run is paused mid-file (alive, holding the file) while the second tries: without the
+    # pause, a first run that finishes before the second has started would make the test pass vacuously
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        assert first.poll() is None and out.read_bytes().count(b"\n") < 12, "the first run ended before the second could try"
+        second = _cli(*_run_args(tiny_models, dataset, out, "--pairs-per-batch", "1", "--resume"), check=False)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=600) == 0
     assert second.returncode == 2 and "is being written by another run" in second.stderr
     assert out.read_text() == full.read_text()

@@ -23,6 +23,10 @@ from imgdiff_onnx.runs.records import pair_from_record, record_key
 from .conftest import DATA, PAIR_CAPTIONS, ROOT, SHARED
 from .dj_env import ensure_dj_python
 
+# the suite runs on pytest-xdist workers: this file's tests stay on one worker, where they share
+# module fixtures that take seconds to compute
+pytestmark = pytest.mark.xdist_group("data_juicer")
+
 OP = "imgdiff_difference_area_generator_onnx_mapper"
 OP_FILE = ROOT / "imgdiff_onnx" / "adapters" / "data_juicer_op.py"
 RECIPE = ROOT / "imgdiff_onnx" / "recipes" / "img_diff_onnx.yaml"

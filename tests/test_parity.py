@@ -43,6 +43,10 @@ from imgdiff_onnx.engine.parallel import Workers
 
 from .conftest import DATA, PAIR1, PAIR2, PAIR_CAPTIONS
 
+# the suite runs on pytest-xdist workers: this file's tests stay on one worker, where they share
+# module fixtures that take seconds to compute
+pytestmark = pytest.mark.xdist_group("parity")
+
 EXACT_BOX_TOL_PX = 1e-3  # same network outputs: only the post-processing arithmetic may differ
 ONNX_BOX_TOL_PX = 0.05  # onnxruntime vs torch FastSAM: measured up to 0.049 px (full size, 640x480 photo)
 ONNX_MIN_MATCHED = 0.99  # share of candidates that must match when the network runs on onnxruntime

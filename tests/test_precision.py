@@ -21,6 +21,10 @@ from imgdiff_onnx.review.validate_report import write_outputs, write_recommendat
 from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS
 from .test_cli import _cli
 
+# the suite runs on pytest-xdist workers: this file's tests stay on one worker, where they share
+# module fixtures that take seconds to compute
+pytestmark = pytest.mark.xdist_group("precision")
+
 OPEN = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 1}, {"imgsz": 640}, {"min_score": 0, "max_score": 1})
 # thresholds inside the tiny models' score ranges, so gates decide something
 CLOSED = {

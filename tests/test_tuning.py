@@ -28,6 +28,10 @@ from imgdiff_onnx.tuning.sweep import parse_axis, sweep_file
 
 from .conftest import DATA, PAIR1, PAIR_CAPTIONS
 
+# the suite runs on pytest-xdist workers: this file's tests stay on one worker, where they share
+# module fixtures that take seconds to compute
+pytestmark = pytest.mark.xdist_group("tuning")
+
 
 def _params(s1=(-1.0, 1.0), s2=(-1.0, 1.0), itm=(0.0, 1.0), **segment) -> OperatorParams:
     return OperatorParams.from_dicts({"min_score_1": s1[0], "max_score_1": s1[1], "min_score_2": s2[0], "max_score_2": s2[1]},
