@@ -116,8 +116,9 @@ def _key(value):
 
 
 def _memoise(fn):
-    """The reference's ITM and CLIP scores are pure functions of (crop, word) and (crop, crop):
-    the threshold pass and the checked pass share them instead of running BLIP twice per crop."""
+    """The reference's ITM and CLIP scores are pure functions of (crop, word) and (crop, crop), and
+    its FastSAM boxes of the image (both passes segment with the same imgsz, conf and iou): the
+    threshold pass and the checked pass share them instead of running the models twice."""
     cache = {}
 
     def wrapper(*args):
@@ -150,6 +151,7 @@ def comparison(models, imgsz):
     ref = TorchReference(models / "torch" / "clip", models / "torch" / "blip", models / "torch" / "fastsam.pt", open_params, threads=2)
     ref.itm = _memoise(ref.itm)
     ref.clip_similarity = _memoise(ref.clip_similarity)
+    ref.segment = _memoise(ref.segment)
     pairs = _pairs()
     # pass 1: observed score distributions with every gate open
     itm, sims = [], []
@@ -162,6 +164,7 @@ def comparison(models, imgsz):
         {"imgsz": imgsz},
         {"min_score": _split_point(itm, 0.4), "max_score": 1},
     )
+    assert params.segment == ref.params.segment  # so the memoised boxes hold for the checked pass
     ref.params = params
     onnx = DifferenceAreaGenerator(models, params, EngineSettings(precision="fp32", threads=2))
     shared = DifferenceAreaGenerator(_WithTorchFastSam(models, ref.fastsam.predictor.model), params, EngineSettings(precision="fp32", threads=2))
