@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ParameterError, RecordErrorBase
-
-if TYPE_CHECKING:
-    from .tuning.sheet import ScoreSheet
 
 ImageSource = str | Path | np.ndarray
 EMPTY_BOXES = np.zeros((0, 4), dtype=np.float32)
@@ -179,3 +176,29 @@ class PairFailure:
 
     key: str
     error: str
+
+
+@dataclass
+class ScoreSheet:
+    """A pair's scores. Last axis of every score array: [as computed, fp32 re-score or NaN].
+
+    windows are the distinct crop windows of the candidates, in first-seen candidate order;
+    `window_of[k]` is candidate k's window. Scores of windows that crop nothing (D4) are NaN.
+    """
+
+    pair: np.ndarray  # (2,) whole-pair CLIP similarity
+    pair_identical: bool  # the two images are the same pixels (similarity 1.0, CLIP not run)
+    boxes: np.ndarray  # (C, 4) float32 candidate boxes, centre xywh: image-1 boxes, then image-2 boxes
+    boxes1: int  # how many of the candidates FastSAM found in image 1
+    window_of: np.ndarray  # (C,) int32
+    window_valid: np.ndarray  # (W,) bool: crops at least one pixel from both images (D4)
+    window_identical: np.ndarray  # (W,) bool: both crops are the same pixels (similarity 1.0, CLIP not run)
+    crop: np.ndarray  # (W, 2) crop-pair CLIP similarity
+    itm1: np.ndarray  # (W, n1, 2) ITM probability of crop 1 with each word of objects1
+    itm2: np.ndarray  # (W, n2, 2) ITM probability of crop 2 with each word of objects2
+
+    @classmethod
+    def exited_early(cls, pair: tuple[float, float], pair_identical: bool, n1: int, n2: int) -> "ScoreSheet":
+        """A pair with no candidates (FastSAM found nothing in either image)."""
+        return cls(np.asarray(pair, dtype=np.float64), pair_identical, np.zeros((0, 4), np.float32), 0, np.zeros(0, np.int32),
+                   np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, 2)), np.zeros((0, n1, 2)), np.zeros((0, n2, 2)))  # fmt: skip

@@ -21,9 +21,10 @@ from imgdiff_onnx.runs.jsonl import RunOptions, run
 from imgdiff_onnx.engine.modelset import ModelSet, SessionPool
 from imgdiff_onnx.engine.stages.matching import first_matching_words
 from imgdiff_onnx.tuning import KeptRun, retune_file
-from imgdiff_onnx.tuning.decide import _first_matches, _Tally
+from imgdiff_onnx.engine.decide import _first_matches, _Tally
 from imgdiff_onnx.tuning.retune import RetuneOptions
-from imgdiff_onnx.tuning.sheet import ScoreSheet, pack, scores_folder, unpack
+from imgdiff_onnx.pairs import ScoreSheet
+from imgdiff_onnx.tuning.sheet import pack, scores_folder, unpack
 from imgdiff_onnx.tuning.sweep import parse_axis, sweep_file
 
 from .conftest import DATA, PAIR1, PAIR_CAPTIONS
@@ -233,7 +234,7 @@ def test_sheets_read_back_exactly(batch):
 
 @given(st.data())
 def test_the_vectorised_first_word_is_the_engines_first_word(data):
-    """tuning.decide's first matching word per window equals stages.matching.first_matching_words,
+    """engine.decide's first matching word per window equals stages.matching.first_matching_words,
     word for word and score for score (a repeated word has its first score everywhere)."""
     words = data.draw(st.lists(st.sampled_from("abc"), min_size=1, max_size=4))
     n_windows = data.draw(st.integers(1, 5))

@@ -36,11 +36,12 @@ from . import boxes as bx
 from . import memory
 from .band import BandTally, near
 from .captions import CaptionDifference
+from .decide import BandSpec, decide, pair_exit_reason
 from ..errors import ModelRunError, ParameterError
 from ..imageio import ImageLoadError, LoadedImage, from_array, load_image_file, same_file
 from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
-from ..pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult
+from ..pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult, ScoreSheet
 from .parallel import Workers
 from ..params import OperatorParams
 from ..settings import PAIRS_PER_BATCH, EngineSettings
@@ -48,8 +49,6 @@ from .stages.crops import Crops, Window, crop_window, distinct, identical, nonem
 from .stages.ledger import CandidateLedger
 from .stages.matching import first_matching_words
 from .stages.objects import pair_objects
-from ..tuning.decide import BandSpec, decide, pair_exit_reason
-from ..tuning.sheet import ScoreSheet
 
 __all__ = ["DifferenceAreaGenerator", "EngineSettings", "PairError", "PairFailure", "PairInput", "PairResult", "crop_window"]
 

@@ -23,7 +23,7 @@ from ..pairs import PairError, PairFailure, PairInput, PairResult
 
 if TYPE_CHECKING:  # records are read and written without the engine (and onnxruntime): `show`, `retune`
     from ..engine.pipeline import DifferenceAreaGenerator
-    from ..tuning.sheet import ScoreSheet
+    from ..pairs import ScoreSheet
 
 log = logging.getLogger(__name__)
 

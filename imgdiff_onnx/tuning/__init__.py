@@ -1,9 +1,9 @@
 """Tune thresholds without recomputing: keep a run's scores, decide again at other thresholds.
 
-- `run --keep-scores` / EngineSettings(keep_scores=True): every score kept beside the results
-  (imgdiff_onnx.tuning.sheet).
+- `run --keep-scores` / EngineSettings(keep_scores=True): every score of a pair (its ScoreSheet,
+  imgdiff_onnx.pairs) kept beside the results (imgdiff_onnx.tuning.sheet).
 - `retune` / `retune_file`, `KeptRun.decide`: the results a fresh run at new thresholds gives,
-  from the kept scores (imgdiff_onnx.tuning.decide, .retune, .rescore).
+  from the kept scores (.retune, .rescore), decided as the engine decides (imgdiff_onnx.engine.decide).
 - `sweep` / `sweep_file`: a grid of one or two thresholds, counted (imgdiff_onnx.tuning.sweep).
 
 In a notebook:
@@ -19,7 +19,7 @@ In a notebook:
 from importlib import import_module
 from typing import Any
 
-# the engine imports the pure modules (sheet, decide); these, which read results files, load on use
+# runs imports .sheet (writing kept scores); these, which read results files, load on use
 _LAZY = {"RETUNABLE": "retune", "KeptRun": "retune", "RetuneOptions": "retune", "retune_file": "retune",
          "Axis": "sweep", "SweepOptions": "sweep", "parse_axis": "sweep", "sweep": "sweep", "sweep_file": "sweep"}  # fmt: skip
 

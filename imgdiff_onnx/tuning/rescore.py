@@ -20,8 +20,9 @@ from ..engine.models.clip import ClipImageEncoder, cosine
 from ..runs.runfile import models_digest
 from ..settings import available_cores
 from ..engine.stages.crops import Crops, crop_window
-from .decide import Need
-from .sheet import KeptScoresMeta, ScoreSheet
+from ..engine.decide import Need
+from ..pairs import ScoreSheet
+from .sheet import KeptScoresMeta
 
 log = logging.getLogger(__name__)
 

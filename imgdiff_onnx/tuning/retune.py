@@ -7,7 +7,7 @@ open. Anything else (FastSAM's imgsz, conf, iou; the model names) chose what was
 change to it is refused, naming it.
 
 Each result equals a fresh `run` with the new parameters on the same models, field for field but
-the timings: the decisions are made by imgdiff_onnx.tuning.decide. With a banded model (the
+the timings: the decisions are made by imgdiff_onnx.engine.decide. With a banded model (the
 default), a score within the guard band of a new threshold decides by its fp32 value; the scores
 the run did not re-score in fp32 are then computed in fp32 (imgdiff_onnx.tuning.rescore: only
 those crops, from the images and the run's model folder).
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import ParameterError, RunError
 from ..runs.jsonlines import count_lines, read_lines, strict_dumps
-from ..pairs import PairInput, PairResult
+from ..pairs import PairInput, PairResult, ScoreSheet
 from ..params import OperatorParams
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY, InputLine, output_line
 from ..runs.runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, params_text
-from .decide import BandSpec, Decision, decide
-from .sheet import KeptScoresMeta, ScoreSheet, read_sheets, scores_folder
+from ..engine.decide import BandSpec, Decision, decide
+from .sheet import KeptScoresMeta, read_sheets, scores_folder
 
 if TYPE_CHECKING:
     from .rescore import Rescorer

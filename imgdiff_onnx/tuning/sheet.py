@@ -1,9 +1,9 @@
-"""Every score a pair's decisions depend on (a ScoreSheet), and how a run keeps them on disk.
+"""How a run keeps every score a pair's decisions depend on (its ScoreSheet, imgdiff_onnx.pairs) on disk.
 
 A run with `keep_scores` computes every score with the gates open: the whole-pair similarity,
 then FastSAM on every pair that has object words (whatever the similarity), the crop-pair
 similarity of every crop window, and the ITM probability of every window's crop with every word
-of its side. The gates then decide from the sheet (imgdiff_onnx.tuning.decide), so any
+of its side. The gates then decide from the sheet (imgdiff_onnx.engine.decide), so any
 similarity or ITM threshold can be changed afterwards, loosened as well as tightened, without a
 model call.
 
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import RunError
+from ..pairs import ScoreSheet
 
 if TYPE_CHECKING:
     from ..engine.modelset import ModelSet
@@ -43,32 +44,6 @@ if TYPE_CHECKING:
 FORMAT = "imgdiff-onnx-scores/1"
 META_NAME = "meta.json"
 _CHUNK = re.compile(r"^line-(\d{9})\.npz$")
-
-
-@dataclass
-class ScoreSheet:
-    """A pair's scores. Last axis of every score array: [as computed, fp32 re-score or NaN].
-
-    windows are the distinct crop windows of the candidates, in first-seen candidate order;
-    `window_of[k]` is candidate k's window. Scores of windows that crop nothing (D4) are NaN.
-    """
-
-    pair: np.ndarray  # (2,) whole-pair CLIP similarity
-    pair_identical: bool  # the two images are the same pixels (similarity 1.0, CLIP not run)
-    boxes: np.ndarray  # (C, 4) float32 candidate boxes, centre xywh: image-1 boxes, then image-2 boxes
-    boxes1: int  # how many of the candidates FastSAM found in image 1
-    window_of: np.ndarray  # (C,) int32
-    window_valid: np.ndarray  # (W,) bool: crops at least one pixel from both images (D4)
-    window_identical: np.ndarray  # (W,) bool: both crops are the same pixels (similarity 1.0, CLIP not run)
-    crop: np.ndarray  # (W, 2) crop-pair CLIP similarity
-    itm1: np.ndarray  # (W, n1, 2) ITM probability of crop 1 with each word of objects1
-    itm2: np.ndarray  # (W, n2, 2) ITM probability of crop 2 with each word of objects2
-
-    @classmethod
-    def exited_early(cls, pair: tuple[float, float], pair_identical: bool, n1: int, n2: int) -> "ScoreSheet":
-        """A pair with no candidates (FastSAM found nothing in either image)."""
-        return cls(np.asarray(pair, dtype=np.float64), pair_identical, np.zeros((0, 4), np.float32), 0, np.zeros(0, np.int32),
-                   np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, 2)), np.zeros((0, n1, 2)), np.zeros((0, n2, 2)))  # fmt: skip
 
 
 _PAIR_FIELDS = ("pair", "pair_identical", "boxes1")

@@ -1,7 +1,7 @@
 """Sweep: what a grid of one or two thresholds does to a kept-scores run, to pick them by looking.
 
 For every setting of the grid (the other parameters are the run's, or `base`), every kept pair is
-decided again (imgdiff_onnx.tuning.decide) and counted: pairs with at least one box, boxes per
+decided again (imgdiff_onnx.engine.decide) and counted: pairs with at least one box, boxes per
 pair, and why the others have none (no object words, the pair-similarity gate, no candidate
 left after the crop gates, an error). Written as sweep.csv, sweep.md, sweep.png and sweep.json
 (which `show --sweep` puts in the report).
@@ -27,7 +27,7 @@ from ..params import OperatorParams
 from ..runs.jsonlines import count_lines
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
-from .decide import decide
+from ..engine.decide import decide
 from .retune import RETUNABLE, KeptRun
 
 GROUP_OF = {name: group for group, names in RETUNABLE.items() for name in names}

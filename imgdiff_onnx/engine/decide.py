@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import boxes as bx
-from ..engine.band import SCORE_MODEL, SCORES, near
-from ..pairs import EMPTY_BOXES, BoxEvidence, PairResult
+from . import boxes as bx
+from .band import SCORE_MODEL, SCORES, near
+from ..pairs import EMPTY_BOXES, BoxEvidence, PairResult, ScoreSheet
 from ..params import OperatorParams, PairSimilarityArgs
-from .sheet import ScoreSheet
 
 
 @dataclass(frozen=True)
