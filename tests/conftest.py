@@ -72,7 +72,7 @@ class TinyExport:
         with FileLock(str(self.home / "launch.lock")):
             if (self.home / "launched").exists():
                 return
-            (self.home / "launched").write_text(str(os.getpid()))
+            (self.home / "launched").touch()
             with export_output(self.folder).open("w") as log:
                 self._proc = subprocess.Popen(_export_command(self.folder, "--random-init", "tiny"), stdout=log, stderr=subprocess.STDOUT)
 
@@ -105,11 +105,15 @@ def run_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def _needs_models(item) -> bool:
+    return "tiny_models" in item.fixturenames
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_export(request, tmp_path_factory):
     """Starts the tiny export at the start of a run that has tests needing it."""
     export = TinyExport(run_root(tmp_path_factory))
-    if any("tiny_models" in item.fixturenames for item in request.session.items):
+    if any(_needs_models(item) for item in request.session.items):
         export.start()
     yield export
     export.finish()
@@ -128,5 +132,5 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     the rest, test by test. Each file's tests stay together and in their order."""
     needs: dict = {}
     for item in items:
-        needs[item.path] = needs.get(item.path, False) or "tiny_models" in item.fixturenames
+        needs[item.path] = needs.get(item.path, False) or _needs_models(item)
     items.sort(key=lambda item: (needs[item.path], item.get_closest_marker("xdist_group") is None))
