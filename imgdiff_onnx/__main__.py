@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .engine.integrity import MODEL_CHECKS
-from .settings import MEMORY_RELEASE, PAIRS_PER_BATCH, EngineSettings
+from .settings import MEMORY_RELEASE, PAIRS_PER_BATCH, PAIRS_PER_SHARD, EngineSettings
 
 ENGINE = EngineSettings()  # every engine option's default comes from here (a test checks each option against it)
 
@@ -161,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
     params, file_precision = _load_params(args.params)
     threads = (args.threads or 1) if args.ray is not None else args.threads  # Ray: per actor; 0 ("all cores") would oversubscribe
     settings = _settings(args, threads, _precision(args, file_precision))  # a precision typo is one line here
+    from .runs.shards import is_shard_input
+
+    if is_shard_input(args.input):
+        return _run_shards(args, options, params, settings)
+    for name in ("columns", "image_root", "output_format"):
+        if getattr(args, name) is not None:
+            raise RunError(f"--{name.replace('_', '-')} is for Parquet and WebDataset shard inputs; --input {args.input} is a JSON Lines file")
     # the cheap checks (input, output, caption data) before any model loads
     check_start(args.input, args.output, options)
     if args.ray is not None:
@@ -176,6 +183,41 @@ def run(args: argparse.Namespace) -> int:
 
         stats = run_jsonl(DifferenceAreaGenerator(args.models, params, settings), args.input, args.output, options)
     log.info("%d ok, %d errors written to %s", stats["ok"], stats["error"], args.output)
+    return 0
+
+
+def _run_shards(args: argparse.Namespace, options, params, settings) -> int:
+    """`run` on shards: one results file per shard in the --output folder."""
+    from .errors import RunError
+    from .runs.columns import ColumnMap
+    from .runs.shard_run import ShardOptions, check_shard_start, run_shards
+
+    if args.ray is not None:
+        raise RunError("--ray reads a JSON Lines input; with shards, run one process per machine on its share of the shards")
+    try:
+        shard_options = ShardOptions(ColumnMap.parse(args.columns), args.image_root, args.output_format or "jsonl")
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    check_shard_start(str(args.input), args.output, options)  # before any model loads
+    from .engine.pipeline import DifferenceAreaGenerator
+
+    stats = run_shards(DifferenceAreaGenerator(args.models, params, settings), str(args.input), args.output, options, shard_options)
+    log.info("%d ok, %d errors in %d shard(s) written to %s; %d shard error(s)%s", stats["ok"], stats["error"], stats["shards"],
+             args.output, stats["shard_errors"], f" (listed in {args.output}/.imgdiff-shard-errors.jsonl)" if stats["shard_errors"] else "")  # fmt: skip
+    return 0
+
+
+def pack(args: argparse.Namespace) -> int:
+    from .errors import RunError
+    from .runs.pack import PackOptions, pack as pack_shards
+
+    try:
+        options = PackOptions(args.format, args.pairs_per_shard, progress=not args.quiet)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    counts = pack_shards(args.input, args.out, options)
+    log.info("%d record(s) packed into %d %s shard(s) in %s; %d left out (named above)", counts["packed"], counts["shards"],
+             args.format, args.out, counts["left_out"])  # fmt: skip
     return 0
 
 
@@ -374,10 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)  # type: ignore[arg-type]
 
-    r = command("run", help="process a JSONL dataset of pairs (resumable)")
+    r = command("run", help="process a dataset of pairs: a JSONL file, or Parquet / WebDataset shards (resumable)")
     r.add_argument("--models", type=Path, required=True, help="model folder written by the export step")
-    r.add_argument("--input", type=Path, required=True, help="JSONL: caption1, caption2, image_path1, image_path2 (+ objects1/2)")
-    r.add_argument("--output", type=Path, required=True, help="JSONL results, one line per input line, in order")
+    r.add_argument("--input", type=Path, required=True,
+                   help="JSONL: caption1, caption2, image_path1, image_path2 (+ objects1/2); or shards: a .parquet or .tar file, "
+                   "a folder of them, a glob or a brace range (shards-{00000..00099}.tar)")
+    r.add_argument("--output", type=Path, required=True,
+                   help="JSONL results, one line per input line, in order; for shards a folder: one results file per shard")
+    r.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help="shards: the columns (Parquet) or fields (WebDataset) holding image_path1, image_path2, caption1, caption2, "
+                   "objects1, objects2, id, where they are named otherwise (default: those names; WebDataset images img1, img2)")
+    r.add_argument("--image-root", type=Path, help="Parquet image columns holding relative paths: resolve them here (default: the Parquet file's folder)")
+    r.add_argument("--output-format", choices=("jsonl", "parquet"), help="shards: each shard's results file as JSON Lines (default) or Parquet")
     r.add_argument("--params", type=Path, help="JSON or YAML file with Data-Juicer's three parameter dicts (or a Data-Juicer "
                    "recipe), or the name of a shipped recipe: img_diff_onnx (the published Img-Diff thresholds)")
     r.add_argument("--limit", type=int, help="process at most the first N input lines")
@@ -394,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")
     r.add_argument("--ray-num-cpus", type=int, help="with --ray and no ADDRESS: CPUs the local Ray grants (default all)")
     _engine_options(r)
+    k = command("pack", help="turn a JSONL dataset and its image files into Parquet or WebDataset shards holding the image bytes")
+    k.add_argument("--input", type=Path, required=True, help="JSONL records naming image files (as for run)")
+    k.add_argument("--out", type=Path, required=True, help="a new or empty folder for the shards (00000.parquet, ... or 00000.tar, ...)")
+    k.add_argument("--format", choices=("parquet", "webdataset"), default="parquet", help="shard format (default parquet)")
+    k.add_argument("--pairs-per-shard", type=int, default=PAIRS_PER_SHARD, help=f"records per shard (default {PAIRS_PER_SHARD})")
+    k.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     _tuning_commands(command)
     v = command("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
     v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
@@ -442,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return {"run": run, "retune": retune, "sweep": sweep, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
+        return {"run": run, "pack": pack, "retune": retune, "sweep": sweep, "validate": validate, "show": show, "demo": demo, "dj-op-path": dj_op_path}[args.command](args)
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code

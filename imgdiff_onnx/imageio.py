@@ -15,6 +15,7 @@ Mode rules:
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -68,6 +69,18 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
+@dataclass(frozen=True)
+class ImageBytes:
+    """An encoded image held in memory (a Parquet cell, a tar member): decoded by the same rules
+    as a file. `name` says where it came from, in error messages and reports."""
+
+    data: bytes
+    name: str
+
+    def __repr__(self) -> str:  # never the bytes themselves
+        return f"ImageBytes({self.name!r}, {len(self.data):,} bytes)"
+
+
 def load_image_file(path: str | Path) -> LoadedImage:
     path = Path(path)
     try:
@@ -77,32 +90,44 @@ def load_image_file(path: str | Path) -> LoadedImage:
             raise ImageLoadError(f"not a file: {path}")
     except OSError as exc:  # e.g. a file name longer than the file system allows
         raise ImageLoadError(f"cannot look up {path} ({exc.strerror or exc})") from None
+    return _decode(path, str(path))
+
+
+def load_image_bytes(image: ImageBytes) -> LoadedImage:
+    """The same image as `load_image_file` gives for a file holding these bytes."""
+    if not image.data:
+        raise ImageLoadError(f"empty image bytes: {image.name}")
+    return _decode(io.BytesIO(image.data), image.name)
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> LoadedImage:
+    """One decode by the module's rules (size limit, EXIF orientation, modes), every failure an ImageLoadError."""
     previous = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ImageLoadError(f"image too large: {path} is {image.width}x{image.height} (limit {MAX_IMAGE_PIXELS} pixels)")
+                    raise ImageLoadError(f"image too large: {name} is {image.width}x{image.height} (limit {MAX_IMAGE_PIXELS} pixels)")
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 rgb = to_rgb(image)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"image too large: {path} ({exc})") from None
+        raise ImageLoadError(f"image too large: {name} ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"not an image (or an unsupported format): {path}") from None
+        raise ImageLoadError(f"not an image (or an unsupported format): {name}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"unreadable or truncated image: {path} ({exc})") from None
+        raise ImageLoadError(f"unreadable or truncated image: {name} ({exc})") from None
     except Exception as exc:  # a decoder plugin's own failure must not end a batch run
-        raise ImageLoadError(f"could not decode image: {path} ({type(exc).__name__}: {exc})") from None
+        raise ImageLoadError(f"could not decode image: {name} ({type(exc).__name__}: {exc})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageLoadError(f"empty image: {path}")
-    return LoadedImage(rgb=np.ascontiguousarray(rgb), source=str(path))
+        raise ImageLoadError(f"empty image: {name}")
+    return LoadedImage(rgb=np.ascontiguousarray(rgb), source=name)
 
 
 def from_array(array: np.ndarray, name: str = "<array>") -> LoadedImage:

@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 
 from .errors import ParameterError, RecordErrorBase
+from .imageio import ImageBytes
 
-ImageSource = str | Path | np.ndarray
+ImageSource = str | Path | ImageBytes | np.ndarray
 EMPTY_BOXES = np.zeros((0, 4), dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class PairInput:
-    """One record. Images are paths or uint8 arrays (RGB, grey or RGBA).
+    """One record. Images are paths, encoded bytes (ImageBytes: a Parquet cell, a tar member) or
+    uint8 arrays (RGB, grey or RGBA).
 
     objects1/objects2, when given, replace the caption step (captions may then be None).
     """

@@ -15,6 +15,7 @@ from .engine.precision import Precision, PrecisionLike
 
 PAIRS_PER_BATCH = 4  # pairs whose crops are scored together: the one default of RunOptions,
 # ValidateOptions, DifferenceAreaGenerator.process_many and --pairs-per-batch
+PAIRS_PER_SHARD = 1000  # records per shard written by `pack` (PackOptions and --pairs-per-shard)
 
 MemoryRelease = Literal["trim", "mmap", "off"]
 MEMORY_RELEASE: tuple[str, ...] = ("trim", "mmap", "off")

@@ -38,7 +38,7 @@ from .band import BandTally, near
 from .captions import CaptionDifference
 from .decide import BandSpec, decide, pair_exit_reason
 from ..errors import ModelRunError, ParameterError
-from ..imageio import ImageLoadError, LoadedImage, from_array, load_image_file, same_file
+from ..imageio import ImageBytes, ImageLoadError, LoadedImage, from_array, load_image_bytes, load_image_file, same_file
 from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
 from ..pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult, ScoreSheet
@@ -216,8 +216,10 @@ class DifferenceAreaGenerator:
         try:
             if isinstance(source, np.ndarray):
                 return from_array(source, f"{which} array")
+            if isinstance(source, ImageBytes):
+                return load_image_bytes(source)
             if not isinstance(source, (str, Path)) or str(source) == "":
-                raise ImageLoadError(f"{which}: expected a path or an array, got {type(source).__name__}")
+                raise ImageLoadError(f"{which}: expected a path, image bytes or an array, got {type(source).__name__}")
             return load_image_file(source)
         except ImageLoadError as exc:
             raise PairError(key, f"{which}: {exc}") from None
@@ -233,7 +235,8 @@ class DifferenceAreaGenerator:
         img1 = self._load(pair.image1, pair.key, "image 1")
         img2 = self._load(pair.image2, pair.key, "image 2")
         times["load"] = time.perf_counter() - t
-        paths = None if isinstance(pair.image1, np.ndarray) or isinstance(pair.image2, np.ndarray) else (str(pair.image1), str(pair.image2))
+        files = isinstance(pair.image1, (str, Path)) and isinstance(pair.image2, (str, Path))
+        paths = (str(pair.image1), str(pair.image2)) if files else None
         result = PairResult(pair.key, EMPTY_BOXES, objects1, objects2, None, None, times=times, image_paths=paths)
         if not objects1 or not objects2:
             result.exit_reason = _no_objects_reason(diff, 1 if not objects1 else 2)

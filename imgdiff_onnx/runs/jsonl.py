@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class RunOptions:
             raise ParameterError(f"--pairs-per-batch must be 1 or more, got {self.pairs_per_batch}", "pairs_per_batch")
 
 
-def _cut_torn_tail(output: Path) -> None:
+def cut_torn_tail(output: Path) -> None:
     """Cut a last line that has no line break (a crash mid-write), reading only the file's end."""
     with open(output, "r+b") as handle:
         size = handle.seek(0, os.SEEK_END)
@@ -83,7 +84,7 @@ def _cut_torn_tail(output: Path) -> None:
 _POSITION = re.compile(rb'"' + RESULT_KEY.encode() + rb'": \{"line": (\d+), "input_digest": "([0-9a-f]{16})"')
 
 
-def _result_position(raw: bytes) -> tuple[object, object]:
+def result_position(raw: bytes) -> tuple[object, object]:
     """(line, input_digest) of a results line: read from the bytes where the line holds exactly one
     result key (strings escape their quotes, so it cannot come from a string), else parsed."""
     found = _POSITION.findall(raw)
@@ -98,13 +99,13 @@ def _completed_lines(output: Path, input_path: Path) -> int:
     digest), both files streamed; a torn last line (crash mid-write) is cut off."""
     if not output.exists():
         return 0
-    _cut_torn_tail(output)
+    cut_torn_tail(output)
     inputs = read_lines(input_path)
     done = 0
     with open(output, "rb") as handle:
         for i, raw in enumerate(handle, start=1):
             try:
-                number, digest = _result_position(raw)
+                number, digest = result_position(raw)
             except (ValueError, KeyError, TypeError):
                 raise RunError(f"{output}: line {i} is not a result line of this tool; refusing to resume into it") from None
             if number != i:
@@ -138,10 +139,39 @@ def is_results_file(path: Path) -> bool:
     with open(path, "rb") as handle:
         first = handle.readline(MAX_LINE_BYTES)
     try:
-        number, digest = _result_position(first)
+        number, digest = result_position(first)
     except (ValueError, KeyError, TypeError):
         return False
     return number == 1 and isinstance(digest, str)
+
+
+class LineTally:
+    """Counts of the result lines written (ok, error) and their guard-band tally; logs each error."""
+
+    def __init__(self) -> None:
+        self.stats = {"ok": 0, "error": 0}
+        self.band = BandTally.empty()  # the guard band's scores and re-scores of the lines written now
+
+    def add(self, lines: list[OutputLine]) -> None:
+        for line in lines:
+            if line.band:
+                self.band.merge(line.band)
+            if line.error is None:
+                self.stats["ok"] += 1
+            else:
+                self.stats["error"] += 1
+                log.warning("%s", line.error)
+
+    def log_band(self) -> None:
+        if self.band.scored:
+            log.info("guard band: scores within the margin of a threshold, re-scored in fp32: %s", self.band.describe())
+
+
+def append_synced(handle: BinaryIO, lines: list[OutputLine]) -> None:
+    """Append the lines' text and make it durable (a crash loses at most the batch in flight)."""
+    handle.write("".join(line.text + "\n" for line in lines).encode("utf-8"))
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 class ResultWriter:
@@ -197,8 +227,8 @@ class ResultWriter:
         self._replace = started and options.overwrite
         self._identity = identity if self.done == 0 else None
         self._real = real
-        self.stats = {"ok": 0, "error": 0}
-        self.band = BandTally.empty()  # the guard band's scores and re-scores of the lines written now
+        self.tally = LineTally()
+        self.stats, self.band = self.tally.stats, self.tally.band
         self._scores = None if self._scores_meta is None else ScoreWriter(real, self._scores_meta, self.done, self.done == 0)
         self._bar = ProgressBar(self.total, options.progress, initial=self.done)
         self._out = open(real, "ab")
@@ -221,17 +251,8 @@ class ResultWriter:
         if self._scores is not None:  # before the lines: every result line of the file has its scores
             kept = [line for line in lines if line.scores is not None]
             self._scores.write([ln.number for ln in kept], [ln.digest for ln in kept], [ln.scores for ln in kept])  # type: ignore[misc]
-        for line in lines:
-            if line.band:
-                self.band.merge(line.band)
-            if line.error is None:
-                self.stats["ok"] += 1
-            else:
-                self.stats["error"] += 1
-                log.warning("%s", line.error)
-        self._out.write("".join(line.text + "\n" for line in lines).encode("utf-8"))
-        self._out.flush()
-        os.fsync(self._out.fileno())
+        self.tally.add(lines)
+        append_synced(self._out, lines)
         self._bar.update(len(lines))
 
     @property
@@ -248,8 +269,7 @@ class ResultWriter:
         self._out.close()
         self._bar.close()
         self._lock.release(keep=finished)
-        if self.band.scored:
-            log.info("guard band: scores within the margin of a threshold, re-scored in fp32: %s", self.band.describe())
+        self.tally.log_band()
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -265,7 +285,7 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
     check_not_input(input_path, output_path)
     if output_path.is_dir():
         raise RunError(f"--output {output_path} is a folder; give the results file's name")
-    _check_writable_folder(output_path)
+    check_writable_folder(output_path)
     try:
         started = output_path.exists() and output_path.stat().st_size > 0
     except OSError as exc:
@@ -279,7 +299,7 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
                        "result line); --overwrite replaces only those: move it away, or choose another --output")  # fmt: skip
 
 
-def _check_writable_folder(output_path: Path) -> None:
+def check_writable_folder(output_path: Path) -> None:
     """The output's folder exists and is writable, or can be created (its nearest existing parent
     is a writable folder)."""
     parent = output_path.absolute().parent

@@ -78,11 +78,34 @@ class InputLine:
     pair: PairInput | None
     error: str | None  # what is wrong with the line (the results file's `error`), without the key
     digest: str = ""  # of the input line's text: lets --resume check the processed prefix line by line
+    source: dict | None = None  # where a shard's record came from: {"shard": name, "row": n} or {"shard": name, "key": k}
 
     @property
     def key(self) -> str:
-        """The record's `id`, or "line N" (how log lines name the record)."""
-        return record_key(self.record, f"line {self.number}") if self.record is not None else f"line {self.number}"
+        """The record's `id`, or where it is: "line N", or "SHARD row N" / "SHARD key K" (how log
+        lines name the record)."""
+        fallback = source_text(self.source) if self.source is not None else f"line {self.number}"
+        return record_key(self.record, fallback) if self.record is not None else fallback
+
+
+def source_text(source: Mapping[str, Any]) -> str:
+    """"SHARD row N" or "SHARD key K"."""
+    return f"{source['shard']} key {source['key']}" if "key" in source else f"{source['shard']} row {source['row']}"
+
+
+def shard_line(number: int, record: dict[str, Any], values: Mapping[str, Any], source: dict, digest: str,
+               problem: str | None = None) -> InputLine:  # fmt: skip
+    """A shard's record: `record` passes through to its results line, `values` holds its fields by
+    Data-Juicer name (images as ImageBytes or paths); `problem` says what makes it unreadable.
+    Captions and object lists are checked by the engine, as for JSON Lines records."""
+    given = values.get("id")
+    key = record_key({"id": given}, "") if given is not None else source_text(source)
+    if problem is not None:
+        return InputLine(number, record, None, problem, digest, source)
+    objects = [tuple(v) if isinstance(v, list) else v for v in (values.get("objects1"), values.get("objects2"))]
+    pair = PairInput(values["image_path1"], values["image_path2"], values.get("caption1"), values.get("caption2"),
+                     objects[0], objects[1], key=key)  # fmt: skip
+    return InputLine(number, record, pair, None, digest, source)
 
 
 def parse_line(raw: RawLine, base: Path) -> InputLine:
@@ -100,9 +123,12 @@ def parse_line(raw: RawLine, base: Path) -> InputLine:
 
 def result_fields(line: InputLine, outcome: PairResult | PairFailure | None, timings: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {"line": line.number, "input_digest": line.digest}
+    if line.source is not None:
+        fields["source"] = line.source
     if line.pair is not None:
-        fields["image_path1_resolved"] = str(line.pair.image1)
-        fields["image_path2_resolved"] = str(line.pair.image2)
+        for name, image in (("image_path1_resolved", line.pair.image1), ("image_path2_resolved", line.pair.image2)):
+            if isinstance(image, (str, Path)):  # not for image bytes from a shard
+                fields[name] = str(image)
     if outcome is None or isinstance(outcome, PairFailure):
         fields.update(status="error", error=line.error if outcome is None else outcome.error, boxes=[])
         return fields
@@ -135,7 +161,7 @@ class OutputLine:
 
 def error_output(line: InputLine, message: str) -> OutputLine:
     """A record that could not be processed for a reason outside the record (e.g. its worker died)."""
-    failed = InputLine(line.number, line.record, line.pair, message, line.digest)
+    failed = InputLine(line.number, line.record, line.pair, message, line.digest, line.source)
     return OutputLine(output_line(failed, None, False), f"{line.key}: {message}")
 
 

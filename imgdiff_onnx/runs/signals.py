@@ -19,10 +19,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(RunError):
     """The run stopped on a signal after writing `done` of `total` lines to `output`."""
 
-    def __init__(self, signum: int, done: int, total: int, output: str):
+    def __init__(self, signum: int, done: int, total: int, output: str, what: str = "input lines are in"):
         name = signal.Signals(signum).name
         super().__init__(
-            f"stopped by {name}: {done} of {total} input lines are in {output}; "
+            f"stopped by {name}: {done} of {total} {what} {output}; "
             "run the same command with --resume (instead of --overwrite) to continue"
         )
         self.signum = signum

@@ -1,0 +1,348 @@
+"""Shard runs: shards in, one results file per shard out, committed whole, resumable shard by shard.
+
+`--input` names shards (imgdiff_onnx.runs.shards), `--output` a folder. Each shard's results go
+to `OUT/<shard name>.jsonl` (or `.parquet`), rows in the shard's order, each row its record's
+non-image fields plus `imgdiff` (what a JSON Lines run's line holds, with `source`: the shard and
+row or key). While a shard is in flight its results are appended batch by batch, fsync'ed, to a
+hidden `.NAME.jsonl.partial`; when the shard ends it is renamed (or converted to Parquet, written
+under a temporary name and renamed) to its results name: a results file that exists is complete.
+
+The folder holds the run's record (`.imgdiff-run.json`: what a resume must match, and each
+shard's size and modification time when the run started) and the shard errors
+(`.imgdiff-shard-errors.jsonl`). `--resume` skips every shard whose results exist, continues the
+shard in flight after its last written batch (its rows read again and checked against what was
+written), and refuses a shard that changed since, by name. A shard that stops being readable is
+one error line; what was read of it before is committed, and the run goes on with the next.
+
+The output folder follows a JSON Lines run's rules: written only when it is new or empty, or
+holds a run of this tool (then with --resume or --overwrite); --overwrite removes only the files
+the old record names, when the new run has loaded its models; one run at a time (a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..engine.captions import ensure_available
+from ..errors import ParameterError, RunError
+from .columns import ColumnMap
+from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, cut_torn_tail, result_position, run_identity
+from .progress import ProgressBar
+from .records import InputLine, process_lines
+from .runfile import OutputInUse, OutputLock, RunIdentity
+from .shards import Shard, ShardError, list_shards, read_shard
+from .signals import GracefulStop, Interrupted
+
+if TYPE_CHECKING:
+    from ..engine.pipeline import DifferenceAreaGenerator
+
+log = logging.getLogger(__name__)
+
+RECORD = ".imgdiff-run.json"
+ERRORS = ".imgdiff-shard-errors.jsonl"
+LOCK = ".imgdiff-lock"
+FORMAT = "imgdiff-onnx-shards/1"
+OUTPUT_FORMATS = ("jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """How shard records are read and their results written."""
+
+    columns: ColumnMap = ColumnMap()
+    image_root: Path | None = None  # relative image paths in Parquet resolve here (default: the Parquet file's folder)
+    output_format: str = "jsonl"
+
+    def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ParameterError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}", "output_format")
+
+    def suffix(self) -> str:
+        return "." + self.output_format
+
+
+def _partial(output: Path, shard: Shard) -> Path:
+    return _partial_of(output / shard.results_name(".jsonl"))
+
+
+def _partial_of(results: Path) -> Path:
+    """Where the results of a shard in flight are appended: `.NAME.jsonl.partial` beside its results."""
+    jsonl = results.with_suffix(".jsonl")
+    return jsonl.with_name(f".{jsonl.name}.partial")
+
+
+def _read_record(output: Path) -> dict | None:
+    path = output / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: the run record cannot be read ({exc}); write to another --output") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise RunError(f"{path}: not a shard run record of this tool; write to another --output")
+    return record
+
+
+def _write_record(output: Path, record: dict) -> None:
+    path = output / RECORD
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _sync_folder(output)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_shard_output(shards: list[Shard], output: Path, options: RunOptions) -> dict | None:
+    """The output folder may be written as the options say; returns the record of the run that
+    wrote it (None for a new or empty folder). Nothing is written here."""
+    if options.limit is not None:
+        raise RunError("--limit is for a JSON Lines input; with shards, name fewer shards (a glob or a brace range)")
+    for shard in shards:
+        if output.exists() and Path(os.path.realpath(shard.path)).is_relative_to(os.path.realpath(output)):
+            raise RunError(f"--output {output} holds the input shard {shard.path}; write the results to another folder")
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file; with shard inputs the results go into a folder, one file per shard")
+    if not output.exists():
+        check_writable_folder(output)
+        return None
+    record = _read_record(output)
+    if record is None:
+        foreign = sorted(p.name for p in output.iterdir() if p.name != LOCK and not p.name.startswith(f".{LOCK}"))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RunError(f"--output {output} holds files this tool did not write ({shown}); give a new or empty folder")
+        return None
+    if not (options.resume or options.overwrite):
+        raise RunError(f"{output} holds the results of a run; pass --resume to continue it or --overwrite to start again")
+    return record
+
+
+def _settings(identity: RunIdentity, shard_options: ShardOptions) -> dict:
+    return asdict(identity) | {
+        "columns": shard_options.columns.text(),
+        "image_root": None if shard_options.image_root is None else str(shard_options.image_root.resolve()),
+        "output_format": shard_options.output_format,
+    }
+
+
+def _setting_differences(old: dict, new: dict) -> list[str]:
+    known = {k: v for k, v in old.items() if k in RunIdentity.__dataclass_fields__}
+    try:
+        differ = RunIdentity(**known).differences(RunIdentity(**{k: v for k, v in new.items() if k in RunIdentity.__dataclass_fields__}))
+    except TypeError:
+        return ["run record"]
+    return differ + [k for k in new if k not in RunIdentity.__dataclass_fields__ and old.get(k) != new[k]]
+
+
+class ShardFolder:
+    """The output folder of a shard run, locked for its lifetime: which shards are done, where
+    each one's results go, and the commit of a finished shard."""
+
+    def __init__(self, shards: list[Shard], output: Path, options: RunOptions, shard_options: ShardOptions, settings: dict):
+        self.output = output
+        self.shard_options = shard_options
+        old = check_shard_output(shards, output, options)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            self._lock = OutputLock(output / LOCK).acquire()
+        except OutputInUse as exc:
+            raise RunError(str(exc)) from None
+        except OSError as exc:
+            raise RunError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
+        try:
+            old = check_shard_output(shards, output, options)  # again, now that no other run can change it
+            self.record = self._start(shards, old, options, settings)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _start(self, shards: list[Shard], old: dict | None, options: RunOptions, settings: dict) -> dict:
+        names = {s.results_name(self.shard_options.suffix()) for s in shards}
+        if len(names) < len(shards):
+            raise RunError("two input shards would write the same results file (e.g. a.parquet and a.tar); give shards of one name each")
+        current = {s.name: s.identity() | {"results": s.results_name(self.shard_options.suffix())} for s in shards}
+        if old is not None and options.resume:
+            differ = _setting_differences(old.get("settings", {}), settings)
+            if differ:
+                raise RunError(f"{self.output} was written by a run with other {', '.join(differ)}; resume with the same settings, "
+                               "or start again with --overwrite")  # fmt: skip
+            recorded = old.get("shards", {})
+            for shard in shards:
+                was = recorded.get(shard.name)
+                started = (self.output / current[shard.name]["results"]).exists() or _partial(self.output, shard).exists()
+                if was is not None and started and {k: was.get(k) for k in ("size", "mtime_ns")} != shard.identity():
+                    raise RunError(f"shard {shard.name} changed since the run started (size or modification time); its results "
+                                   f"would not be its own: remove {current[shard.name]['results']} from {self.output} to redo it, "
+                                   "or start again with --overwrite")  # fmt: skip
+            record = dict(old) | {"shards": recorded | current}
+        else:
+            if old is not None:  # --overwrite: only what the old run wrote goes
+                self._remove_old(old)
+            record = {"format": FORMAT, "settings": settings, "shards": current}
+        _write_record(self.output, record)
+        return record
+
+    def _remove_old(self, old: dict) -> None:
+        for name, entry in old.get("shards", {}).items():
+            written = str(entry.get("results", "")) if isinstance(entry, dict) else ""
+            if not written:
+                continue
+            results = self.output / written
+            for path in (results, _partial_of(results)):
+                if path.is_file() and path.resolve().is_relative_to(self.output.resolve()):
+                    path.unlink()
+        errors = self.output / ERRORS
+        if errors.is_file():
+            errors.unlink()
+
+    def results(self, shard: Shard) -> Path:
+        return self.output / shard.results_name(self.shard_options.suffix())
+
+    def done_rows(self, shard: Shard) -> list[tuple[int, str]]:
+        """(row, digest) of the rows of `shard` already in its partial results (a torn last line cut)."""
+        partial = _partial(self.output, shard)
+        if not partial.exists():
+            return []
+        cut_torn_tail(partial)
+        rows = []
+        with open(partial, "rb") as handle:
+            for i, raw in enumerate(handle, start=1):
+                try:
+                    number, digest = result_position(raw)
+                except (ValueError, KeyError, TypeError):
+                    number, digest = None, None
+                if number != i:
+                    raise RunError(f"{partial}: line {i} is not the result of row {i} of {shard.name}; remove the file to redo the shard")
+                rows.append((number, digest))
+        return rows
+
+    def open_partial(self, shard: Shard):
+        partial = _partial(self.output, shard)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        return open(partial, "ab")
+
+    def commit(self, shard: Shard) -> None:
+        """The shard's results, complete, under their name (the partial file renamed or converted)."""
+        partial, results = _partial(self.output, shard), self.results(shard)
+        if not partial.exists():
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.touch()
+        if self.shard_options.output_format == "parquet":
+            from .parquet_sink import write_results_parquet
+
+            tmp = results.with_name(f".{results.name}.tmp")
+            write_results_parquet(partial, tmp)
+            os.replace(tmp, results)
+            partial.unlink()
+        else:
+            os.replace(partial, results)
+        _sync_folder(results.parent)
+
+    def shard_error(self, shard: Shard, message: str) -> None:
+        with open(self.output / ERRORS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"shard": shard.name, "error": message}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def close(self) -> None:
+        self._lock.release()
+
+
+def _batches(lines: Iterator[InputLine], size: int) -> Iterator[list[InputLine]]:
+    batch: list[InputLine] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _unread(shard: Shard, lines: Iterator[InputLine], done: list[tuple[int, str]], partial: Path) -> Iterator[InputLine]:
+    """The shard's rows after those already written, each written one checked against its row."""
+    for line in lines:
+        if line.number <= len(done):
+            if done[line.number - 1][1] != line.digest:
+                raise RunError(f"{partial}: row {line.number} of {shard.name} is not the row its result was computed from; "
+                               "remove the file to redo the shard")  # fmt: skip
+            continue
+        yield line
+
+
+def check_shard_start(input_spec: str, output: Path, options: RunOptions) -> list[Shard]:
+    """What must hold before models load: the shards exist, the output folder may be written as the
+    options say, and the caption data can be read."""
+    shards = list_shards(input_spec)
+    check_shard_output(shards, output, options)
+    ensure_available()
+    return shards
+
+
+def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, options: RunOptions,
+               shard_options: ShardOptions) -> dict[str, int]:  # fmt: skip
+    """Process every shard `input_spec` names into the folder `output`; returns counts of ok and
+    error records written now, and of shards that could not be read to their end."""
+    shards = list_shards(input_spec)
+    s = engine.settings
+    if s.keep_scores:
+        raise RunError("--keep-scores is for a JSON Lines input and output; with shards, run without it")
+    spec = str(input_spec) if "://" in str(input_spec) else os.path.abspath(input_spec)
+    identity = run_identity(Path(spec), engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options)
+    folder = ShardFolder(shards, output, options, shard_options, _settings(identity, shard_options))
+    tally = LineTally()
+    shard_errors = 0
+    committed = sum(folder.results(shard).exists() for shard in shards)
+    if committed:
+        log.info("%d of %d shards already have their results in %s", committed, len(shards), output)
+    bar = ProgressBar(len(shards), options.progress, initial=committed, unit="shard")
+    try:
+        with GracefulStop() as stop:
+            for shard in shards:
+                if folder.results(shard).exists():
+                    continue
+                done = folder.done_rows(shard)
+                if done:
+                    log.info("%s: continuing after its %d rows written before", shard.name, len(done))
+                bar.describe(shard.name)
+                try:
+                    with folder.open_partial(shard) as handle:
+                        lines = _unread(shard, read_shard(shard, shard_options.columns, shard_options.image_root), done,
+                                        _partial(output, shard))  # fmt: skip
+                        for batch in _batches(lines, options.pairs_per_batch):
+                            written = process_lines(engine, batch, options.timings)
+                            tally.add(written)
+                            append_synced(handle, written)
+                            if stop.signum is not None:
+                                raise Interrupted(stop.signum, committed, len(shards), str(output), "shards are committed in")
+                except ShardError as exc:
+                    shard_errors += 1
+                    message = f"shard {shard.name}: {exc}"
+                    log.error("%s", message)
+                    folder.shard_error(shard, str(exc))
+                folder.commit(shard)
+                committed += 1
+                bar.update(1)
+    finally:
+        bar.close()
+        folder.close()
+    tally.log_band()
+    return tally.stats | {"shard_errors": shard_errors, "shards": len(shards)}
