@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import HealthCheck, event, given, settings
@@ -14,36 +13,8 @@ from hypothesis import strategies as st
 
 from imgdiff_onnx.runs.jsonl import RunOptions, run
 from imgdiff_onnx.runs.jsonlines import count_lines
-from imgdiff_onnx.pairs import EMPTY_BOXES, PairResult
-from imgdiff_onnx.params import OperatorParams
-from imgdiff_onnx.settings import EngineSettings
 
-
-@dataclass
-class _Manifest:
-    def files_json(self) -> dict:
-        return {"fake.onnx": {"size": 1, "sha256": "0" * 64}}
-
-
-@dataclass
-class _Models:
-    manifest: _Manifest = field(default_factory=_Manifest)
-    precision: str = "fp32"
-
-
-class FakeEngine:
-    """Scores nothing: every pair comes back with its object words and no boxes; a pair whose
-    objects1 holds "boom" raises an unforeseen error (as a bug would) in the middle of its batch."""
-
-    def __init__(self) -> None:
-        self.models, self.params, self.settings = _Models(), OperatorParams(), EngineSettings()
-
-    def process_many(self, pairs, pairs_per_batch: int = 4):
-        pairs = list(pairs)
-        if any(p.objects1 and "boom" in p.objects1 for p in pairs):
-            raise ZeroDivisionError("a bug on one record")
-        for p in pairs:
-            yield PairResult(p.key, EMPTY_BOXES, list(p.objects1 or []), list(p.objects2 or []), 0.5, None)
+from .fakes import FakeEngine
 
 
 def _strict(line: bytes) -> dict:

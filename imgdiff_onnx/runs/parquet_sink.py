@@ -3,7 +3,7 @@
 The rows are the shard's results lines: each record's non-image fields as columns (types as
 Arrow infers them from the JSON values) and `imgdiff` as one struct column of a fixed type, boxes
 as `list<fixed_size_list<float32, 4>>`, per-stage counts, the guard band's tally and timings as
-maps. Loads with `pyarrow.parquet.read_table` and `datasets.load_dataset("parquet", ...)`.
+lists of named entries (`[{name, value}]`, `[{score, scored, rescored}]`, `[{stage, seconds}]`). Loads with `pyarrow.parquet.read_table` and `datasets.load_dataset("parquet", ...)`.
 
 A shard's results (no image bytes: a few KB a row) are converted in one piece when the shard is
 committed.
@@ -38,10 +38,24 @@ def imgdiff_type(pa):
         ("objects2", pa.list_(pa.string())),
         ("pair_similarity", pa.float64()),
         ("exit_reason", pa.string()),
-        ("counts", pa.map_(pa.string(), pa.int64())),
-        ("band", pa.map_(pa.string(), pa.struct([("scored", pa.int64()), ("rescored", pa.int64())]))),
-        ("times", pa.map_(pa.string(), pa.float64())),
+        ("counts", pa.list_(pa.struct([("name", pa.string()), ("value", pa.int64())]))),
+        ("band", pa.list_(pa.struct([("score", pa.string()), ("scored", pa.int64()), ("rescored", pa.int64())]))),
+        ("times", pa.list_(pa.struct([("stage", pa.string()), ("seconds", pa.float64())]))),
     ])  # fmt: skip
+
+
+def _listed(name: str, value: object) -> object:
+    """The open-ended mappings (counts, band, times) as lists of named entries: Hugging Face
+    datasets has no map type."""
+    if not isinstance(value, dict):
+        return value
+    if name == "counts":
+        return [{"name": k, "value": v} for k, v in value.items()]
+    if name == "band":
+        return [{"score": k} | v for k, v in value.items()]
+    if name == "times":
+        return [{"stage": k, "seconds": v} for k, v in value.items()]
+    return value
 
 
 def write_results_parquet(lines_path: Path, out: Path) -> None:
@@ -61,7 +75,7 @@ def write_results_parquet(lines_path: Path, out: Path) -> None:
         unknown = set(fields) - names
         if unknown:  # internal: the results line and this type must agree
             raise RunError(f"{lines_path}: results field(s) {', '.join(sorted(unknown))} have no Parquet column; please report it")
-        results.append({k: (list(v.items()) if k in ("counts", "band", "times") and v is not None else v) for k, v in fields.items()})
+        results.append({k: _listed(k, v) for k, v in fields.items()})
     column = pa.array(results, type=kind)
     passed = pa.Table.from_pylist(rows) if any(rows) else pa.table({})
     table = passed.append_column(RESULT_KEY, column) if passed.num_columns else pa.table({RESULT_KEY: column})

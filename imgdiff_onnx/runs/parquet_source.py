@@ -75,7 +75,7 @@ def read_parquet(shard: Shard, columns: ColumnMap, image_root: Path | None) -> I
         raise ShardError(f"no column {', '.join(missing)}; its columns are {_describe(schema)}")
     kinds = {f: _image_kind(pa, named[f], schema.field(named[f]).type) for f in IMAGE_FIELDS}
     present = {f: c for f, c in named.items() if c in names}
-    images = {named[f] for f in IMAGE_FIELDS}
+    images = {named[f] for f in IMAGE_FIELDS if kinds[f] != "path"}  # bytes are not copied; paths pass through
     base = image_root if image_root is not None else shard.path.resolve().parent
     metadata = parquet.metadata
     row = 0

@@ -267,12 +267,19 @@ class ShardFolder:
 
 
 def _batches(lines: Iterator[InputLine], size: int) -> Iterator[list[InputLine]]:
+    """Lines in batches; where the shard stops being readable, the lines read before it are
+    yielded before the ShardError goes on."""
     batch: list[InputLine] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= size:
+    try:
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except ShardError:
+        if batch:
             yield batch
-            batch = []
+        raise
     if batch:
         yield batch
 
