@@ -146,6 +146,17 @@ def from_array(array: np.ndarray, name: str = "<array>") -> LoadedImage:
     return LoadedImage(rgb=np.ascontiguousarray(array), source=name)
 
 
+def load_image(source: object, which: str = "image") -> LoadedImage:
+    """An image given as a path, ImageBytes or an array, by this module's rules."""
+    if isinstance(source, np.ndarray):
+        return from_array(source, f"{which} array")
+    if isinstance(source, ImageBytes):
+        return load_image_bytes(source)
+    if not isinstance(source, (str, Path)) or str(source) == "":
+        raise ImageLoadError(f"{which}: expected a path, image bytes or an array, got {type(source).__name__}")
+    return load_image_file(source)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Do two paths name one file: the same path after resolving links, or the same device and
     inode (a hard link)? A path that does not exist is no other file."""

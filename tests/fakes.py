@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imgdiff_onnx.engine.stages.objects import pair_objects
-from imgdiff_onnx.imageio import ImageBytes, ImageLoadError, from_array, load_image_bytes, load_image_file
+from imgdiff_onnx.imageio import ImageLoadError, load_image
 from imgdiff_onnx.pairs import EMPTY_BOXES, PairError, PairFailure, PairResult
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.settings import EngineSettings
@@ -25,14 +25,6 @@ class FakeManifest:
 class FakeModels:
     manifest: FakeManifest = field(default_factory=FakeManifest)
     precision: str = "fp32"
-
-
-def _pixels(source: object):
-    if isinstance(source, ImageBytes):
-        return load_image_bytes(source).rgb
-    if isinstance(source, np.ndarray):
-        return from_array(source).rgb
-    return load_image_file(source).rgb  # type: ignore[arg-type]
 
 
 class FakeEngine:
@@ -59,7 +51,7 @@ class FakeEngine:
                 continue
             try:
                 objects = pair_objects(p)[:2]
-                rgb1, rgb2 = _pixels(p.image1), _pixels(p.image2)
+                rgb1, rgb2 = load_image(p.image1).rgb, load_image(p.image2).rgb
             except PairError as exc:
                 yield PairFailure(p.key, exc.message)
                 continue

@@ -64,7 +64,7 @@ def content(row: dict) -> dict:
     """A results row without where its record came from (and without the image fields, which a
     JSON Lines record holds as paths and a shard as bytes)."""
     row = {k: v for k, v in row.items() if k not in ("image_path1", "image_path2")}
-    fields = {k: v for k, v in row["imgdiff"].items() if k not in WHERE and v is not None}  # Parquet: absent is null
+    fields = {k: v for k, v in row["imgdiff"].items() if k not in WHERE}
     fields["boxes"] = [[float(np.float32(v)) for v in box] for box in fields["boxes"]]  # Parquet holds them as float32
     row["imgdiff"] = fields
     return row
@@ -81,17 +81,9 @@ def folder_rows(folder: Path) -> list[dict]:
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+            from imgdiff_onnx.runs.parquet_sink import read_results_parquet
 
-            for row in pq.read_table(path).to_pylist():
-                fields = row["imgdiff"]
-                for name, key in (("counts", "name"), ("band", "score"), ("times", "stage")):
-                    if fields.get(name) is not None:
-                        fields[name] = {e.pop(key): (e["value"] if name == "counts" else e["seconds"] if name == "times" else e) for e in fields[name]}
-                if fields.get("source"):
-                    fields["source"] = {k: v for k, v in fields["source"].items() if v is not None}
-                row["imgdiff"] = fields
-                rows.append(row)
+            rows.extend(read_results_parquet(path))
         else:
             rows.extend(jsonl_rows(path))
     return rows

@@ -38,7 +38,7 @@ from .band import BandTally, near
 from .captions import CaptionDifference
 from .decide import BandSpec, decide, pair_exit_reason
 from ..errors import ModelRunError, ParameterError
-from ..imageio import ImageBytes, ImageLoadError, LoadedImage, from_array, load_image_bytes, load_image_file, same_file
+from ..imageio import ImageLoadError, LoadedImage, load_image, same_file
 from .modelset import ModelSet, SessionSettings
 from .models.clip import ClipImageEncoder, cosine
 from ..pairs import EMPTY_BOXES, BoxEvidence, ImageSource, PairError, PairFailure, PairInput, PairResult, ScoreSheet
@@ -214,13 +214,7 @@ class DifferenceAreaGenerator:
 
     def _load(self, source: ImageSource, key: str, which: str) -> LoadedImage:
         try:
-            if isinstance(source, np.ndarray):
-                return from_array(source, f"{which} array")
-            if isinstance(source, ImageBytes):
-                return load_image_bytes(source)
-            if not isinstance(source, (str, Path)) or str(source) == "":
-                raise ImageLoadError(f"{which}: expected a path, image bytes or an array, got {type(source).__name__}")
-            return load_image_file(source)
+            return load_image(source, which)
         except ImageLoadError as exc:
             raise PairError(key, f"{which}: {exc}") from None
 

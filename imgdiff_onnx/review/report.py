@@ -1,4 +1,4 @@
-"""The review report of a results file: `python -m imgdiff_onnx show --input results.jsonl --out DIR`.
+"""The review report of a results file (or a shard run's results folder): `python -m imgdiff_onnx show --input results.jsonl --out DIR`.
 
 DIR/index.html is one page with everything inline (styles, script, the results as JSON; nothing
 fetched from the network): a summary (pairs by status and exit reason, boxes per pair, histograms
@@ -32,7 +32,9 @@ import numpy as np
 from . import outfolder
 from .drawing import GAP, PALETTE, side_by_side
 from ..errors import RunError
-from ..imageio import ImageLoadError, load_image_file
+from ..imageio import ImageLoadError, load_image
+from ..runs.shard_results import ShardImages, is_results_folder, results_rows, row_key
+from ..runs.shards import ShardError
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
 
@@ -43,7 +45,17 @@ JPEG_QUALITY = 85
 
 
 def read_results(path: Path, limit: int | None = None) -> list[tuple[int, dict]]:
-    """(line number, record) of every result line; refuses a file that is not a results file."""
+    """(line number, record) of every result line; refuses a file that is not a results file. A
+    shard run's output folder gives its rows in shard order, numbered 1, 2, ... across shards."""
+    if is_results_folder(path):
+        rows = []
+        for number, (_, row) in enumerate(results_rows(path), start=1):
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append((number, row))
+        if not rows:
+            raise RunError(f"{path}: no shard has committed results yet")
+        return rows
     if not path.is_file():
         raise RunError(f"--input {path}: no such results file")
     rows: list[tuple[int, dict]] = []
@@ -71,10 +83,9 @@ def read_results(path: Path, limit: int | None = None) -> list[tuple[int, dict]]
     return rows
 
 
-def _thumbnail(result: dict, width: int) -> tuple[np.ndarray, float]:
-    """Both images side by side scaled so that each is at most `width` wide; and the scale."""
-    img1 = load_image_file(result["image_path1_resolved"]).rgb
-    img2 = load_image_file(result["image_path2_resolved"]).rgb
+def _thumbnail(images: tuple[object, object], width: int) -> tuple[np.ndarray, float]:
+    """Both images (paths or ImageBytes) side by side scaled so that each is at most `width` wide; and the scale."""
+    img1, img2 = (load_image(image).rgb for image in images)
     h, w = img1.shape[:2]
     img2 = cv2.resize(img2, (w, h), interpolation=cv2.INTER_AREA) if img2.shape[:2] != (h, w) else img2
     scale = min(1.0, width / w)
@@ -84,12 +95,12 @@ def _thumbnail(result: dict, width: int) -> tuple[np.ndarray, float]:
     return side_by_side(img1, img2), scale
 
 
-def _entry(number: int, record: dict) -> dict[str, Any]:
+def _entry(number: int, record: dict, folder: bool) -> dict[str, Any]:
     result = record[RESULT_KEY]
     boxes = result.get("boxes") or []
     return {
-        "n": result.get("line", number),
-        "id": str(record.get("id", f"line {result.get('line', number)}")),
+        "n": number if folder else result.get("line", number),
+        "id": row_key(record) if folder else str(record.get("id", f"line {result.get('line', number)}")),
         "status": result.get("status"),
         "error": result.get("error"),
         "reason": result.get("exit_reason"),
@@ -117,6 +128,7 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
     """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path. With
     `sweep` (a folder written by `sweep`), the report opens with its table and plot."""
     rows = read_results(Path(results), limit)
+    shard_images = ShardImages(Path(results)) if is_results_folder(Path(results)) else None
     sweep_html = sweep_section(sweep) if sweep is not None else ""
     outfolder.claim(out, "report", _report_file)
     images = out / "img"
@@ -127,12 +139,16 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
     bar = ProgressBar(len(rows), progress, desc="report")
     entries = []
     for number, record in rows:
-        entry = _entry(number, record)
+        entry = _entry(number, record, shard_images is not None)
         result = record[RESULT_KEY]
         if entry["status"] == "ok":
             try:
-                picture, scale = _thumbnail(result, thumb_width)
-            except (ImageLoadError, KeyError) as exc:
+                if shard_images is not None and "source" in result:
+                    pair = shard_images.pair(result["source"])
+                else:
+                    pair = (result["image_path1_resolved"], result["image_path2_resolved"])
+                picture, scale = _thumbnail(pair, thumb_width)
+            except (ImageLoadError, ShardError, KeyError) as exc:
                 entry["picture_error"] = f"cannot draw: {exc}"
             else:
                 ok, jpeg = cv2.imencode(".jpg", picture[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import RunError
@@ -56,6 +57,48 @@ def _listed(name: str, value: object) -> object:
     if name == "times":
         return [{"stage": k, "seconds": v} for k, v in value.items()]
     return value
+
+
+_ENTRY_KEYS = {"counts": ("name", "value"), "times": ("stage", "seconds")}
+
+
+def read_results_parquet(path: Path) -> Iterator[dict]:
+    """The rows of a results Parquet file as a JSON Lines run's lines hold them (boxes as float32
+    values), row group by row group."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: one line
+        raise RunError(f"{path}: not a readable results Parquet file ({' '.join(str(exc).split())[:200]})") from None
+    for group in range(parquet.metadata.num_row_groups):
+        for row in parquet.read_row_group(group).to_pylist():
+            fields = row.get(RESULT_KEY)
+            if not isinstance(fields, dict):
+                raise RunError(f"{path} is not a results file of `run`: it has no {RESULT_KEY} column")
+            try:
+                row[RESULT_KEY] = _as_line(fields)
+            except (TypeError, KeyError, AttributeError):
+                raise RunError(f"{path}: its {RESULT_KEY} column is not laid out as this version writes it") from None
+            yield row
+
+
+def _as_line(fields: dict) -> dict:
+    """The inverse of the writer's layout: mappings back from lists, absent fields (null) left out."""
+    keep_null = ("pair_similarity", "exit_reason") if fields.get("status") == "ok" else ()
+    out = {}
+    for key, value in fields.items():
+        if value is None and key not in keep_null:
+            continue
+        if key in _ENTRY_KEYS:
+            name, item = _ENTRY_KEYS[key]
+            value = {e[name]: e[item] for e in value}
+        elif key == "band":
+            value = {e["score"]: {"scored": e["scored"], "rescored": e["rescored"]} for e in value}
+        elif key == "source":
+            value = {k: v for k, v in value.items() if v is not None}
+        out[key] = value
+    return out
 
 
 def write_results_parquet(lines_path: Path, out: Path) -> None:

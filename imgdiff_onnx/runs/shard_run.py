@@ -36,6 +36,7 @@ from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, 
 from .progress import ProgressBar
 from .records import InputLine, process_lines
 from .runfile import OutputInUse, OutputLock, RunIdentity
+from .shard_results import FORMAT, RECORD, read_run_record
 from .shards import Shard, ShardError, list_shards, read_shard
 from .signals import GracefulStop, Interrupted
 
@@ -44,10 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORD = ".imgdiff-run.json"
 ERRORS = ".imgdiff-shard-errors.jsonl"
 LOCK = ".imgdiff-lock"
-FORMAT = "imgdiff-onnx-shards/1"
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
 
@@ -75,19 +74,6 @@ def _partial_of(results: Path) -> Path:
     """Where the results of a shard in flight are appended: `.NAME.jsonl.partial` beside its results."""
     jsonl = results.with_suffix(".jsonl")
     return jsonl.with_name(f".{jsonl.name}.partial")
-
-
-def _read_record(output: Path) -> dict | None:
-    path = output / RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path}: the run record cannot be read ({exc}); write to another --output") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise RunError(f"{path}: not a shard run record of this tool; write to another --output")
-    return record
 
 
 def _write_record(output: Path, record: dict) -> None:
@@ -123,7 +109,7 @@ def check_shard_output(shards: list[Shard], output: Path, options: RunOptions) -
     if not output.exists():
         check_writable_folder(output)
         return None
-    record = _read_record(output)
+    record = read_run_record(output)
     if record is None:
         foreign = sorted(p.name for p in output.iterdir() if p.name != LOCK and not p.name.startswith(f".{LOCK}"))
         if foreign:
