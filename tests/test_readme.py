@@ -9,8 +9,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .conftest import PAIR1, PAIR2, ROOT
@@ -88,3 +90,41 @@ def test_the_tuning_steps_run_as_written(tiny_models, tmp_path):
     assert (tmp_path / "results.jsonl").read_text() == (tmp_path / "fresh.jsonl").read_text()
     assert {p.name for p in (tmp_path / "sweep").iterdir()} == {"sweep.csv", "sweep.md", "sweep.png", "sweep.json"}
     assert "Threshold sweep" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_the_shard_steps_run_as_written_with_the_run_killed_in_the_middle(tiny_models, tmp_path):
+    """README's Parquet/WebDataset block: pack four pairs, run the shards and kill -9 the run as soon
+    as it has started writing, resume with the block's own command, and show the results folder."""
+    section = _section("Your dataset in Parquet or WebDataset")
+    [block] = _blocks(section, "bash")
+    commands = [shlex.split(line) for line in block.splitlines()]
+    assert [c[3] for c in commands] == ["pack", "run", "run", "show"] and commands[2] == commands[1] + ["--resume"]
+    shutil.copytree(tiny_models, tmp_path / "models", ignore=shutil.ignore_patterns("torch"))
+    (tmp_path / "img").mkdir()
+    with open(tmp_path / "pairs.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(4):
+            for which, source in ((1, PAIR1), (2, PAIR2)):
+                shutil.copy(source, tmp_path / "img" / f"{i}_{which}.jpg")
+            handle.write(json.dumps({"id": f"pair{i}", "caption1": "A plane in the sky.", "caption2": "A boat on the sea.",
+                                     "image_path1": f"img/{i}_1.jpg", "image_path2": f"img/{i}_2.jpg"}) + "\n")  # fmt: skip
+
+    def run(argv: list[str]) -> None:
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{argv}\n{proc.stderr[-3000:]}"
+
+    run(commands[0])
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [".imgdiff-pack", "00000.tar", "00001.tar"]
+    started = subprocess.Popen([sys.executable, *commands[1][1:]], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    record = tmp_path / "results" / ".imgdiff-run.json"
+    while not record.exists() and started.poll() is None:
+        time.sleep(0.005)
+    started.kill()  # kill -9, as soon as the models are loaded and the folder is claimed
+    assert started.wait() == -signal.SIGKILL
+    assert not (tmp_path / "results" / "00001.jsonl").exists()
+    run(commands[2])
+    rows = [json.loads(line) for name in ("00000.jsonl", "00001.jsonl") for line in (tmp_path / "results" / name).read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"pair{i}" for i in range(4)] and all(r["imgdiff"]["status"] == "ok" for r in rows)
+    assert [r["imgdiff"]["source"] for r in rows] == [{"shard": f"0000{i // 2}.tar", "key": f"{i + 1:09d}"} for i in range(4)]
+    run(commands[3])
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert '"id":"pair3"' in page and len(list((tmp_path / "report" / "img").iterdir())) == 4
