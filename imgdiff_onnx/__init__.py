@@ -11,6 +11,7 @@ from typing import Any
 from .engine.captions import CaptionDataMissing, objects_from_captions
 from .errors import CaptionDataError, ExportError, ImgDiffError, ModelFolderError, ModelRunError, RecordErrorBase, RunError
 from .engine.manifest import ManifestError
+from .imageio import ImageBytes
 from .pairs import BoxEvidence, PairError, PairFailure, PairInput, PairResult
 from .params import OperatorParams, PairSimilarityArgs, ParameterError, SegmentArgs, TextMatchingArgs
 from .settings import EngineSettings
@@ -33,6 +34,7 @@ __all__ = [
     "DifferenceAreaGenerator",
     "EngineSettings",
     "ExportError",
+    "ImageBytes",
     "ImgDiffError",
     "ManifestError",
     "ModelFolderError",

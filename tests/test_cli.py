@@ -229,7 +229,7 @@ def test_input_folder_and_resume_with_overwrite_are_refused(tiny_models, dataset
     args = _run_args(tiny_models, dataset, tmp_path / "out.jsonl")
     args[args.index("--input") + 1] = str(dataset.parent)
     proc = _cli(*args, check=False)
-    assert proc.returncode == 2 and "is a folder; give the JSONL file" in proc.stderr
+    assert proc.returncode == 2 and "--input names shards, so --output is a folder (one results file per shard); " in proc.stderr
     proc = _cli(*_run_args(tiny_models, dataset, tmp_path / "out.jsonl", "--resume", "--overwrite"), check=False)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
 

@@ -311,6 +311,8 @@ def test_the_output_folder_is_written_only_when_new_empty_or_a_run_of_this_tool(
         _run(shards, tmp_path / "afile")
     with pytest.raises(RunError, match="holds the input shard"):
         _run(shards, shards)
+    with pytest.raises(RunError, match="results.jsonl looks like a file name: give a folder"):
+        _run(shards, tmp_path / "results.jsonl")
 
 
 def test_a_second_run_on_a_locked_folder_is_refused(dataset, tmp_path):

@@ -107,6 +107,9 @@ def check_shard_output(shards: list[Shard], output: Path, options: RunOptions) -
     if output.exists() and not output.is_dir():
         raise RunError(f"--output {output} is a file; with shard inputs the results go into a folder, one file per shard")
     if not output.exists():
+        if output.suffix.lower() in (".jsonl", ".json", ".parquet", ".tar"):
+            raise RunError(f"--input names shards, so --output is a folder (one results file per shard); {output} looks like a file "
+                           "name: give a folder")  # fmt: skip
         check_writable_folder(output)
         return None
     record = read_run_record(output)
