@@ -78,8 +78,21 @@ def test_the_data_juicer_operator_defaults_as_the_engine():
 
 
 def test_readme_states_the_codes_defaults():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text() + (ROOT / "docs" / "reference.md").read_text()  # the reference holds the options
     stated = re.findall(r"--pairs-per-batch`?[^.]*?default (\d+)", readme)
     assert stated and all(int(n) == PAIRS_PER_BATCH for n in stated)
     assert ValidateOptions.pairs_per_batch == RunOptions.pairs_per_batch == PAIRS_PER_BATCH
     assert ValidateOptions.crop_batch_size == EngineSettings.crop_batch_size
+
+
+def test_every_option_of_every_command_is_in_the_reference_and_every_documented_option_exists():
+    """docs/reference.md's "Commands and their options" lists each command's options: none missing,
+    none that the parser lacks (checked to fail by removing a row and by adding one)."""
+    text = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    section = text[text.index("## Commands and their options") : text.index("\n## ", text.index("## Commands and their options") + 1)]
+    documented = {m.group(1): set(re.findall(r"^\| `(--[a-z0-9-]+)`", m.group(2), re.M))
+                  for m in re.finditer(r"^### (\S+)\n(.*?)(?=^### |\Z)", section, re.M | re.S)}  # fmt: skip
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsed = {name: {o for a in p._actions for o in a.option_strings if o.startswith("--")} - {"--help", "--debug"}
+              for name, p in sub.choices.items() if name != "export"}  # fmt: skip
+    assert documented == parsed
