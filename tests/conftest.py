@@ -121,7 +121,9 @@ def _tiny_export(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(_tiny_export) -> Path:
-    """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once per run."""
+    """A model folder with tiny random-init CLIP/BLIP/FastSAM, fp32 + int8, exported once per run
+    (started here if the run's start did not see that a test needs it)."""
+    _tiny_export.start()
     return _tiny_export.wait()
 
 
@@ -133,4 +135,6 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     needs: dict = {}
     for item in items:
         needs[item.path] = needs.get(item.path, False) or _needs_models(item)
+        if _needs_models(item):
+            item.add_marker(pytest.mark.models)
     items.sort(key=lambda item: (needs[item.path], item.get_closest_marker("xdist_group") is None))

@@ -105,6 +105,7 @@ def _wordnet_vocabulary() -> list[str]:
     return sorted(words)
 
 
+@pytest.mark.slow  # ~60 s: outside the fast tier
 def test_lemmatize_and_tag_equal_nltk_on_every_wordnet_lemma():
     """The reimplementation (no nltk import in the runtime) against NLTK itself, word by word."""
     import nltk

@@ -123,7 +123,7 @@ def test_crops_are_cut_when_read_and_match_the_windows(engine):
 
 
 @pytest.mark.parametrize("which", ["engine", "engine_int8"])
-def test_itm_scores_rows_of_the_embeddings_as_their_copy_would_score(request, which):
+def test_itm_scores_rows_of_the_embeddings_as_their_copy_would_score(request, which, tiny_models):
     engine = request.getfixturevalue(which)
     rgb = np.asarray(Image.open(PAIR1).convert("RGB"))
     crops = [np.ascontiguousarray(rgb[r : r + 200, c : c + 150]) for r, c in ((0, 0), (300, 200), (500, 600), (100, 700))]

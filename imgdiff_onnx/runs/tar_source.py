@@ -102,9 +102,9 @@ def read_tar(shard: Shard, columns: ColumnMap) -> Iterator[InputLine]:
                     handle = archive.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if len(data) != member.size:
-                        raise EOFError(f"member {member.name} is cut short")
+                        raise tarfile.ReadError(f"member {member.name} is cut short")
                 current.add(field, data, member.size)
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        except (tarfile.TarError, OSError, EOFError) as exc:
             where = f"after {count - 1 if current is not None else count} complete sample(s)"
             if current is not None:
                 current.problems.append(f"the tar ends inside this sample ({exc})")
