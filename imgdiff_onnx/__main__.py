@@ -244,7 +244,7 @@ def sweep(args: argparse.Namespace) -> int:
 def validate(args: argparse.Namespace) -> int:
     from .errors import ParameterError
     from .errors import RunError
-    from .review.outfolder import claim, named
+    from .runs.outfolder import claim, named
     from .review.validate import ValidateOptions, validate as run_validate
     from .review.validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
 
@@ -291,7 +291,7 @@ def demo(args: argparse.Namespace) -> int:
     from . import samples
     from .runs.jsonl import RunOptions, run as run_jsonl
     from .engine.manifest import MANIFEST_NAME
-    from .review.outfolder import claim, named
+    from .runs.outfolder import claim, named
     from .params import OperatorParams
     from .review.report import write_report
 

@@ -338,7 +338,7 @@ def test_show_into_a_folder_of_the_users_files_is_refused_and_removes_nothing(ti
     shutil.copy(hostile.parent / "b.jpg", photos / "img" / "holiday.jpg")
     before = {p.name: p.read_bytes() for p in (photos / "img").iterdir()}
     proc = _cli("show", "--input", str(results), "--out", str(photos), "--quiet")
-    assert proc.returncode == 2 and "holds files this command did not write (img)" in proc.stderr
+    assert proc.returncode == 2 and "holds files this tool did not write (img)" in proc.stderr
     assert {p.name: p.read_bytes() for p in (photos / "img").iterdir()} == before and not (photos / "index.html").exists()
     report = tmp_path / "report"
     for _ in range(2):  # a report folder is its own to rewrite
@@ -354,9 +354,9 @@ def test_validate_and_demo_refuse_a_folder_of_other_files_before_any_work(tiny_m
     (mine / "validation.md").write_text("my notes")
     (mine / "thesis.tex").write_text("precious")
     proc = _cli("validate", "--models", str(tiny_models), "--input", str(hostile), "--out", str(mine), "--quiet")
-    assert proc.returncode == 2 and "holds files this command did not write (thesis.tex)" in proc.stderr
+    assert proc.returncode == 2 and "holds files this tool did not write (thesis.tex)" in proc.stderr
     proc = _cli("demo", "--models", str(tiny_models), "--out", str(mine), "--quiet")
-    assert proc.returncode == 2 and "holds files this command did not write (thesis.tex, validation.md)" in proc.stderr
+    assert proc.returncode == 2 and "holds files this tool did not write (thesis.tex, validation.md)" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "validation.md"] and (mine / "validation.md").read_text() == "my notes"
 
 

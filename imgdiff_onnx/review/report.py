@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import outfolder
+from ..runs import outfolder
 from .drawing import GAP, PALETTE, side_by_side
 from ..errors import RunError
 from ..imageio import ImageLoadError, load_image

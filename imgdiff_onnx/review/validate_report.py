@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..engine import manifest as mf
-from . import outfolder
+from ..runs import outfolder
 from ..engine.band import SCORES, GuardBand, Margin
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..errors import ParameterError, RunError
 from .jsonl import input_batches
 from .jsonlines import count_lines
+from .outfolder import refuse_foreign
 from .progress import ProgressBar
 from .records import InputLine
 from ..settings import PAIRS_PER_SHARD
@@ -60,10 +61,7 @@ def _claim(out: Path) -> None:
     if out.is_dir():
         entries = list(out.iterdir())
         ours = (out / MARKER).is_file()
-        foreign = sorted(p.name for p in entries if p.name != MARKER and not (ours and _SHARD_NAME.match(p.name)))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise RunError(f"--out {out} holds files pack did not write ({shown}); give a new or empty folder")
+        refuse_foreign("--out", out, [p.name for p in entries if p.name != MARKER and not (ours and _SHARD_NAME.match(p.name))])
         for p in entries:
             if p.name != MARKER:
                 p.unlink()

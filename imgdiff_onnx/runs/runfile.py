@@ -32,6 +32,15 @@ class OutputInUse(RunError):
     """Another live process holds the results file."""
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (its entry, not only the file's data)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(f".{output.name}.{suffix}")
 

@@ -33,9 +33,10 @@ from ..engine.captions import ensure_available
 from ..errors import ParameterError, RunError
 from .columns import ColumnMap
 from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, cut_torn_tail, result_position, run_identity
+from .outfolder import refuse_foreign
 from .progress import ProgressBar
 from .records import InputLine, process_lines
-from .runfile import OutputInUse, OutputLock, RunIdentity
+from .runfile import OutputInUse, OutputLock, RunIdentity, fsync_folder
 from .shard_results import FORMAT, RECORD, read_run_record
 from .shards import Shard, ShardError, list_shards, read_shard
 from .signals import GracefulStop, Interrupted
@@ -85,15 +86,7 @@ def _write_record(output: Path, record: dict) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _sync_folder(output)
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(output)
 
 
 def check_shard_output(shards: list[Shard], output: Path, options: RunOptions) -> dict | None:
@@ -114,10 +107,7 @@ def check_shard_output(shards: list[Shard], output: Path, options: RunOptions) -
         return None
     record = read_run_record(output)
     if record is None:
-        foreign = sorted(p.name for p in output.iterdir() if p.name != LOCK and not p.name.startswith(f".{LOCK}"))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise RunError(f"--output {output} holds files this tool did not write ({shown}); give a new or empty folder")
+        refuse_foreign("--output", output, [p.name for p in output.iterdir() if p.name != LOCK and not p.name.startswith(f".{LOCK}")])
         return None
     if not (options.resume or options.overwrite):
         raise RunError(f"{output} holds the results of a run; pass --resume to continue it or --overwrite to start again")
@@ -243,7 +233,7 @@ class ShardFolder:
             partial.unlink()
         else:
             os.replace(partial, results)
-        _sync_folder(results.parent)
+        fsync_folder(results.parent)
 
     def shard_error(self, shard: Shard, message: str) -> None:
         with open(self.output / ERRORS, "a", encoding="utf-8") as handle:

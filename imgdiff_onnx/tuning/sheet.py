@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..pairs import ScoreSheet
+from ..runs.runfile import fsync_folder
 
 if TYPE_CHECKING:
     from ..engine.modelset import ModelSet
@@ -103,14 +104,6 @@ def scores_folder(results: Path) -> Path:
     return results.with_name(results.name + ".scores")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ScoreWriter:
     """Writes a run's kept scores; used by the results writer, under the results file's lock."""
 
@@ -150,7 +143,7 @@ class ScoreWriter:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.folder)
+        fsync_folder(self.folder)
 
 
 @dataclass(frozen=True)

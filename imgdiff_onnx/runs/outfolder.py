@@ -1,4 +1,4 @@
-"""Output folders of `show`, `validate` and `demo`: written only where nothing else would be lost.
+"""Output folders of `show`, `validate`, `demo` (and shard runs and `pack`): written only where nothing else would be lost.
 
 A command writes into `--out` when the folder is new or empty, or holds only what that command
 writes (an earlier report, validation or demo). Anything else there (a user's photos, their
@@ -27,16 +27,21 @@ def claim(folder: Path, kind: str, owns: Callable[[Path], bool]) -> None:
     if folder.is_dir():
         if marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == kind:
             return
-        foreign = sorted(p.name for p in folder.iterdir() if p.name != MARKER and not owns(p))
-        if foreign:
-            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise RunError(f"--out {folder} holds files this command did not write ({shown}); give a new or empty folder, "
-                           f"so that nothing of yours is replaced")  # fmt: skip
+        refuse_foreign("--out", folder, [p.name for p in folder.iterdir() if p.name != MARKER and not owns(p)])
     try:
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(kind + "\n", encoding="utf-8")
     except OSError as exc:
         raise RunError(f"--out {folder}: cannot write there ({exc.strerror or exc})") from None
+
+
+def refuse_foreign(option: str, folder: Path, foreign: list[str]) -> None:
+    """Refuse an output folder holding files this tool did not write, naming them (up to five)."""
+    if foreign:
+        foreign = sorted(foreign)
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunError(f"{option} {folder} holds files this tool did not write ({shown}); give a new or empty folder, "
+                       "so that nothing of yours is replaced")  # fmt: skip
 
 
 def named(*names: str) -> Callable[[Path], bool]:
