@@ -375,3 +375,17 @@ def test_a_signal_stops_after_the_batch_and_resume_completes_the_same_files(data
     assert (tmp_path / "out" / ".00001.jsonl.partial").is_file() and not (tmp_path / "out" / "00001.jsonl").exists()
     _run(shards, tmp_path / "out", RunOptions(progress=False, resume=True, pairs_per_batch=2))
     assert [content(r) for r in folder_rows(tmp_path / "out")] == [content(r) for r in reference]
+
+
+def test_bytes_that_are_not_an_image_and_a_caption_that_is_not_a_string_are_their_records_errors(dataset, tmp_path):
+    good = _sample("a", dataset)
+    members = good + [("b.img1.jpg", b"GIF89a not really"), ("b.img2.jpg", good[1][1]), ("b.json", b'{"caption1": "A cat.", "caption2": "A dog."}'),
+                      ("c.img1.jpg", good[0][1]), ("c.img2.jpg", good[1][1]), ("c.json", b'{"caption1": 5, "caption2": "A dog."}')]  # fmt: skip
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.tar").write_bytes(_tar(members))
+    stats = _run(tmp_path / "in", tmp_path / "out")
+    assert stats == {"ok": 1, "error": 2, "shard_errors": 0, "shards": 1}
+    rows = jsonl_rows(tmp_path / "out" / "s.jsonl")
+    assert [r["imgdiff"]["status"] for r in rows] == ["ok", "error", "error"]
+    assert rows[1]["imgdiff"]["error"] == "not an image (or an unsupported format): s.tar b.img1.jpg"
+    assert rows[2]["imgdiff"]["error"] == "caption1 must be a string, got int" and rows[2]["caption1"] == 5
