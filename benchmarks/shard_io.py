@@ -8,9 +8,11 @@ reading a large Parquet file and a large tar shard, and the results of the same 
    it (records, then both images decoded by the engine's rules), three interleaved rounds, CPU
    time of this process, page cache warm. With `--models`, the engine then runs the two pairs
    at the recipe's gates in this same process: the model cost the reading is compared with.
-2. Memory: one Parquet file and one tar of `--big-gb` GB each (the real pair's JPEGs, each made
-   distinct), read through by a child process each (records and both images decoded, no
-   engine); its peak RSS (VmHWM) against a child that imports the same modules and reads nothing.
+2. Memory: one Parquet file (in row groups of 1 GB) and one tar of `--big-gb` GB each (the real
+   pair's JPEGs, each made distinct), read through by a child process each (every record with its
+   image bytes; not decoded: a decode holds one image's pixels at a time, whatever the file, and
+   30,000 pairs of decodes would take a quarter of an hour); its peak RSS (VmHWM) against a child
+   that imports the same modules and reads nothing.
 3. Results: with `--models`, `run` on 6 pasted pairs as JSON Lines, Parquet and tar shards; the
    results rows are compared without where each came from.
 
@@ -56,8 +58,9 @@ def _dataset(work: Path, pairs: list[dict], count: int) -> Path:
     return work / "pairs.jsonl"
 
 
-def read_all(spec: str) -> int:
-    """Every record of `spec` (a JSON Lines file or shards) read and both images decoded, as a run does."""
+def read_all(spec: str, decode: bool = True) -> int:
+    """Every record of `spec` (a JSON Lines file or shards) read and, with `decode`, both images
+    decoded, as a run does."""
     from imgdiff_onnx.imageio import load_image
     from imgdiff_onnx.runs.columns import ColumnMap
     from imgdiff_onnx.runs.shards import is_shard_input, list_shards, read_shard
@@ -71,8 +74,9 @@ def read_all(spec: str) -> int:
         lines = (line for batch in input_batches(Path(spec), 0, None, 64) for line in batch)
     for line in lines:
         assert line.pair is not None, line.error
-        load_image(line.pair.image1)
-        load_image(line.pair.image2)
+        if decode:
+            load_image(line.pair.image1)
+            load_image(line.pair.image2)
         n += 1
     return n
 
@@ -141,7 +145,7 @@ def _child_peak(spec: str | None) -> dict:
     """Peak RSS of a child that reads `spec` through (None: imports the same modules, reads nothing)."""
     code = ("import sys, time; from benchmarks.shard_io import read_all; from benchmarks.machine import process_memory_mb; "
             "import imgdiff_onnx.runs.parquet_source, imgdiff_onnx.runs.tar_source, pyarrow.parquet; "
-            "t = time.process_time(); n = read_all(sys.argv[1]) if sys.argv[1] != '-' else 0; "
+            "t = time.process_time(); n = read_all(sys.argv[1], decode=False) if sys.argv[1] != '-' else 0; "
             "print(n, process_memory_mb('VmHWM'), time.process_time() - t)")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code, spec or "-"], cwd=ROOT, capture_output=True, text=True, check=True)
     n, peak, cpu = proc.stdout.split()
