@@ -17,6 +17,7 @@ reading a large Parquet file and a large tar shard, and the results of the same 
    results rows are compared without where each came from.
 
     python -m benchmarks.shard_io --out benchmarks/results/shard_io --models models-full-b6 [--pairs 200] [--big-gb 5]
+    python -m benchmarks.shard_io --out benchmarks/results/shard_io_rg64 --skip-cost --big-gb 5 --row-group-mb 64
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _engine_cost(models: Path, pairs: list[dict]) -> dict:
             "peak_rss_mb": result["peak_rss_mb"]}  # fmt: skip
 
 
-def _big(work: Path, gigabytes: float) -> dict[str, Path]:
-    """One Parquet file and one tar of about `gigabytes` GB of the real pair's JPEGs (made distinct)."""
+def _big(work: Path, gigabytes: float, row_group_mb: float = 1000) -> dict[str, Path]:
+    """One Parquet file (row groups of `row_group_mb` MB) and one tar of about `gigabytes` GB of
+    the real pair's JPEGs (made distinct)."""
     import io
     import tarfile
 
@@ -121,8 +123,8 @@ def _big(work: Path, gigabytes: float) -> dict[str, Path]:
     out["parquet"].parent.mkdir(parents=True, exist_ok=True)
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     schema = pa.schema([("image_path1", image), ("image_path2", image), ("caption1", pa.string()), ("caption2", pa.string())])
-    # one row group of ~1 GB: the layout a Hugging Face image dataset may have
-    rows_per_group = int(1e9 / (len(images[0]) + len(images[1])))
+    # by default row groups of ~1 GB: the layout a Hugging Face image dataset may have
+    rows_per_group = max(1, int(row_group_mb * 1e6 / (len(images[0]) + len(images[1]))))
     with pq.ParquetWriter(out["parquet"], schema, compression="none", use_dictionary=False) as writer, \
             tarfile.open(out["webdataset"], "w") as archive:  # fmt: skip
         for start in range(0, count, rows_per_group):
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, help="full-size model folder (the recipe case's: --fastsam-class-bias -6.0)")
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--big-gb", type=float, default=5.0)
+    parser.add_argument("--row-group-mb", type=float, default=1000, help="the big Parquet file's row groups (default 1000 MB)")
+    parser.add_argument("--skip-cost", action="store_true", help="only the big files' memory")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     from benchmarks.data_juicer_peer import _pairs
@@ -190,15 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"cpu": cpu_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         pairs = _pairs(SHARED, "pasted", work / "pasted")
-        record["reading"] = _cost(work, pairs, args.pairs)
+        record["reading"] = {} if args.skip_cost else _cost(work, pairs, args.pairs)
         if args.models:
             record["engine"] = _engine_cost(args.models, pairs)
             for name, row in record["reading"].items():
                 row["share_of_engine_cpu"] = row["cpu_ms_per_pair_best"] / 1000 / record["engine"]["cpu_s_per_pair"]
             record["results"] = _results(work, args.models, pairs)
         if args.big_gb > 0:
-            files = _big(work, args.big_gb)
-            record["big"] = {"gigabytes": {k: p.stat().st_size / 1e9 for k, p in files.items()}, "baseline": _child_peak(None)}
+            files = _big(work, args.big_gb, args.row_group_mb)
+            record["big"] = {"row_group_mb": args.row_group_mb, "gigabytes": {k: p.stat().st_size / 1e9 for k, p in files.items()}, "baseline": _child_peak(None)}
             for name, path in files.items():
                 record["big"][name] = _child_peak(str(path))
                 (path).unlink()
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     big = record.get("big", {})
     for name in ("jsonl + files", "parquet", "webdataset"):
-        reading = record["reading"][name]
+        reading = record["reading"].get(name, {"cpu_ms_per_pair_best": float("nan")})
         share = reading.get("share_of_engine_cpu")
         peak = big.get(name)
         rows.append([name, f"{reading['cpu_ms_per_pair_best']:.1f}", f"{100 * share:.2f}%" if share is not None else "-",

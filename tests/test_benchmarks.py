@@ -203,3 +203,15 @@ def test_batch_memory_benchmark_scores_growing_batches(tiny_models, tmp_path):
     rows = json.loads((out / "batch_memory.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [1, 2] and rows[1]["candidates"] == 2 * rows[0]["candidates"] > 0
     assert not rows[1]["errors"] and all(r["peak_rss_mb"] >= r["rss_ready_mb"] > 0 for r in rows)
+
+
+def test_shard_benchmarks_measure_reading_memory_results_and_resume(tiny_models, tmp_path):
+    from benchmarks import shard_io, shard_resume
+
+    assert shard_io.main(["--out", str(tmp_path / "io"), "--models", str(tiny_models), "--pairs", "3", "--big-gb", "0.02"]) == 0
+    record = json.loads((tmp_path / "io" / "shard_io.json").read_text())
+    assert set(record["reading"]) == {"jsonl + files", "parquet", "webdataset"}
+    assert all(r["identical_to_jsonl"] and r["rows"] == 6 for r in record["results"].values())
+    assert record["big"]["parquet"]["records"] == record["big"]["webdataset"]["records"] > 0
+    assert shard_resume.main(["--models", str(tiny_models), "--out", str(tmp_path / "resume"), "--shards", "12"]) == 0
+    assert json.loads((tmp_path / "resume" / "shard_resume.json").read_text())["shards"] == 12
