@@ -62,10 +62,33 @@ def test_strides_and_the_rule_on_the_tiny_graph(tiny_models):
     assert len(ck.select_convs(model, EVERY_INT8_CONV)) == len(ck._weight_dequantizers(model)) > 40
 
 
+# On some CPUs onnxruntime's int8 convolutions do not give the shifted weights (w - 1, zero point
+# -1) the same outputs bit for bit (seen on an AMD EPYC with AVX2 and no VNNI; saturating u8 x s8
+# products are the likely cause): there the export keeps no variant (checked below on every CPU),
+# and the tests of a kept variant cannot run.
+NOT_EXACT_HERE = "this CPU's int8 convolutions do not reproduce the shifted weights bit for bit, so no variant is kept here"
+
+
+def _build_or_skip(src, dst):
+    record = ck.build(src, dst, _samples(), EVERY_INT8_CONV)
+    if record is None:
+        pytest.skip(NOT_EXACT_HERE)
+    return record
+
+
+def test_a_variant_is_kept_exactly_where_it_reproduces_the_graph_on_this_cpu(tiny_models, tmp_path):
+    src = tiny_models / "fastsam.int8.onnx"
+    model = onnx.load(str(src))
+    assert ck.write_gemm_variant(model, tmp_path / "written.onnx", ck.select_convs(model, EVERY_INT8_CONV)) > 40
+    exact = ck.same_outputs(src, tmp_path / "written.onnx", _samples())
+    record = ck.build(src, tmp_path / "built.onnx", _samples(), EVERY_INT8_CONV)
+    assert (record is not None) is exact and (tmp_path / "built.onnx").exists() is exact
+
+
 def test_the_variant_shifts_the_weights_and_gives_the_same_outputs(tiny_models, tmp_path):
     src, dst = tiny_models / "fastsam.int8.onnx", tmp_path / "fastsam.int8.amx.onnx"
-    record = ck.build(src, dst, _samples(), EVERY_INT8_CONV)
-    assert record is not None and record["file"] == dst.name and record["identical_outputs_on"] == 2
+    record = _build_or_skip(src, dst)
+    assert record["file"] == dst.name and record["identical_outputs_on"] == 2
     before, after = _weights(src), _weights(dst)
     assert record["convs"] == len(before) > 40
     for name, (weight, zero_point) in before.items():
@@ -89,7 +112,7 @@ def test_the_identity_check_catches_a_wrong_rewrite(tiny_models, tmp_path):
 def _folder_with_variant(tiny_models, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(tiny_models, folder, ignore=shutil.ignore_patterns("torch"))
-    record = ck.build(folder / "fastsam.int8.onnx", folder / mf.amx_graph_file("fastsam", "int8"), _samples(), EVERY_INT8_CONV)
+    record = _build_or_skip(folder / "fastsam.int8.onnx", folder / mf.amx_graph_file("fastsam", "int8"))
     data = json.loads((folder / mf.MANIFEST_NAME).read_text())
     data["graphs"]["fastsam"]["int8"]["amx_variant"] = record
     data["files"][record["file"]] = {"bytes": (folder / record["file"]).stat().st_size, "sha256": integrity.sha256(folder / record["file"])}
