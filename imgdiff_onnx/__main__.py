@@ -248,7 +248,11 @@ def validate(args: argparse.Namespace) -> int:
     from .review.validate import ValidateOptions, validate as run_validate
     from .review.validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
 
-    if not args.input.is_file():
+    from .runs.shards import is_shard_input, list_shards
+
+    if is_shard_input(args.input):
+        list_shards(args.input)  # they exist
+    elif not args.input.is_file():
         raise RunError(f"input file not found: {args.input}")
     claim(args.out, "validation", named(*OUTPUT_NAMES))  # before the long runs, not after them
     try:
@@ -453,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _tuning_commands(command)
     v = command("validate", help="measure what int8 changes on your own pairs and recommend a precision per model")
     v.add_argument("--models", type=Path, required=True, help="model folder with fp32 and int8 graphs")
-    v.add_argument("--input", type=Path, required=True, help="JSONL of your pairs (as for run)")
+    v.add_argument("--input", type=Path, required=True, help="your pairs: a JSONL file or shards (as for run)")
     v.add_argument("--out", type=Path, required=True, help="folder for validation.json, validation.md, validation.png")
     v.add_argument("--params", type=Path, help="your thresholds: JSON or YAML with Data-Juicer's three parameter dicts")
     v.add_argument("--limit", type=int, help="validate on the first N input lines")

@@ -63,3 +63,16 @@ def test_a_run_killed_in_the_middle_of_a_shard_and_resumed_writes_the_same_files
     for name in ("00000.jsonl", "00001.jsonl", "00002.jsonl"):
         assert (runs / "killed" / name).read_bytes() == (runs / "webdataset-results" / name).read_bytes(), name
     assert not list((runs / "killed").glob(".*.partial"))
+
+
+def test_validate_on_shards_measures_what_it_measures_on_the_json_lines_file(runs, tiny_models):
+    import json
+
+    for name, spec in (("val-jsonl", "pairs.jsonl"), ("val-shards", "webdataset-shards/*.tar")):
+        _cli(runs, "validate", "--models", str(tiny_models), "--input", spec, "--out", name, "--params", "open.yaml", "--limit", "2")
+    a, b = (json.loads((runs / name / "validation.json").read_text()) for name in ("val-jsonl", "val-shards"))
+    assert a["pairs"] == b["pairs"] == 2 and a["pair_errors"] == b["pair_errors"]
+    assert [c["figures"] for c in a["configs"]] == [c["figures"] for c in b["configs"]]
+    numbers = ("max_error_here", "compared", "scored", "rescored")
+    assert {s: {k: v.get(k) for k in numbers} for s, v in a["guard_band"]["scores"].items()} == \
+        {s: {k: v.get(k) for k in numbers} for s, v in b["guard_band"]["scores"].items()}  # fmt: skip

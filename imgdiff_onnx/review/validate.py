@@ -33,7 +33,8 @@ import numpy as np
 from ..engine import boxes as bx
 from ..engine.band import SAFETY, SCORE_MODEL, SCORES, BandTally, GuardBand, Margin
 from ..errors import ModelFolderError, ParameterError, RunError
-from ..runs.jsonl import input_batches
+from ..runs.records import source_text
+from ..runs.shards import input_lines
 from ..engine.manifest import read as read_manifest
 from ..engine.modelset import ModelSet, SessionPool, resolve_precision
 from ..params import OperatorParams
@@ -277,14 +278,14 @@ def band_figures(
 
 
 def read_pairs(input_path: Path, limit: int | None) -> tuple[list[PairInput], list[str]]:
-    """The input's pairs, and the errors of lines that are not records (skipped, reported)."""
+    """The input's pairs (a JSON Lines file or shards; held in memory, images too when they come
+    as bytes), and the errors of records that cannot be read (skipped, reported)."""
     pairs, errors = [], []
-    for batch in input_batches(input_path, 0, limit, 256):
-        for line in batch:
-            if line.pair is None:
-                errors.append(f"line {line.number}: {line.error}")
-            else:
-                pairs.append(line.pair)
+    for line in input_lines(input_path, limit):
+        if line.pair is None:
+            errors.append(f"{source_text(line.source) if line.source else f'line {line.number}'}: {line.error}")
+        else:
+            pairs.append(line.pair)
     return pairs, errors
 
 

@@ -16,6 +16,8 @@ Parquet shard is read.
 from __future__ import annotations
 
 import glob
+import itertools
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from pathlib import Path
 from ..errors import RunError
 from .columns import ColumnMap
 from .records import InputLine
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".parquet": "parquet", ".tar": "webdataset", ".jsonl": "jsonl"}
 MAX_SHARDS = 1_000_000  # one listing's worth; more is a mistake in the pattern
@@ -151,7 +155,27 @@ def read_shard(shard: Shard, columns: ColumnMap, image_root: Path | None) -> Ite
     return _read_jsonl(shard)
 
 
-def _read_jsonl(shard: Shard) -> Iterator[InputLine]:
+def input_lines(spec: str | Path, limit: int | None = None) -> Iterator[InputLine]:
+    """The records of one JSON Lines file or of the shards `spec` names, in order, at most `limit`;
+    a shard that stops being readable ends its records (logged) and the next shard follows."""
+    if not is_shard_input(spec):
+        yield from itertools.islice(_read_jsonl(Shard(Path(spec), Path(spec).name, "jsonl"), sourced=False), limit)
+        return
+    count = 0
+    for shard in list_shards(spec):
+        try:
+            for line in read_shard(shard, ColumnMap(), None):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield line
+        except ShardError as exc:
+            log.warning("shard %s: %s", shard.name, exc)
+
+
+def _read_jsonl(shard: Shard, sourced: bool = True) -> Iterator[InputLine]:
+    """A JSON Lines file's records (relative image paths against its folder); `sourced`: each
+    names the shard and row it came from, as a shard's records do."""
     from .jsonlines import read_lines
     from .records import parse_line
 
@@ -159,7 +183,8 @@ def _read_jsonl(shard: Shard) -> Iterator[InputLine]:
     try:
         for raw in read_lines(shard.path):
             line = parse_line(raw, base)
-            line.source = {"shard": shard.name, "row": raw.number}
+            if sourced:
+                line.source = {"shard": shard.name, "row": raw.number}
             yield line
     except OSError as exc:
         raise ShardError(f"cannot read it ({exc.strerror or exc})") from None
