@@ -94,14 +94,11 @@ def result_position(raw: bytes) -> tuple[object, object]:
     return fields["line"], fields.get("input_digest")
 
 
-def _completed_lines(output: Path, input_path: Path) -> int:
-    """Complete lines already in `output`, each checked against its input line (number and
-    digest), both files streamed; a torn last line (crash mid-write) is cut off."""
-    if not output.exists():
-        return 0
+def written_positions(output: Path) -> Iterator[tuple[int, str]]:
+    """(input line, input digest) of each complete results line of `output`, in order, after a
+    torn last line (a crash mid-write) is cut off; RunError for a line that is not a result line
+    or not the next one of a single run."""
     cut_torn_tail(output)
-    inputs = read_lines(input_path)
-    done = 0
     with open(output, "rb") as handle:
         for i, raw in enumerate(handle, start=1):
             try:
@@ -110,11 +107,22 @@ def _completed_lines(output: Path, input_path: Path) -> int:
                 raise RunError(f"{output}: line {i} is not a result line of this tool; refusing to resume into it") from None
             if number != i:
                 raise RunError(f"{output}: line {i} holds the result of input line {number}; not a prefix of one run")
-            expected = next(inputs, None)
-            if expected is None or digest != expected.digest:
-                raise RunError(f"{output}: line {i} is the result of another input line {i} than {input_path}'s (the input changed?); "
-                               "resume only with the input that started the file")  # fmt: skip
-            done = i
+            yield number, str(digest)
+
+
+def _completed_lines(output: Path, input_path: Path) -> int:
+    """Complete lines already in `output`, each checked against its input line (number and
+    digest), both files streamed."""
+    if not output.exists():
+        return 0
+    inputs = read_lines(input_path)
+    done = 0
+    for i, digest in written_positions(output):
+        expected = next(inputs, None)
+        if expected is None or digest != expected.digest:
+            raise RunError(f"{output}: line {i} is the result of another input line {i} than {input_path}'s (the input changed?); "
+                           "resume only with the input that started the file")  # fmt: skip
+        done = i
     return done
 
 
@@ -228,7 +236,6 @@ class ResultWriter:
         self._identity = identity if self.done == 0 else None
         self._real = real
         self.tally = LineTally()
-        self.stats, self.band = self.tally.stats, self.tally.band
         self._scores = None if self._scores_meta is None else ScoreWriter(real, self._scores_meta, self.done, self.done == 0)
         self._bar = ProgressBar(self.total, options.progress, initial=self.done)
         self._out = open(real, "ab")
@@ -254,6 +261,11 @@ class ResultWriter:
         self.tally.add(lines)
         append_synced(self._out, lines)
         self._bar.update(len(lines))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of the ok and error lines written now."""
+        return self.tally.stats
 
     @property
     def written(self) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..engine.captions import ensure_available
 from ..errors import ParameterError, RunError
 from .columns import ColumnMap
-from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, cut_torn_tail, result_position, run_identity
+from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, run_identity, written_positions
 from .outfolder import refuse_foreign
 from .progress import ProgressBar
 from .records import InputLine, process_lines
@@ -198,20 +198,7 @@ class ShardFolder:
     def done_rows(self, shard: Shard) -> list[tuple[int, str]]:
         """(row, digest) of the rows of `shard` already in its partial results (a torn last line cut)."""
         partial = _partial(self.output, shard)
-        if not partial.exists():
-            return []
-        cut_torn_tail(partial)
-        rows = []
-        with open(partial, "rb") as handle:
-            for i, raw in enumerate(handle, start=1):
-                try:
-                    number, digest = result_position(raw)
-                except (ValueError, KeyError, TypeError):
-                    number, digest = None, None
-                if number != i:
-                    raise RunError(f"{partial}: line {i} is not the result of row {i} of {shard.name}; remove the file to redo the shard")
-                rows.append((number, digest))
-        return rows
+        return list(written_positions(partial)) if partial.exists() else []
 
     def open_partial(self, shard: Shard):
         partial = _partial(self.output, shard)
@@ -291,8 +278,7 @@ def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, o
     s = engine.settings
     if s.keep_scores:
         raise RunError("--keep-scores is for a JSON Lines input and output; with shards, run without it")
-    spec = str(input_spec) if "://" in str(input_spec) else os.path.abspath(input_spec)
-    identity = run_identity(Path(spec), engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options)
+    identity = run_identity(Path(input_spec), engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options)
     folder = ShardFolder(shards, output, options, shard_options, _settings(identity, shard_options))
     tally = LineTally()
     shard_errors = 0

@@ -158,17 +158,17 @@ def read_shard(shard: Shard, columns: ColumnMap, image_root: Path | None) -> Ite
 def input_lines(spec: str | Path, limit: int | None = None) -> Iterator[InputLine]:
     """The records of one JSON Lines file or of the shards `spec` names, in order, at most `limit`;
     a shard that stops being readable ends its records (logged) and the next shard follows."""
-    if not is_shard_input(spec):
-        yield from itertools.islice(_read_jsonl(Shard(Path(spec), Path(spec).name, "jsonl"), sourced=False), limit)
-        return
-    count = 0
-    for shard in list_shards(spec):
+    if is_shard_input(spec):
+        lines = _every_shards_lines(list_shards(spec))
+    else:
+        lines = _read_jsonl(Shard(Path(spec), Path(spec).name, "jsonl"), sourced=False)
+    return itertools.islice(lines, limit)
+
+
+def _every_shards_lines(shards: list[Shard]) -> Iterator[InputLine]:
+    for shard in shards:
         try:
-            for line in read_shard(shard, ColumnMap(), None):
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield line
+            yield from read_shard(shard, ColumnMap(), None)
         except ShardError as exc:
             log.warning("shard %s: %s", shard.name, exc)
 
