@@ -31,7 +31,7 @@ from benchmarks.data_juicer_peer import _pairs
 from benchmarks.machine import cpu_description
 from imgdiff_onnx.runs.jsonlines import line_digest
 from imgdiff_onnx.pairs import ScoreSheet
-from imgdiff_onnx.tuning.sheet import KeptScoresMeta, ScoreWriter, read_sheets, scores_folder
+from imgdiff_onnx.runs.scores import KeptScoresMeta, ScoreWriter, read_sheets, scores_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 STRICTER = {"image_pair_similarity_filter_args": {"min_score_1": 0.1, "max_score_1": 0.98, "min_score_2": 0.1, "max_score_2": 0.9},

@@ -393,14 +393,14 @@ def _crop_batch_option(p: argparse.ArgumentParser) -> None:
 def _tuning_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """`retune` and `sweep`: decisions again from a --keep-scores run's scores."""
     t = command("retune", help="decide a --keep-scores run again at other similarity / ITM thresholds, without the models")
-    t.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores` (its scores are in INPUT.scores/)")
+    t.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores` (its scores are in INPUT.scores/), or the results folder of such a run on shards")
     t.add_argument("--params", type=Path, required=True, help="the new thresholds: JSON or YAML with Data-Juicer's parameter dicts, or a recipe")
-    t.add_argument("--output", type=Path, required=True, help="JSONL results, as `run` with --params would write them")
+    t.add_argument("--output", type=Path, required=True, help="JSONL results (a folder for a folder), as `run` with --params would write them")
     t.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     t.add_argument("--models", type=Path, help="the run's model folder, if it moved (for the few fp32 scores a banded model needs)")
     t.add_argument("--quiet", action="store_true", help="warnings and errors only, no progress bar")
     w = command("sweep", help="pairs kept, boxes per pair and exit reasons over a grid of one or two thresholds of a --keep-scores run")
-    w.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores`")
+    w.add_argument("--input", type=Path, required=True, help="results JSONL of `run --keep-scores`, or the results folder of such a run on shards")
     w.add_argument("--vary", action="append", required=True, metavar="NAME=START:STOP:STEP",
                    help="a threshold and its grid, e.g. max_score_2=0.80:1.00:0.02 (once or twice)")
     w.add_argument("--out", type=Path, required=True, help="folder for sweep.csv, sweep.md, sweep.png, sweep.json")

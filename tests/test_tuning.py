@@ -24,7 +24,7 @@ from imgdiff_onnx.tuning import KeptRun, retune_file
 from imgdiff_onnx.engine.decide import _first_matches, _Tally
 from imgdiff_onnx.tuning.retune import RetuneOptions
 from imgdiff_onnx.pairs import ScoreSheet
-from imgdiff_onnx.tuning.sheet import pack, scores_folder, unpack
+from imgdiff_onnx.runs.scores import pack, scores_folder, unpack
 from imgdiff_onnx.tuning.sweep import parse_axis, sweep_file
 
 from .conftest import DATA, PAIR1, PAIR_CAPTIONS

@@ -323,7 +323,7 @@ class DifferenceAreaGenerator:
 
     def _keep_block(self, block: list[tuple[_Pair, Window]]) -> None:
         """Keeping scores: the crop-pair similarity of each window and the ITM probability of each
-        crop with every word of its side (imgdiff_onnx.tuning.sheet)."""
+        crop with every word of its side (imgdiff_onnx.runs.scores)."""
         t = time.perf_counter()
         scores, same = self._crop_pair_scores(block)
         for (p, win), s, k in zip(block, scores, same):

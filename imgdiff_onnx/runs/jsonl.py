@@ -18,11 +18,9 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.band import BandTally
 from ..engine.captions import ensure_available
 from ..errors import ParameterError, RunError
 from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
@@ -30,11 +28,12 @@ from ..engine.manifest import Manifest
 from ..params import OperatorParams
 from ..engine.pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
-from .records import RESULT_KEY, InputLine, OutputLine, parse_line, process_lines
+from .loop import LineTally, append_results, run_batches
+from .records import RESULT_KEY, InputLine, OutputLine, parse_line
 from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
 from ..settings import PAIRS_PER_BATCH
 from .signals import GracefulStop, Interrupted
-from ..tuning.sheet import ScoreWriter, drop_scores, kept_scores_meta
+from .scores import ScoreWriter, drop_scores, kept_scores_meta
 
 log = logging.getLogger(__name__)
 
@@ -153,35 +152,6 @@ def is_results_file(path: Path) -> bool:
     return number == 1 and isinstance(digest, str)
 
 
-class LineTally:
-    """Counts of the result lines written (ok, error) and their guard-band tally; logs each error."""
-
-    def __init__(self) -> None:
-        self.stats = {"ok": 0, "error": 0}
-        self.band = BandTally.empty()  # the guard band's scores and re-scores of the lines written now
-
-    def add(self, lines: list[OutputLine]) -> None:
-        for line in lines:
-            if line.band:
-                self.band.merge(line.band)
-            if line.error is None:
-                self.stats["ok"] += 1
-            else:
-                self.stats["error"] += 1
-                log.warning("%s", line.error)
-
-    def log_band(self) -> None:
-        if self.band.scored:
-            log.info("guard band: scores within the margin of a threshold, re-scored in fp32: %s", self.band.describe())
-
-
-def append_synced(handle: BinaryIO, lines: list[OutputLine]) -> None:
-    """Append the lines' text and make it durable (a crash loses at most the batch in flight)."""
-    handle.write("".join(line.text + "\n" for line in lines).encode("utf-8"))
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 class ResultWriter:
     """Appends result lines in input order, fsync'ed per batch, with counts and a progress bar.
 
@@ -255,11 +225,7 @@ class ResultWriter:
         if not lines:
             return
         self._begin()
-        if self._scores is not None:  # before the lines: every result line of the file has its scores
-            kept = [line for line in lines if line.scores is not None]
-            self._scores.write([ln.number for ln in kept], [ln.digest for ln in kept], [ln.scores for ln in kept])  # type: ignore[misc]
-        self.tally.add(lines)
-        append_synced(self._out, lines)
+        append_results(self._out, lines, self.tally, self._scores)
         self._bar.update(len(lines))
 
     @property
@@ -358,8 +324,6 @@ def run(engine: DifferenceAreaGenerator, input_path: Path, output_path: Path, op
     identity = run_identity(input_path, engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options, s.keep_scores)
     meta = kept_scores_meta(engine.models, engine.params, s.jpeg_roundtrip) if s.keep_scores else None
     with GracefulStop() as stop, ResultWriter(input_path, output_path, options, identity, meta) as writer:
-        for batch in input_batches(input_path, writer.done, options.limit, options.pairs_per_batch):
-            writer.write(process_lines(engine, batch, options.timings))
-            if stop.signum is not None:
-                raise writer.interrupted(stop.signum)
+        batches = input_batches(input_path, writer.done, options.limit, options.pairs_per_batch)
+        run_batches(engine, batches, writer, stop, writer.interrupted, options.timings)
     return writer.stats

@@ -31,7 +31,7 @@ from imgdiff_onnx.engine.modelset import ModelSet
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings
 from imgdiff_onnx.runs.records import InputLine, OutputLine, error_output, process_lines
-from imgdiff_onnx.tuning.sheet import kept_scores_meta
+from imgdiff_onnx.runs.scores import kept_scores_meta
 from imgdiff_onnx.runs.signals import GracefulStop
 
 log = logging.getLogger(__name__)

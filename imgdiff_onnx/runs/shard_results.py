@@ -15,6 +15,7 @@ from .shards import Shard, ShardError, list_shards, read_shard
 
 RECORD = ".imgdiff-run.json"
 FORMAT = "imgdiff-onnx-shards/1"
+ERRORS = ".imgdiff-shard-errors.jsonl"  # the shards that could not be read to their end
 
 
 def read_run_record(output: Path) -> dict | None:
@@ -35,16 +36,22 @@ def is_results_folder(path: Path) -> bool:
     return path.is_dir() and (path / RECORD).is_file()
 
 
-def results_rows(folder: Path) -> Iterator[tuple[str, dict]]:
-    """(shard name, results row) of every committed shard, in shard order, rows in order."""
+def committed_results(folder: Path) -> Iterator[tuple[str, Path]]:
+    """(shard name, results file) of every committed shard of the run in `folder`, in shard order."""
     record = read_run_record(folder)
     if record is None:
         raise RunError(f"{folder} is not the output folder of a shard run (no {RECORD})")
     for name in sorted(record["shards"]):
         entry = record["shards"][name]
-        path = folder / str(entry.get("results", ""))
-        if not path.is_file() or not entry.get("results"):
-            continue
+        written = str(entry.get("results", "")) if isinstance(entry, dict) else ""
+        path = folder / written
+        if written and path.is_file() and path.resolve().is_relative_to(folder.resolve()):
+            yield name, path
+
+
+def results_rows(folder: Path) -> Iterator[tuple[str, dict]]:
+    """(shard name, results row) of every committed shard, in shard order, rows in order."""
+    for name, path in committed_results(folder):
         if path.suffix == ".parquet":
             from .parquet_sink import read_results_parquet
 

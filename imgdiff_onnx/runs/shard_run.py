@@ -13,6 +13,9 @@ shard's size and modification time when the run started) and the shard errors
 shard in flight after its last written batch (its rows read again and checked against what was
 written), and refuses a shard that changed since, by name. A shard that stops being readable is
 one error line; what was read of it before is committed, and the run goes on with the next.
+With kept scores (`--keep-scores`), each shard's are beside its results (`NAME.jsonl.scores/`,
+imgdiff_onnx.runs.scores), written before the rows they belong to, so `retune` and `sweep` take
+the folder as they take a results file.
 
 The output folder follows a JSON Lines run's rules: written only when it is new or empty, or
 holds a run of this tool (then with --resume or --overwrite); --overwrite removes only the files
@@ -27,17 +30,19 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..engine.captions import ensure_available
 from ..errors import ParameterError, RunError
 from .columns import ColumnMap
-from .jsonl import LineTally, RunOptions, append_synced, check_writable_folder, run_identity, written_positions
+from .jsonl import RunOptions, check_writable_folder, run_identity, written_positions
+from .loop import AppendSink, LineTally, run_batches
 from .outfolder import refuse_foreign
 from .progress import ProgressBar
-from .records import InputLine, process_lines
+from .records import InputLine
 from .runfile import OutputInUse, OutputLock, RunIdentity, fsync_folder
-from .shard_results import FORMAT, RECORD, read_run_record
+from .scores import ScoreWriter, drop_scores, kept_scores_meta
+from .shard_results import ERRORS, FORMAT, RECORD, read_run_record
 from .shards import Shard, ShardError, list_shards, read_shard
 from .signals import GracefulStop, Interrupted
 
@@ -46,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ERRORS = ".imgdiff-shard-errors.jsonl"
 LOCK = ".imgdiff-lock"
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
@@ -65,10 +69,6 @@ class ShardOptions:
 
     def suffix(self) -> str:
         return "." + self.output_format
-
-
-def _partial(output: Path, shard: Shard) -> Path:
-    return _partial_of(output / shard.results_name(".jsonl"))
 
 
 def _partial_of(results: Path) -> Path:
@@ -135,7 +135,10 @@ class ShardFolder:
     """The output folder of a shard run, locked for its lifetime: which shards are done, where
     each one's results go, and the commit of a finished shard."""
 
-    def __init__(self, shards: list[Shard], output: Path, options: RunOptions, shard_options: ShardOptions, settings: dict):
+    def __init__(self, shards: list[Shard], output: Path, options: RunOptions, shard_options: ShardOptions, settings: dict,
+                 entries: dict[str, dict] | None = None):  # fmt: skip
+        """`entries`: each shard's record entry (its identity and results name), when not the
+        `shards`' own now (a retune writes the entries of the run it retunes)."""
         self.output = output
         self.shard_options = shard_options
         old = check_shard_output(shards, output, options)
@@ -148,16 +151,16 @@ class ShardFolder:
             raise RunError(f"--output {output}: cannot write there ({exc.strerror or exc})") from None
         try:
             old = check_shard_output(shards, output, options)  # again, now that no other run can change it
-            self.record = self._start(shards, old, options, settings)
+            self.record = self._start(shards, old, options, settings, entries)
         except BaseException:
             self._lock.release()
             raise
 
-    def _start(self, shards: list[Shard], old: dict | None, options: RunOptions, settings: dict) -> dict:
+    def _start(self, shards: list[Shard], old: dict | None, options: RunOptions, settings: dict, entries: dict[str, dict] | None) -> dict:
         names = {s.results_name(self.shard_options.suffix()) for s in shards}
         if len(names) < len(shards):
             raise RunError("two input shards would write the same results file (e.g. a.parquet and a.tar); give shards of one name each")
-        current = {s.name: s.identity() | {"results": s.results_name(self.shard_options.suffix())} for s in shards}
+        current = entries if entries is not None else {s.name: s.identity() | {"results": s.results_name(self.shard_options.suffix())} for s in shards}
         if old is not None and options.resume:
             differ = _setting_differences(old.get("settings", {}), settings)
             if differ:
@@ -166,7 +169,8 @@ class ShardFolder:
             recorded = old.get("shards", {})
             for shard in shards:
                 was = recorded.get(shard.name)
-                started = (self.output / current[shard.name]["results"]).exists() or _partial(self.output, shard).exists()
+                results = self.output / current[shard.name]["results"]
+                started = results.exists() or _partial_of(results).exists()
                 if was is not None and started and {k: was.get(k) for k in ("size", "mtime_ns")} != shard.identity():
                     raise RunError(f"shard {shard.name} changed since the run started (size or modification time); its results "
                                    f"would not be its own: remove {current[shard.name]['results']} from {self.output} to redo it, "
@@ -185,33 +189,40 @@ class ShardFolder:
             if not written:
                 continue
             results = self.output / written
+            if not results.resolve().is_relative_to(self.output.resolve()):
+                continue
             for path in (results, _partial_of(results)):
-                if path.is_file() and path.resolve().is_relative_to(self.output.resolve()):
+                if path.is_file():
                     path.unlink()
+            drop_scores(results)
         errors = self.output / ERRORS
         if errors.is_file():
             errors.unlink()
 
-    def results(self, shard: Shard) -> Path:
-        return self.output / shard.results_name(self.shard_options.suffix())
+    def results(self, name: str) -> Path:
+        """Where the results of the shard `name` go (its run record's entry names the file)."""
+        return self.output / self.record["shards"][name]["results"]
 
-    def done_rows(self, shard: Shard) -> list[tuple[int, str]]:
-        """(row, digest) of the rows of `shard` already in its partial results (a torn last line cut)."""
-        partial = _partial(self.output, shard)
+    def partial(self, name: str) -> Path:
+        return _partial_of(self.results(name))
+
+    def done_rows(self, name: str) -> list[tuple[int, str]]:
+        """(row, digest) of the rows of shard `name` already in its partial results (a torn last line cut)."""
+        partial = self.partial(name)
         return list(written_positions(partial)) if partial.exists() else []
 
-    def open_partial(self, shard: Shard):
-        partial = _partial(self.output, shard)
+    def open_partial(self, name: str) -> BinaryIO:
+        partial = self.partial(name)
         partial.parent.mkdir(parents=True, exist_ok=True)
         return open(partial, "ab")
 
-    def commit(self, shard: Shard) -> None:
+    def commit(self, name: str) -> None:
         """The shard's results, complete, under their name (the partial file renamed or converted)."""
-        partial, results = _partial(self.output, shard), self.results(shard)
+        partial, results = self.partial(name), self.results(name)
         if not partial.exists():
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.touch()
-        if self.shard_options.output_format == "parquet":
+        if results.suffix == ".parquet":
             from .parquet_sink import write_results_parquet
 
             tmp = results.with_name(f".{results.name}.tmp")
@@ -222,9 +233,9 @@ class ShardFolder:
             os.replace(partial, results)
         fsync_folder(results.parent)
 
-    def shard_error(self, shard: Shard, message: str) -> None:
+    def shard_error(self, name: str, message: str) -> None:
         with open(self.output / ERRORS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"shard": shard.name, "error": message}, ensure_ascii=False) + "\n")
+            handle.write(json.dumps({"shard": name, "error": message}, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -276,41 +287,41 @@ def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, o
     error records written now, and of shards that could not be read to their end."""
     shards = list_shards(input_spec)
     s = engine.settings
-    if s.keep_scores:
-        raise RunError("--keep-scores is for a JSON Lines input and output; with shards, run without it")
-    identity = run_identity(Path(input_spec), engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options)
+    identity = run_identity(Path(input_spec), engine.models.manifest, str(engine.models.precision), engine.params, s.jpeg_roundtrip, options,
+                            s.keep_scores)  # fmt: skip
+    meta = kept_scores_meta(engine.models, engine.params, s.jpeg_roundtrip) if s.keep_scores else None
     folder = ShardFolder(shards, output, options, shard_options, _settings(identity, shard_options))
     tally = LineTally()
     shard_errors = 0
-    committed = sum(folder.results(shard).exists() for shard in shards)
+    committed = sum(folder.results(shard.name).exists() for shard in shards)
     if committed:
         log.info("%d of %d shards already have their results in %s", committed, len(shards), output)
     bar = ProgressBar(len(shards), options.progress, initial=committed, unit="shard")
     try:
         with GracefulStop() as stop:
             for shard in shards:
-                if folder.results(shard).exists():
+                if folder.results(shard.name).exists():
                     continue
-                done = folder.done_rows(shard)
+                done = folder.done_rows(shard.name)
                 if done:
                     log.info("%s: continuing after its %d rows written before", shard.name, len(done))
                 bar.describe(shard.name)
+                scores = None if meta is None else ScoreWriter(folder.results(shard.name), meta, len(done), not done)
                 try:
-                    with folder.open_partial(shard) as handle:
+                    with folder.open_partial(shard.name) as handle:
                         lines = _unread(shard, read_shard(shard, shard_options.columns, shard_options.image_root), done,
-                                        _partial(output, shard))  # fmt: skip
-                        for batch in _batches(lines, options.pairs_per_batch):
-                            written = process_lines(engine, batch, options.timings)
-                            tally.add(written)
-                            append_synced(handle, written)
-                            if stop.signum is not None:
-                                raise Interrupted(stop.signum, committed, len(shards), str(output), "shards are committed in")
+                                        folder.partial(shard.name))  # fmt: skip
+                        run_batches(engine, _batches(lines, options.pairs_per_batch), AppendSink(handle, tally, scores), stop,
+                                    lambda signum: Interrupted(signum, committed, len(shards), str(output), "shards are committed in"),
+                                    options.timings)  # fmt: skip
                 except ShardError as exc:
                     shard_errors += 1
                     message = f"shard {shard.name}: {exc}"
                     log.error("%s", message)
-                    folder.shard_error(shard, str(exc))
-                folder.commit(shard)
+                    folder.shard_error(shard.name, str(exc))
+                if scores is not None:
+                    scores.write([], [], [])  # a shard with no pair still has its (empty) kept scores
+                folder.commit(shard.name)
                 committed += 1
                 bar.update(1)
     finally:

@@ -1,7 +1,7 @@
 """Tune thresholds without recomputing: keep a run's scores, decide again at other thresholds.
 
 - `run --keep-scores` / EngineSettings(keep_scores=True): every score of a pair (its ScoreSheet,
-  imgdiff_onnx.pairs) kept beside the results (imgdiff_onnx.tuning.sheet).
+  imgdiff_onnx.pairs) kept beside the results (imgdiff_onnx.runs.scores: the run writes them).
 - `retune` / `retune_file`, `KeptRun.decide`: the results a fresh run at new thresholds gives,
   from the kept scores (.retune, .rescore), decided as the engine decides (imgdiff_onnx.engine.decide).
 - `sweep` / `sweep_file`: a grid of one or two thresholds, counted (imgdiff_onnx.tuning.sweep).
@@ -16,17 +16,7 @@ In a notebook:
 ...     print(line["id"], None if result is None else result.boxes)
 """
 
-from importlib import import_module
-from typing import Any
+from .retune import RETUNABLE, KeptRun, RetuneOptions, retune_file
+from .sweep import Axis, SweepOptions, parse_axis, sweep, sweep_file
 
-# runs imports .sheet (writing kept scores); these, which read results files, load on use
-_LAZY = {"RETUNABLE": "retune", "KeptRun": "retune", "RetuneOptions": "retune", "retune_file": "retune",
-         "Axis": "sweep", "SweepOptions": "sweep", "parse_axis": "sweep", "sweep": "sweep", "sweep_file": "sweep"}  # fmt: skip
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")  # internal: Python's protocol for a module __getattr__
+__all__ = ["RETUNABLE", "Axis", "KeptRun", "RetuneOptions", "SweepOptions", "parse_axis", "retune_file", "sweep", "sweep_file"]

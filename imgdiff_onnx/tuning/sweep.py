@@ -24,7 +24,6 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..params import OperatorParams
-from ..runs.jsonlines import count_lines
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
 from ..engine.decide import decide
@@ -52,10 +51,15 @@ def parse_axis(text: str) -> Axis:
     name, sep, spec = text.partition("=")
     if not sep:
         raise ParameterError(f"--vary {text!r}: expected NAME=START:STOP:STEP or NAME=V1,V2,...", "vary")
+    pieces = spec.replace(":", ",").split(",")
+    if len(pieces) > MAX_SETTINGS:
+        raise ParameterError(f"--vary {text[:80]!r}: {len(pieces):,} values; at most {MAX_SETTINGS:,}", "vary")
     try:
-        numbers = [float(v) for v in spec.replace(":", ",").split(",")]
+        numbers = [float(v) for v in pieces]
     except ValueError as exc:
-        raise ParameterError(f"--vary {text!r}: {exc}", "vary") from None
+        raise ParameterError(f"--vary {text[:80]!r}: {exc}", "vary") from None
+    if not all(np.isfinite(numbers)):
+        raise ParameterError(f"--vary {text[:80]!r}: every value, bound and step must be a finite number", "vary")
     if ":" not in spec:
         return Axis(name.strip(), tuple(numbers))
     if len(numbers) != 3:
@@ -63,9 +67,10 @@ def parse_axis(text: str) -> Axis:
     start, stop, step = numbers
     if not step > 0 or not stop >= start:
         raise ParameterError(f"--vary {text!r}: STEP must be > 0 and STOP >= START", "vary")
-    count = int(np.floor((stop - start) / step + 1e-9)) + 1
-    if count > MAX_SETTINGS:
-        raise ParameterError(f"--vary {text!r}: {count} values; at most {MAX_SETTINGS}", "vary")
+    steps = (stop - start) / step
+    if steps >= MAX_SETTINGS:
+        raise ParameterError(f"--vary {text!r}: {steps + 1:.3g} values; at most {MAX_SETTINGS:,}", "vary")
+    count = int(np.floor(steps + 1e-9)) + 1
     return Axis(name.strip(), tuple(round(start + k * step, 10) for k in range(count)))
 
 
@@ -101,11 +106,22 @@ def _exit_kind(fields: dict) -> str:
     return "has_boxes" if fields.get("boxes") else "no_box_left"
 
 
-def sweep(kept: KeptRun, axes: list[Axis], base: OperatorParams | None = None, progress: bool = True) -> list[SweepRow]:
-    """One row per grid setting (the first axis outermost). The kept scores are read once, pair by
-    pair, and each pair is decided at every setting, so memory holds one chunk, not the run."""
+def grid_size(axes: list[Axis]) -> int:
+    """Settings a sweep over `axes` has (computed before any is built)."""
+    return int(np.prod([len(a.values) for a in axes], dtype=np.int64))
+
+
+def sweep(kept: KeptRun | list[KeptRun], axes: list[Axis], base: OperatorParams | None = None, progress: bool = True) -> list[SweepRow]:
+    """One row per grid setting (the first axis outermost), over one kept run or several (the
+    shards of a folder, KeptRun.open_all). The kept scores are read once, pair by pair, and each
+    pair is decided at every setting, so memory holds one chunk, not the run."""
+    runs = kept if isinstance(kept, list) else [kept]
     if not 1 <= len(axes) <= 2 or len({a.name for a in axes}) != len(axes):
         raise ParameterError("a sweep varies one or two different thresholds", "vary")
+    if grid_size(axes) > MAX_SETTINGS:
+        raise ParameterError(f"--vary: {grid_size(axes):,} settings; at most {MAX_SETTINGS:,}", "vary")
+    if not runs:
+        raise ParameterError("nothing to sweep: the results folder has no committed shard yet", "input")
     grid = [[(axes[0].name, a)] for a in axes[0].values] if len(axes) == 1 else [[(axes[0].name, a), (axes[1].name, b)] for a in axes[0].values for b in axes[1].values]
     if len(grid) > MAX_SETTINGS:
         raise ParameterError(f"--vary: {len(grid)} settings; at most {MAX_SETTINGS}", "vary")
@@ -113,15 +129,14 @@ def sweep(kept: KeptRun, axes: list[Axis], base: OperatorParams | None = None, p
     settings: list[tuple[SweepRow, OperatorParams]] = []
     for row, setting in zip(rows, grid):
         try:
-            params = base or kept.params
+            params = base or runs[0].params
             for name, value in setting:
                 params = with_value(params, name, value)
             settings.append((row, params))
         except ParameterError as exc:
             row.invalid = str(exc)
-    band = kept.band
-    bar = ProgressBar(count_lines(kept.results), progress, unit="pair")
-    for record, sheet in kept.lines():
+    bar = ProgressBar(sum(run.count() for run in runs), progress, unit="pair")
+    for record, sheet, band in ((record, sheet, run.band) for run in runs for record, sheet in run.lines()):
         fields = record[RESULT_KEY]
         for row, params in settings:
             row.pairs += 1
@@ -148,8 +163,10 @@ class SweepOptions:
 
 def sweep_file(results: Path, axes: list[Axis], out: Path, options: SweepOptions = SweepOptions()) -> dict[str, Path]:
     """Run the sweep and write sweep.json, sweep.csv, sweep.md and sweep.png into `out`."""
-    kept = KeptRun.open(results)
-    rows = sweep(kept, axes, options.base, options.progress)
+    if not 1 <= len(axes) <= 2 or grid_size(axes) > MAX_SETTINGS:  # before the results are read
+        raise ParameterError(f"--vary: {grid_size(axes):,} settings over {len(axes)} threshold(s); a sweep varies one or two, "
+                             f"at most {MAX_SETTINGS:,} settings", "vary")  # fmt: skip
+    rows = sweep(KeptRun.open_all(results), axes, options.base, options.progress)
     out.mkdir(parents=True, exist_ok=True)
     data = [row.to_json() for row in rows]
     kinds = sorted({k for row in data for k in row["exits"]})

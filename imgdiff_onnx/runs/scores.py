@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..pairs import ScoreSheet
-from ..runs.runfile import fsync_folder
+from .runfile import fsync_folder
 
 if TYPE_CHECKING:
     from ..engine.modelset import ModelSet
@@ -77,6 +76,14 @@ def pack(lines: list[int], digests: list[str], sheets: list[ScoreSheet]) -> dict
 def unpack(arrays: dict[str, np.ndarray]) -> Iterator[tuple[int, str, ScoreSheet]]:
     """(input line, input digest, sheet) of each pair of a chunk."""
     c, w = arrays["candidates"], arrays["windows"]
+    n = len(arrays["line"])
+    sizes = np.diff(w) if len(w) == n + 1 else None
+    consistent = (sizes is not None and len(c) == n + 1 and c[0] == 0 and w[0] == 0 and bool(np.all(np.diff(c) >= 0)) and bool(np.all(sizes >= 0))
+                  and c[-1] == len(arrays["boxes"]) == len(arrays["window_of"]) and w[-1] == len(arrays["crop"]) == len(arrays["window_valid"])
+                  and all(len(arrays[k]) == n for k in ("digest", "pair", "pair_identical", "boxes1", "words1", "words2"))
+                  and int(np.sum(sizes * arrays["words1"])) == len(arrays["itm1"]) and int(np.sum(sizes * arrays["words2"])) == len(arrays["itm2"]))  # fmt: skip
+    if not consistent:
+        raise ValueError("its offsets and arrays do not agree")  # internal: read_sheets turns it into one line naming the chunk
     i1 = i2 = 0
     for p in range(len(arrays["line"])):
         n1, n2 = int(arrays["words1"][p]), int(arrays["words2"][p])
@@ -120,9 +127,10 @@ class ScoreWriter:
     def _prepare(self) -> None:
         """At the first batch written: clear what an overwrite replaces or a resume recomputes."""
         self.folder.mkdir(exist_ok=True)
-        for path in self.folder.iterdir():
-            m = _CHUNK.match(path.name)
-            stale = path.name.endswith(".tmp") or (m is not None and (self._start_again or int(m.group(1)) > self._resume_after))
+        for path in self.folder.iterdir():  # only files of this format: a user's own files stay
+            m = _CHUNK.match(path.name.removesuffix(".tmp"))
+            stale = path.name == META_NAME + ".tmp" or (m is not None and (self._start_again or path.name.endswith(".tmp")
+                                                                          or int(m.group(1)) > self._resume_after))  # fmt: skip
             if stale:
                 path.unlink()
         if self._start_again or not (self.folder / META_NAME).is_file():
@@ -186,11 +194,16 @@ def read_sheets(folder: Path) -> Iterator[tuple[int, str, ScoreSheet]]:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise RunError(f"{path}: cannot read these kept scores ({exc})") from None
-        if str(arrays.get("format")) != FORMAT:
-            raise RunError(f"{path}: not kept scores of format {FORMAT}")
-        yield from unpack(arrays)
+            if str(arrays.get("format")) != FORMAT:
+                raise RunError(f"{path}: not kept scores of format {FORMAT}")
+            sheets = list(unpack(arrays))
+        except RunError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or foreign chunk (zip, npy or layout errors alike): one line
+            detail = " ".join(str(exc).split())[:200]
+            raise RunError(f"{path}: cannot read these kept scores ({type(exc).__name__}: {detail}); the chunk is damaged: run again "
+                           "with --keep-scores to keep them anew") from None  # fmt: skip
+        yield from sheets
 
 
 def sheets_by_line(folder: Path, wanted: Iterable[int] | None = None) -> dict[int, tuple[str, ScoreSheet]]:
@@ -201,7 +214,7 @@ def sheets_by_line(folder: Path, wanted: Iterable[int] | None = None) -> dict[in
 
 def kept_scores_meta(models: "ModelSet", params: "OperatorParams", jpeg_roundtrip: bool) -> dict:
     """The record written beside a run's kept scores (KeptScoresMeta)."""
-    from ..runs.runfile import models_digest
+    from .runfile import models_digest
 
     band = models.manifest.guard_band
     banded = [m for m in models.precision.banded() if m in ("clip", "blip")] if band is not None else []
@@ -217,7 +230,13 @@ def kept_scores_meta(models: "ModelSet", params: "OperatorParams", jpeg_roundtri
 
 
 def drop_scores(results: Path) -> None:
-    """Remove a results file's kept scores (when the file is replaced by a run that keeps none)."""
+    """Remove a results file's kept scores (when the file is replaced): the chunks and record this
+    format names, and the folder when nothing else is left in it (a user's own files stay)."""
     folder = scores_folder(results)
-    if (folder / META_NAME).is_file():
-        shutil.rmtree(folder)
+    if not (folder / META_NAME).is_file():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and (_CHUNK.match(path.name.removesuffix(".tmp")) or path.name in (META_NAME, META_NAME + ".tmp")):
+            path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
