@@ -5,6 +5,7 @@ kept scores survive resume and are dropped with the file they belong to."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,142 @@ def test_show_sweep_and_a_model_free_retune_need_no_onnxruntime(kept, work):
         assert proc.returncode == 0, f"{args[0]}: {proc.stderr[-2000:]}"
     expected = _retune(kept["int8"], OperatorParams.from_mapping(json.loads(strict.read_text())), work / "retuned-here.jsonl")
     assert (work / "retuned-no-ort.jsonl").read_bytes() == expected.read_bytes()
+
+
+# ---- a shard run's folder: kept scores per shard, retune and sweep of the folder -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards(work) -> Path:
+    """The work pairs packed into WebDataset shards of two pairs (the bad record is left out by pack)."""
+    from imgdiff_onnx.runs.pack import PackOptions, pack
+
+    pack(work / "pairs.jsonl", work / "shards", PackOptions("webdataset", 2, progress=False))
+    return work / "shards"
+
+
+def _run_shards(models: ModelSet, shards: Path, params: OperatorParams, out: Path, keep: bool = False, output_format: str = "jsonl") -> Path:
+    from imgdiff_onnx.runs.shard_run import ShardOptions, run_shards
+
+    engine = DifferenceAreaGenerator(models, params, EngineSettings(threads=1, workers=1, keep_scores=keep))
+    run_shards(engine, str(shards), out, RunOptions(overwrite=True, progress=False, pairs_per_batch=1), ShardOptions(output_format=output_format))
+    return out
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("precision, output_format", [("banded", "jsonl"), ("int8", "parquet")])
+def test_retune_of_a_shard_runs_folder_equals_a_fresh_shard_run(model_sets, shards, work, precision, output_format):
+    """Kept scores per shard; retune of the folder writes the fresh shard run's files and record.
+    Banded: the threshold sits on a kept int8 crop score, so the fp32 re-score reads the image bytes
+    again from the shards."""
+    kept = _run_shards(model_sets[precision], shards, _params(), work / f"kept-{precision}-{output_format}", keep=True, output_format=output_format)
+    suffix = "." + output_format
+    assert sorted(p.name for p in kept.iterdir() if p.is_dir()) == [f"{n:05d}{suffix}.scores" for n in range(2)]
+    runs = KeptRun.open_all(kept)
+    assert [r.shard for r in runs] == ["00000.tar", "00001.tar"]
+    crops = np.concatenate([sheet.crop[:, 0] for run_ in runs for _, sheet in run_.lines() if sheet is not None and len(sheet.crop)])
+    strict = _params(s2=(-1.0, float(np.median(crops))), itm=(0.2, 1.0))
+    counts = retune_file(kept, strict, work / f"retuned-{precision}-{output_format}", RetuneOptions(overwrite=True, progress=False))
+    fresh = _run_shards(model_sets[precision], shards, strict, work / f"fresh-{precision}-{output_format}", output_format=output_format)
+    retuned = work / f"retuned-{precision}-{output_format}"
+    assert _folder_files(retuned) == _folder_files(fresh) and len(_folder_files(fresh)) == 2
+    assert _folder_files(retuned) != _folder_files(kept)  # the thresholds changed the boxes
+    record = json.loads((retuned / ".imgdiff-run.json").read_text())
+    assert record == json.loads((fresh / ".imgdiff-run.json").read_text())
+    assert counts["lines"] == 4 and counts["changed"] > 0
+    assert (counts["rescored"] > 0) == (precision == "banded")
+
+
+def test_a_retuned_folder_is_refused_without_overwrite_and_resumes_as_a_run(model_sets, shards, work):
+    kept = _run_shards(model_sets["int8"], shards, _params(), work / "kept-folder", keep=True)
+    out = work / "retuned-folder"
+    strict = _params(s2=(0.6, 0.97))
+    retune_file(kept, strict, out, RetuneOptions(progress=False))
+    with pytest.raises(RunError, match="holds the results of a run; pass --overwrite"):
+        retune_file(kept, strict, out, RetuneOptions(progress=False))
+    with pytest.raises(RunError, match="would hold or be inside the results folder"):
+        retune_file(kept, strict, kept / "inner", RetuneOptions(progress=False))
+    # the retuned folder is a run's folder at the new thresholds: a resume finds every shard committed
+    (out / "00001.jsonl").unlink()
+    before = (out / "00000.jsonl").read_bytes()
+    engine = DifferenceAreaGenerator(model_sets["int8"], strict, EngineSettings(threads=1, workers=1))
+    from imgdiff_onnx.runs.shard_run import ShardOptions, run_shards
+
+    stats = run_shards(engine, str(shards), out, RunOptions(resume=True, progress=False), ShardOptions())
+    assert stats["ok"] == 2 and (out / "00000.jsonl").read_bytes() == before
+    assert _folder_files(out) == _folder_files(_run_shards(model_sets["int8"], shards, strict, work / "fresh-folder"))
+    plain = _run_shards(model_sets["int8"], shards, _params(), work / "plain-folder")
+    with pytest.raises(RunError, match="without --keep-scores"):
+        retune_file(plain, strict, work / "never", RetuneOptions(progress=False))
+    assert not (work / "never").exists()
+
+
+def test_sweep_of_a_shard_runs_folder_counts_every_shards_pairs(model_sets, shards, work, kept):
+    folder = _run_shards(model_sets["int8"], shards, _params(), work / "kept-sweep", keep=True)
+    axes = [parse_axis("max_score_2=0.8:1.0:0.1")]
+    of_folder = json.loads(sweep_file(folder, axes, work / "sweep-folder")["json"].read_text())["rows"]
+    of_file = json.loads(sweep_file(kept["int8"], axes, work / "sweep-file")["json"].read_text())["rows"]
+    for a, b in zip(of_folder, of_file):  # the same pairs, but the record pack left out (an error line in the file)
+        assert (a["boxes"], a["pairs_with_boxes"], a["pairs"] + 1) == (b["boxes"], b["pairs_with_boxes"], b["pairs"])
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "sweep", "--input", str(folder), "--vary", "min_score=0:1:0.5",
+                           "--out", str(work / "sweep-cli"), "--quiet"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((work / "sweep-cli" / "sweep.json").read_text())["rows"]) == 3
+
+
+def _damage_lines(text: str, how: str) -> str:
+    lines = text.splitlines(keepends=True)
+    return {
+        "torn last line": "".join(lines)[:-5],
+        "a line repeated": "".join(lines[:2] + lines[1:]),
+        "a line removed": "".join(lines[:1] + lines[2:]),
+        "garbage": "".join(lines[:1] + ["garbage\n"] + lines[2:]),
+        "a JSON array": "".join(lines[:1] + ["[]\n"] + lines[2:]),
+        "no result field": "".join(lines[:1] + ['{"id": "x"}\n'] + lines[2:]),
+        "line as a string": "".join(lines[:1] + [lines[1].replace('"line": 2,', '"line": "2",')] + lines[2:]),
+    }[how]
+
+
+DAMAGES = {"torn last line": "its last line (line 5) is torn", "a line repeated": "line 3 holds the result of input line 2",
+           "a line removed": "line 2 holds the result of input line 3", "garbage": "line 2: invalid JSON",
+           "a JSON array": "line 2: expected a JSON object", "no result field": "line 2 is not a results line of this tool",
+           "line as a string": "line 2 is not a results line of this tool"}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGES))
+def test_a_damaged_results_file_is_one_line_and_the_output_stays(kept, work, tmp_path, how):
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text(_damage_lines(kept["int8"].read_text(), how))
+    shutil.copytree(scores_folder(kept["int8"]), scores_folder(damaged))
+    output = tmp_path / "out.jsonl"
+    _retune(kept["int8"], _params(s2=(0.6, 0.97)), output)  # an earlier retune's results, to be replaced
+    before = output.read_bytes(), (tmp_path / ".out.jsonl.run.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "retune", "--input", str(damaged), "--params",
+                           str(_write_params(tmp_path / "p.json", _params())), "--output", str(output), "--overwrite", "--quiet"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert DAMAGES[how] in proc.stderr
+    assert (output.read_bytes(), (tmp_path / ".out.jsonl.run.json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".out.jsonl.run.json", "damaged.jsonl", "damaged.jsonl.scores", "out.jsonl", "p.json"])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "random bytes", "offsets"])
+def test_a_damaged_chunk_of_kept_scores_is_one_line_naming_it(kept, tmp_path, how):
+    copy = tmp_path / "kept.jsonl"
+    shutil.copy(kept["int8"], copy)
+    shutil.copytree(scores_folder(kept["int8"]), scores_folder(copy))
+    chunk = scores_folder(copy) / "line-000000003.npz"
+    data = chunk.read_bytes()
+    if how == "offsets":
+        with np.load(chunk) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["windows"] = arrays["windows"] + 1
+        np.savez_compressed(chunk, **arrays)
+    else:
+        chunk.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "random bytes": np.random.default_rng(1).bytes(len(data))}[how])
+    with pytest.raises(RunError, match=r"line-000000003\.npz: cannot read these kept scores .*the chunk is damaged"):
+        _retune(copy, _params(), tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()

@@ -286,9 +286,9 @@ def retune_file(results: Path, params: OperatorParams, output: Path, options: Re
         fsync_folder(lock.real.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        lock.release()  # an output this retune created is removed again: nothing of it is left
         raise
-    finally:
-        lock.release()
+    lock.release(keep=True)  # (the lock's own file, still empty, is no longer at the output's name)
     counts["rescored"] = kept.rescorer.rescored if kept.rescorer is not None else 0
     return counts
 
