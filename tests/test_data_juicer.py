@@ -200,3 +200,36 @@ def test_bad_recipe_fails_before_processing_with_a_clear_message(dj_python, tiny
     proc = _dj(dj_python, recipe, cwd=dataset, check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_an_unforeseen_failure_in_the_operator_fails_its_record_not_its_batch(dj_python, tiny_models, dataset, expected_open):
+    """Inside Data-Juicer's environment: the engine fails unexpectedly (a bug) on one record of a
+    batch; that record's error says so, the others get the engine's boxes."""
+    script = f"""
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("imgdiff_op", {str(OP_FILE)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+op = module.ImgDiffDifferenceAreaGeneratorOnnxMapper(model_dir={str(tiny_models)!r}, image_root={str(dataset)!r}, **json.loads({json.dumps(json.dumps(OPEN_GATES))}))
+engine = op.engine
+process_many = engine.process_many
+def failing(pairs, **kw):
+    if any(p.key == "gen" for p in pairs):
+        raise ZeroDivisionError("a bug on one record")
+    return process_many(pairs, **kw)
+engine.process_many = failing
+records = [json.loads(line) for line in open({str(dataset / "data.jsonl")!r})]
+samples = {{k: [r.get(k) for r in records] for k in ("id", "text", "caption1", "caption2", "image_path1", "image_path2")}}
+out = op.process_batched(samples)
+print(json.dumps({{i: [m["imgdiff_error"], [list(map(float, b)) for b in m["__dj__bbox__"]]] for i, m in zip(samples["id"], out["__dj__meta__"])}}))
+"""
+    env = {**os.environ, "NLTK_DATA": str(SHARED / "nltk_data")}
+    proc = subprocess.run([str(dj_python), "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["gen"][0] == "gen: unexpected failure (ZeroDivisionError: a bug on one record); please report it with the record"
+    assert got["gen"][1] == MARKER
+    for key in ("real", "cat", "same"):
+        assert got[key][0] == ""
+        np.testing.assert_allclose(np.asarray(got[key][1]), np.asarray(expected_open[key]), atol=1e-3, err_msg=key)
+    assert "image not found" in got["missing"][0]

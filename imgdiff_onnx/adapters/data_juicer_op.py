@@ -12,7 +12,8 @@ and `image_root`. Reads `caption1`, `caption2`, `image_path1`, `image_path2` (an
 `objects1`/`objects2`); writes `__dj__meta__.__dj__bbox__` as the original does (float32 centre
 xywh in image-1 pixels; one all-zero row when nothing is found) and `__dj__meta__.imgdiff_error`
 ("" when the record was processed, else why not). Unlike the original it keeps the record's other
-meta fields and columns, and a bad record does not abort or drop its batch.
+meta fields and columns, and a bad record, or one the engine fails on unexpectedly, does not abort
+or drop its batch (it gets its `imgdiff_error`).
 
 Differences from the original's plumbing, on purpose:
   - batched (crop scoring runs across the records of a Data-Juicer batch);
@@ -41,7 +42,7 @@ from imgdiff_onnx.engine.modelset import resolve_precision
 from imgdiff_onnx.params import OperatorParams
 from imgdiff_onnx.engine.precision import Precision
 from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
-from imgdiff_onnx.runs.records import RecordError, pair_from_record, process_pairs, record_key
+from imgdiff_onnx.runs.records import RecordError, pair_from_record, process_pairs_isolating, record_key
 
 OP_NAME = "imgdiff_difference_area_generator_onnx_mapper"
 ERROR_KEY = "imgdiff_error"
@@ -167,7 +168,7 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
             except RecordError as exc:
                 pairs.append(None)
                 errors[i] = str(exc)
-        outcomes = process_pairs(self.engine, pairs)
+        outcomes = process_pairs_isolating(self.engine, pairs)  # an unforeseen failure fails its record, not the batch
         metas = []
         for i, (record, outcome) in enumerate(zip(records, outcomes)):
             if isinstance(outcome, PairFailure):

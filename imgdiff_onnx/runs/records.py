@@ -172,27 +172,29 @@ def process_pairs(engine: DifferenceAreaGenerator, pairs: list[PairInput | None]
     return [None if p is None else next(outcomes) for p in pairs]
 
 
-def _outcomes_isolating(engine: DifferenceAreaGenerator, lines: list[InputLine]) -> list[PairResult | PairFailure | None]:
+def process_pairs_isolating(engine: DifferenceAreaGenerator, pairs: list[PairInput | None]) -> list[PairResult | PairFailure | None]:
     """process_pairs, and when it fails unexpectedly (a bug, or memory running out on one record)
-    each pair again alone, so that only the record it fails on becomes an error and the run goes
-    on. Deliberate errors (ImgDiffError) are not caught here: they stop the run."""
+    each pair again alone, so that only the record it fails on becomes an error and the rest go
+    on. Deliberate errors (ImgDiffError) are not caught here: they stop the run. Every way records
+    are processed goes through it: a JSON Lines or shard run, Ray's actors, the Data-Juicer operator."""
     try:
-        return process_pairs(engine, [ln.pair for ln in lines])
+        return process_pairs(engine, pairs)
     except ImgDiffError:
         raise
     except Exception as exc:  # noqa: BLE001 - one record's unforeseen failure must not end a week-long run
-        if len(lines) == 1:
-            log.error("unexpected failure on %s", lines[0].key, exc_info=True)
+        if len(pairs) == 1:
+            key = pairs[0].key if pairs[0] is not None else ""
+            log.error("unexpected failure on %s", key, exc_info=True)
             detail = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + "..."
-            return [PairFailure(lines[0].key, f"unexpected failure ({type(exc).__name__}: {detail}); please report it with the record")]
-        log.warning("unexpected failure in a batch (%s: %s); processing its %d records one by one", type(exc).__name__, exc, len(lines))
-    return [outcome for ln in lines for outcome in _outcomes_isolating(engine, [ln])]
+            return [PairFailure(key, f"unexpected failure ({type(exc).__name__}: {detail}); please report it with the record")]
+        log.warning("unexpected failure in a batch (%s: %s); processing its %d records one by one", type(exc).__name__, exc, len(pairs))
+    return [outcome for pair in pairs for outcome in process_pairs_isolating(engine, [pair])]
 
 
 def process_lines(engine: DifferenceAreaGenerator, lines: list[InputLine], timings: bool) -> list[OutputLine]:
     """Output lines for `lines`, in order; crop scoring is batched across all of them."""
     out = []
-    for ln, outcome in zip(lines, _outcomes_isolating(engine, lines)):
+    for ln, outcome in zip(lines, process_pairs_isolating(engine, [ln.pair for ln in lines])):
         error = f"{ln.key}: {ln.error}" if outcome is None else (f"{outcome.key}: {outcome.error}" if isinstance(outcome, PairFailure) else None)
         band, scores = (outcome.band, outcome.scores) if isinstance(outcome, PairResult) else (None, None)
         out.append(OutputLine(output_line(ln, outcome, timings), error, band, scores, ln.number, ln.digest))
