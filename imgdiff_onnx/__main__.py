@@ -236,17 +236,22 @@ def sweep(args: argparse.Namespace) -> int:
 
     axes = [parse_axis(text) for text in args.vary]
     paths = sweep_file(args.input, axes, args.out, SweepOptions(base=_load_params(args.params)[0] if args.params else None, progress=not args.quiet))
-    print(paths["markdown"].read_text(encoding="utf-8"))
-    log.info("sweep written to %s", ", ".join(str(p) for p in paths.values()))
+    rows = [r for r in json.loads(paths["json"].read_text(encoding="utf-8"))["rows"] if not r["invalid"]]
+    best = sorted(rows, key=lambda r: (-r["pairs_with_boxes"], -r["boxes_per_pair"]))[:3]
+    log.info("sweep of %d settings written to %s (the table: %s); the settings with the most pairs with boxes:", len(rows), args.out,
+             paths["markdown"].name)  # fmt: skip
+    for r in best:
+        setting = ", ".join(f"{a.name}={r[a.name]:g}" for a in axes)
+        log.info("  %s: %d of %d pairs with boxes, %.2f boxes per pair", setting, r["pairs_with_boxes"], r["pairs"], r["boxes_per_pair"])
     return 0
 
 
 def validate(args: argparse.Namespace) -> int:
     from .errors import ParameterError
     from .errors import RunError
-    from .runs.outfolder import claim, named
+    from .runs.outfolder import claim
     from .review.validate import ValidateOptions, validate as run_validate
-    from .review.validate_report import OUTPUT_NAMES, write_outputs, write_recommendation
+    from .review.validate_report import write_outputs, write_recommendation
 
     from .runs.shards import is_shard_input, list_shards
 
@@ -254,7 +259,7 @@ def validate(args: argparse.Namespace) -> int:
         list_shards(args.input)  # they exist
     elif not args.input.is_file():
         raise RunError(f"input file not found: {args.input}")
-    claim(args.out, "validation", named(*OUTPUT_NAMES))  # before the long runs, not after them
+    claim(args.out, "validation")  # before the long runs, not after them
     try:
         options = ValidateOptions(
             limit=args.limit,
@@ -290,20 +295,28 @@ DEMO_TOO_SIMILAR = 0.99999  # the demo's upper bound of both similarity gates (i
 
 def demo(args: argparse.Namespace) -> int:
     """Export random-init models if needed, make sample pairs, run them, write the report."""
-    import cv2
-
-    from . import samples
-    from .runs.jsonl import RunOptions, run as run_jsonl
-    from .engine.manifest import MANIFEST_NAME
-    from .runs.outfolder import claim, named
-    from .params import OperatorParams
-    from .review.report import write_report
+    from .runs import outfolder
 
     out: Path = args.out
     models = args.models or out / f"models-{args.size}"
-    demo_files = ("pairs", "pairs.jsonl", "results.jsonl", ".results.jsonl.run.json", "report", "models-tiny", "models-full",
-                  "models-tiny.export-output.txt", "models-full.export-output.txt")  # fmt: skip
-    claim(out, "demo", named(*demo_files))
+    outfolder.prepare(out, "demo")
+    try:
+        return _demo_in(out, models, args)
+    finally:  # what the demo wrote (also when it stopped half-way) is listed as the demo's
+        files = [out / "pairs.jsonl", out / "results.jsonl", out / ".results.jsonl.run.json", *sorted((out / "pairs").glob("*"))]
+        whole = [p for p in (models, out / "report") if p.absolute().is_relative_to(out.absolute())]  # each has its own record
+        outfolder.record(out, "demo", [p for p in files if p.is_file()], whole)
+
+
+def _demo_in(out: Path, models: Path, args: argparse.Namespace) -> int:
+    import cv2
+
+    from . import samples
+    from .engine.manifest import MANIFEST_NAME
+    from .params import OperatorParams
+    from .review.report import write_report
+    from .runs.jsonl import RunOptions, run as run_jsonl
+
     if not (models / MANIFEST_NAME).is_file():
         log.info("exporting random-init %s models to %s (needs the export extra)", args.size, models)
         cmd = [sys.executable, "-m", "imgdiff_onnx.export", "--random-init", args.size, "--out", str(models), "--force"]

@@ -345,3 +345,10 @@ def test_a_first_mistake_is_one_line_before_any_model_loads(dataset, tmp_path, c
     proc = _cli(*_run_args(models, data, out, *extra), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_demo_folder_is_the_demos_to_write_again(tiny_models, tmp_path):
+    for _ in range(2):
+        _cli("demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_models), "--pairs", "1", "--quiet")
+    listed = json.loads((tmp_path / "demo" / ".imgdiff-onnx-output").read_text())
+    assert listed["kind"] == "demo" and listed["files"]["report"] is None and "pairs/pair0_1.png" in listed["files"]

@@ -344,8 +344,21 @@ def test_show_into_a_folder_of_the_users_files_is_refused_and_removes_nothing(ti
     for _ in range(2):  # a report folder is its own to rewrite
         proc = _cli("show", "--input", str(results), "--out", str(report), "--quiet")
         assert proc.returncode == 0, proc.stderr
-    (report / ".imgdiff-onnx-output").unlink()  # a report of an older version, without the marker: still recognised
-    assert _cli("show", "--input", str(results), "--out", str(report), "--quiet").returncode == 0
+    page = (report / "index.html").read_bytes()
+    (report / "index.html").write_text("my notes")  # a page of ours the user wrote over: theirs now
+    proc = _cli("show", "--input", str(results), "--out", str(report), "--quiet")
+    assert proc.returncode == 2 and "(index.html (changed since it was written))" in proc.stderr
+    assert (report / "index.html").read_text() == "my notes"
+    (report / "index.html").write_bytes(page)
+    (report / "img" / "holiday.jpg").write_bytes(b"x")  # a picture of the user's among the report's
+    proc = _cli("show", "--input", str(results), "--out", str(report), "--quiet")
+    assert proc.returncode == 2 and "(img/holiday.jpg)" in proc.stderr and (report / "img" / "holiday.jpg").exists()
+    only_theirs = tmp_path / "site"
+    only_theirs.mkdir()
+    (only_theirs / "index.html").write_text("my home page")  # named as a report's page, but not written by this tool
+    proc = _cli("show", "--input", str(results), "--out", str(only_theirs), "--quiet")
+    assert proc.returncode == 2 and "holds files this tool did not write (index.html)" in proc.stderr
+    assert (only_theirs / "index.html").read_text() == "my home page"
 
 
 def test_validate_and_demo_refuse_a_folder_of_other_files_before_any_work(tiny_models, hostile, tmp_path):
@@ -354,10 +367,19 @@ def test_validate_and_demo_refuse_a_folder_of_other_files_before_any_work(tiny_m
     (mine / "validation.md").write_text("my notes")
     (mine / "thesis.tex").write_text("precious")
     proc = _cli("validate", "--models", str(tiny_models), "--input", str(hostile), "--out", str(mine), "--quiet")
-    assert proc.returncode == 2 and "holds files this tool did not write (thesis.tex)" in proc.stderr
+    assert proc.returncode == 2 and "holds files this tool did not write (thesis.tex, validation.md)" in proc.stderr  # named as ours, but theirs
     proc = _cli("demo", "--models", str(tiny_models), "--out", str(mine), "--quiet")
     assert proc.returncode == 2 and "holds files this tool did not write (thesis.tex, validation.md)" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "validation.md"] and (mine / "validation.md").read_text() == "my notes"
+    (mine / "thesis.tex").unlink()
+    proc = _cli("validate", "--models", str(tiny_models), "--input", str(hostile), "--out", str(mine), "--quiet")
+    assert proc.returncode == 2 and "holds files this tool did not write (validation.md)" in proc.stderr  # named like ours, but the user's
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "pairs.jsonl").write_text("my pairs")
+    proc = _cli("demo", "--models", str(tiny_models), "--out", str(demo), "--quiet")
+    assert proc.returncode == 2 and "holds files this tool did not write (pairs.jsonl)" in proc.stderr
+    assert (demo / "pairs.jsonl").read_text() == "my pairs"
 
 
 # ---- the framing invariants end to end, on the tiny models (a few examples) ------------------------

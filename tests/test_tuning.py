@@ -192,11 +192,40 @@ def test_sweep_writes_its_table_plot_and_report_section(kept, work):
     assert "Threshold sweep: max_score_2 x min_score" in page and "data:image/png;base64," in page
 
 
+def test_a_sweep_writes_only_into_a_folder_of_its_own(kept, work, tmp_path):
+    axes = [parse_axis("max_score_2=0.8:1.0:0.1")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sweep.csv").write_text("my table")
+    with pytest.raises(RunError, match=r"holds files this tool did not write \(sweep.csv\)"):
+        sweep_file(kept["int8"], axes, mine)
+    assert [p.name for p in mine.iterdir()] == ["sweep.csv"] and (mine / "sweep.csv").read_text() == "my table"
+    (tmp_path / "file").write_text("x")
+    for out, message in ((tmp_path / "file", "is a file; give a folder"), (tmp_path / "file" / "under", "is a file, so the folder cannot go there")):
+        proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "sweep", "--input", str(kept["int8"]), "--vary", "min_score=0:1:0.5",
+                               "--out", str(out), "--quiet"], capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    ours = tmp_path / "ours"
+    sweep_file(kept["int8"], axes, ours)
+    sweep_file(kept["int8"], [parse_axis("min_score=0,0.5")], ours)  # its own folder: written again
+    assert json.loads((ours / "sweep.json").read_text())["axes"] == ["min_score"]
+
+
 def test_a_sweep_refuses_what_it_cannot_vary():
     with pytest.raises(ParameterError, match="conf: not a threshold a sweep can change"):
         parse_axis("conf=0.1:0.5:0.1")
     with pytest.raises(ParameterError, match="STEP must be > 0"):
         parse_axis("max_score_2=1:0.5:0.1")
+    for text in ("min_score=0:inf:0.1", "min_score=0:1:nan", "min_score=0,inf"):
+        with pytest.raises(ParameterError, match="must be a finite number"):
+            parse_axis(text)
+    with pytest.raises(ParameterError, match="1e\\+300 values; at most 2,500"):
+        parse_axis("min_score=0:1:1e-300")
+    with pytest.raises(ParameterError, match="5,000 values; at most 2,500"):
+        parse_axis("min_score=" + ",".join(["0.5"] * 5000))
+    big = [parse_axis("min_score=0:0.2499:0.0001"), parse_axis("max_score=0.5:0.7499:0.0001")]  # 2,500 x 2,500
+    with pytest.raises(ParameterError, match="6,250,000 settings"):  # refused from the sizes, before the results are read
+        sweep_file(Path("no-such-results.jsonl"), big, Path("no-such-folder"))
 
 
 # ---- the sheet's format and the first-word decision, over many inputs ------------------------------

@@ -21,7 +21,6 @@ import base64
 import html
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -113,16 +112,6 @@ def _entry(number: int, record: dict, folder: bool) -> dict[str, Any]:
     }
 
 
-_PICTURE = re.compile(r"\d{7}\.jpg")
-
-
-def _report_file(path: Path) -> bool:
-    """What a report writes: index.html, and img/ holding only its numbered pictures."""
-    if path.name == "index.html" and path.is_file():
-        return True
-    return path.name == "img" and path.is_dir() and all(_PICTURE.fullmatch(p.name) and p.is_file() for p in path.iterdir())
-
-
 def write_report(results: Path, out: Path, limit: int | None = None, single_file: bool = False, thumb_width: int = THUMB_WIDTH,
                  progress: bool = True, sweep: Path | None = None) -> Path:  # fmt: skip
     """Write DIR/index.html (+ DIR/img/*.jpg unless single_file); returns the index path. With
@@ -130,12 +119,22 @@ def write_report(results: Path, out: Path, limit: int | None = None, single_file
     rows = read_results(Path(results), limit)
     shard_images = ShardImages(Path(results)) if is_results_folder(Path(results)) else None
     sweep_html = sweep_section(sweep) if sweep is not None else ""
-    outfolder.claim(out, "report", _report_file)
+    outfolder.prepare(out, "report")
     images = out / "img"
     if images.exists():
-        shutil.rmtree(images)  # pictures of an earlier report of another file must not linger
+        shutil.rmtree(images)  # pictures of an earlier report (claimed: every one listed, unchanged) must not linger
     if not single_file:
         images.mkdir()
+    try:
+        index = _write_pages(results, out, rows, shard_images, single_file, thumb_width, progress, sweep_html)
+    finally:  # what was written, even by a report that failed half-way, is listed as this report's
+        outfolder.record(out, "report", [p for p in (out / "index.html", *sorted(images.glob("*"))) if p.is_file()])
+    return index
+
+
+def _write_pages(results: Path, out: Path, rows: list, shard_images: ShardImages | None, single_file: bool, thumb_width: int,
+                 progress: bool, sweep_html: str) -> Path:  # fmt: skip
+    images = out / "img"
     bar = ProgressBar(len(rows), progress, desc="report")
     entries = []
     for number, record in rows:

@@ -140,12 +140,15 @@ OUTPUT_NAMES = ("validation.json", "validation.md", "validation.png")
 
 
 def write_outputs(summary: dict, out: Path) -> dict[str, Path]:
-    outfolder.claim(out, "validation", outfolder.named(*OUTPUT_NAMES))
+    outfolder.prepare(out, "validation")
     summary = {**summary, "cpu": summary.get("cpu") or cpu_name()}
     paths = {kind: out / name for kind, name in zip(("json", "markdown", "plot"), OUTPUT_NAMES)}
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown(summary), encoding="utf-8")
-    cv2.imwrite(str(paths["plot"]), chart(summary))
+    try:
+        paths["json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        paths["markdown"].write_text(markdown(summary), encoding="utf-8")
+        cv2.imwrite(str(paths["plot"]), chart(summary))
+    finally:
+        outfolder.record(out, "validation", [p for p in paths.values() if p.is_file()])
     return paths
 
 

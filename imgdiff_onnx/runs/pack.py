@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PACK_FORMATS = ("parquet", "webdataset")
 ROW_GROUP_BYTES = 64 << 20  # image bytes per Parquet row group
+PAGE_ROWS = 16  # rows per Parquet data page at most (a reader decodes a page whole)
 _SHARD_NAME = re.compile(r"^\d{5,}\.(parquet|tar)$")
 MARKER = ".imgdiff-pack"
 
@@ -136,7 +137,8 @@ def _write_parquet(chunk: list[tuple[InputLine, bytes, bytes]], path: Path) -> N
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     others = pa.Table.from_pylist([_fields(line) for line, _, _ in chunk]).schema
     schema = pa.schema([pa.field("image_path1", image), pa.field("image_path2", image), *others])
-    with pq.ParquetWriter(path, schema) as writer:
+    # pages of 16 rows: a reader decodes a page whole (pyarrow's default closes one every 1,024 rows)
+    with pq.ParquetWriter(path, schema, write_batch_size=PAGE_ROWS) as writer:
         group: list[dict] = []
         size = 0
         for line, data1, data2 in chunk:

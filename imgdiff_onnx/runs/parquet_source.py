@@ -10,7 +10,10 @@ in ISO 8601, decimals as text, NaN and infinities as null (JSON has neither).
 
 Memory: a row group is read in batches of at most `BATCH_BYTES` of column data (estimated from
 the row group's own size per row), its column chunks through a 1 MB buffer, never the whole
-file nor a whole row group; image row groups of a gigabyte exist.
+file nor a whole row group; image row groups of a gigabyte exist. What no reader can bound is a
+page: Arrow decodes a data page whole, and a writer with pyarrow's defaults closes a page only
+every 1,024 rows, so an image column's pages can hold 1,024 images (~140 MB each of two image
+columns for 80 KB JPEGs, measured: benchmarks/README.md). `pack` writes pages of 16 rows.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .columns import FIELDS, IMAGE_FIELDS, ColumnMap
 from .records import InputLine, shard_line
 from .shards import Shard, ShardError
 
-BATCH_BYTES = 64 << 20  # column data per read batch
+BATCH_BYTES = 16 << 20  # column data per read batch (64 MB measured +75 MB peak for no CPU gain)
 READ_BUFFER = 1 << 20  # bytes read from a column chunk at a time
 MAX_BATCH_ROWS = 256
 

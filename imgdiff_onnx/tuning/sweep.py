@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..params import OperatorParams
+from ..runs import outfolder
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
 from ..engine.decide import decide
@@ -166,25 +167,29 @@ def sweep_file(results: Path, axes: list[Axis], out: Path, options: SweepOptions
     if not 1 <= len(axes) <= 2 or grid_size(axes) > MAX_SETTINGS:  # before the results are read
         raise ParameterError(f"--vary: {grid_size(axes):,} settings over {len(axes)} threshold(s); a sweep varies one or two, "
                              f"at most {MAX_SETTINGS:,} settings", "vary")  # fmt: skip
+    outfolder.claim(out, "sweep")  # before the sweep is computed
     rows = sweep(KeptRun.open_all(results), axes, options.base, options.progress)
-    out.mkdir(parents=True, exist_ok=True)
+    outfolder.prepare(out, "sweep")
     data = [row.to_json() for row in rows]
     kinds = sorted({k for row in data for k in row["exits"]})
     names = [a.name for a in axes]
     header = names + ["pairs", "pairs_with_boxes", "boxes_per_pair", "int8_in_band"] + [f"exit_{k}" for k in kinds]
     paths = {"json": out / "sweep.json", "csv": out / "sweep.csv", "markdown": out / "sweep.md", "plot": out / "sweep.png"}
-    paths["json"].write_text(json.dumps({"results": str(results), "axes": names, "rows": data}, indent=1) + "\n", encoding="utf-8")
-    table = [[row[n] for n in names] + [row["pairs"], row["pairs_with_boxes"], row["boxes_per_pair"], row["int8_in_band"]]
-             + [row["exits"].get(k, 0) for k in kinds] if not row["invalid"] else [row[n] for n in names] + ["invalid"] * (len(header) - len(names))
-             for row in data]  # fmt: skip
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(table)
-    md = [f"# Sweep of {results.name}: {' x '.join(names)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(str(v) for v in line) + " |" for line in table]
-    paths["markdown"].write_text("\n".join(md) + "\n", encoding="utf-8")
-    cv2.imwrite(str(paths["plot"]), plot(data, names)[:, :, ::-1])
+    try:
+        paths["json"].write_text(json.dumps({"results": str(results), "axes": names, "rows": data}, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        table = [[row[n] for n in names] + [row["pairs"], row["pairs_with_boxes"], row["boxes_per_pair"], row["int8_in_band"]]
+                 + [row["exits"].get(k, 0) for k in kinds] if not row["invalid"] else [row[n] for n in names] + ["invalid"] * (len(header) - len(names))
+                 for row in data]  # fmt: skip
+        with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(table)
+        md = [f"# Sweep of {results.name}: {' x '.join(names)}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(str(v) for v in line) + " |" for line in table]
+        paths["markdown"].write_text("\n".join(md) + "\n", encoding="utf-8")
+        cv2.imwrite(str(paths["plot"]), plot(data, names)[:, :, ::-1])
+    finally:  # what was written (also by a sweep stopped half-way) is listed as the sweep's
+        outfolder.record(out, "sweep", [p for p in paths.values() if p.is_file()])
     return paths
 
 
