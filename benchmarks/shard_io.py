@@ -108,7 +108,7 @@ def _engine_cost(models: Path, pairs: list[dict]) -> dict:
             "peak_rss_mb": result["peak_rss_mb"]}  # fmt: skip
 
 
-def _big(work: Path, gigabytes: float, row_group_mb: float = 1000) -> dict[str, Path]:
+def _big(work: Path, gigabytes: float, row_group_mb: float = 1000, page_rows: int = 1024) -> dict[str, Path]:
     """One Parquet file (row groups of `row_group_mb` MB) and one tar of about `gigabytes` GB of
     the real pair's JPEGs (made distinct)."""
     import io
@@ -125,7 +125,8 @@ def _big(work: Path, gigabytes: float, row_group_mb: float = 1000) -> dict[str, 
     schema = pa.schema([("image_path1", image), ("image_path2", image), ("caption1", pa.string()), ("caption2", pa.string())])
     # by default row groups of ~1 GB: the layout a Hugging Face image dataset may have
     rows_per_group = max(1, int(row_group_mb * 1e6 / (len(images[0]) + len(images[1]))))
-    with pq.ParquetWriter(out["parquet"], schema, compression="none", use_dictionary=False) as writer, \
+    # page_rows: pyarrow closes a data page at most every write_batch_size rows (default 1,024), and a reader decodes a page whole
+    with pq.ParquetWriter(out["parquet"], schema, compression="none", use_dictionary=False, write_batch_size=page_rows) as writer, \
             tarfile.open(out["webdataset"], "w") as archive:  # fmt: skip
         for start in range(0, count, rows_per_group):
             rows = []
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--big-gb", type=float, default=5.0)
     parser.add_argument("--row-group-mb", type=float, default=1000, help="the big Parquet file's row groups (default 1000 MB)")
+    parser.add_argument("--page-rows", type=int, default=1024, help="the big Parquet file's rows per data page at most (default 1024, pyarrow's)")
     parser.add_argument("--skip-cost", action="store_true", help="only the big files' memory")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["share_of_engine_cpu"] = row["cpu_ms_per_pair_best"] / 1000 / record["engine"]["cpu_s_per_pair"]
             record["results"] = _results(work, args.models, pairs)
         if args.big_gb > 0:
-            files = _big(work, args.big_gb, args.row_group_mb)
-            record["big"] = {"row_group_mb": args.row_group_mb, "gigabytes": {k: p.stat().st_size / 1e9 for k, p in files.items()}, "baseline": _child_peak(None)}
+            files = _big(work, args.big_gb, args.row_group_mb, args.page_rows)
+            record["big"] = {"row_group_mb": args.row_group_mb, "page_rows": args.page_rows, "gigabytes": {k: p.stat().st_size / 1e9 for k, p in files.items()}, "baseline": _child_peak(None)}
             for name, path in files.items():
                 record["big"][name] = _child_peak(str(path))
                 (path).unlink()

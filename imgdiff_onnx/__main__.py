@@ -500,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEBUG_ENV = "IMGDIFF_ONNX_DEBUG"  # set to 1 for tracebacks instead of one-line errors
+INTERRUPTED = {  # what a command stopped at once (a second Ctrl-C) leaves, and what to run next
+    "run": "every result line written so far is kept; run the same command with --resume to continue",
+    "retune": "nothing of this retune was kept; run the same command again",
+    "sweep": "the sweep wrote nothing; run the same command again",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted: every result line written so far is kept; run the same command with --resume to continue", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(args.command, 'run the same command again')}", file=sys.stderr)
         return 130
     except (ImgDiffError, FileNotFoundError) as exc:
         if debug:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -445,3 +446,42 @@ def test_a_damaged_chunk_of_kept_scores_is_one_line_naming_it(kept, tmp_path, ho
     with pytest.raises(RunError, match=r"line-000000003\.npz: cannot read these kept scores .*the chunk is damaged"):
         _retune(copy, _params(), tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def _signalled(module: str, function: str, signum: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """The command `argv` in a process that signals itself the first time `module.function` runs
+    (mid-way through the work, deterministically)."""
+    code = f"""
+import importlib, os, sys
+from imgdiff_onnx.__main__ import main
+m = importlib.import_module({module!r})
+original = m.{function}
+def once(*a, **k):
+    if not getattr(once, "sent", False):
+        once.sent = True
+        os.kill(os.getpid(), {int(signum)})
+    return original(*a, **k)
+m.{function} = once
+sys.exit(main({argv!r}))
+"""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_retune_and_sweep_leaving_nothing_of_theirs(kept, work, tmp_path, signum):
+    params = str(_write_params(tmp_path / "p.json", _params(s2=(0.6, 0.97))))
+    output = tmp_path / "out.jsonl"
+    _retune(kept["int8"], _params(), output)
+    before = output.read_bytes(), (tmp_path / ".out.jsonl.run.json").read_bytes()
+    proc = _signalled("imgdiff_onnx.tuning.retune", "result_line", signum,
+                      ["retune", "--input", str(kept["int8"]), "--params", params, "--output", str(output), "--overwrite", "--quiet"])
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum and proc.stderr.splitlines()[0].endswith(f"{name} received: stopping; nothing of this retune is kept "
+                                                                                   "(send it again to stop at once)"), proc.stderr  # fmt: skip
+    assert len(proc.stderr.splitlines()) == 2 and f"stopped by {name}: nothing of this retune was written (the earlier {output} is as it was); run the same command again" in proc.stderr
+    assert (output.read_bytes(), (tmp_path / ".out.jsonl.run.json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.jsonl.run.json", "out.jsonl", "p.json"]  # no lock, no half file
+    proc = _signalled("imgdiff_onnx.tuning.sweep", "_count", signum,
+                      ["sweep", "--input", str(kept["int8"]), "--vary", "min_score=0:1:0.5", "--out", str(tmp_path / "sweep"), "--quiet"])
+    assert proc.returncode == 128 + signum and f"stopped by {name}: the sweep wrote nothing; run the same command again" in proc.stderr
+    assert not (tmp_path / "sweep").exists()

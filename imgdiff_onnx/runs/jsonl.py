@@ -203,6 +203,7 @@ class ResultWriter:
         if self.done:
             log.info("resuming after %d completed lines", self.done)
         self._replace = started and options.overwrite
+        self._overwrite = options.overwrite
         self._identity = identity if self.done == 0 else None
         self._real = real
         self.tally = LineTally()
@@ -239,7 +240,7 @@ class ResultWriter:
         return self.done + self.stats["ok"] + self.stats["error"]
 
     def interrupted(self, signum: int) -> Interrupted:
-        return Interrupted(signum, self.written, self.total, str(self._real))
+        return Interrupted.run(signum, self.written, self.total, str(self._real), overwrite=self._overwrite)
 
     def close(self, finished: bool = True) -> None:
         """Close and unlock; a file this run created and left empty is removed unless the run

@@ -199,6 +199,12 @@ class ShardFolder:
         if errors.is_file():
             errors.unlink()
 
+    def discard(self) -> None:
+        """Remove what this run wrote into the folder (its results, partial results, kept scores,
+        shard errors and record): for a command that leaves nothing when it does not finish."""
+        self._remove_old(self.record)
+        (self.output / RECORD).unlink(missing_ok=True)
+
     def results(self, name: str) -> Path:
         """Where the results of the shard `name` go (its run record's entry names the file)."""
         return self.output / self.record["shards"][name]["results"]
@@ -312,7 +318,7 @@ def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, o
                         lines = _unread(shard, read_shard(shard, shard_options.columns, shard_options.image_root), done,
                                         folder.partial(shard.name))  # fmt: skip
                         run_batches(engine, _batches(lines, options.pairs_per_batch), AppendSink(handle, tally, scores), stop,
-                                    lambda signum: Interrupted(signum, committed, len(shards), str(output), "shards are committed in"),
+                                    lambda signum: Interrupted.run(signum, committed, len(shards), str(output), "shards are committed in", options.overwrite),
                                     options.timings)  # fmt: skip
                 except ShardError as exc:
                     shard_errors += 1

@@ -1,6 +1,6 @@
-"""Stopping a dataset run cleanly: Ctrl-C (SIGINT) or SIGTERM ask the run to stop after the batch
-in flight is written; a second signal stops at once. Either way every line
-already written stays, and `--resume` continues after it."""
+"""Stopping a command cleanly: Ctrl-C (SIGINT) or SIGTERM ask a run to stop after the batch in
+flight is written (every line already written stays, and `--resume` continues after it), and a
+retune or sweep to stop leaving nothing of theirs; a second signal stops at once."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(RunError):
-    """The run stopped on a signal after writing `done` of `total` lines to `output`."""
+    """A command stopped on a signal; the message says what it left and what to run next."""
 
-    def __init__(self, signum: int, done: int, total: int, output: str, what: str = "input lines are in"):
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"stopped by {name}: {done} of {total} {what} {output}; "
-            "run the same command with --resume (instead of --overwrite) to continue"
-        )
+    def __init__(self, signum: int, message: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name}: {message}")
         self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    @classmethod
+    def run(cls, signum: int, done: int, total: int, output: str, what: str = "input lines are in", overwrite: bool = False) -> "Interrupted":
+        """A run stopped: what it wrote stays, and --resume continues it."""
+        step = "run the same command with --resume instead of --overwrite to continue" if overwrite else "run the same command with --resume to continue"
+        return cls(signum, f"{done} of {total} {what} {output}; {step}")
 
 
 class GracefulStop:
@@ -36,7 +38,8 @@ class GracefulStop:
     Python cannot install handlers) it does nothing and the signals keep their default effect. A
     signal the process was started with ignored stays ignored, as Python itself leaves SIGINT."""
 
-    def __init__(self) -> None:
+    def __init__(self, stopping: str = "stopping after the batch in flight is written") -> None:
+        self.stopping = stopping  # what the log says the command does on the first signal
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -50,7 +53,7 @@ class GracefulStop:
                 signal.raise_signal(signum)
             return
         self.signum = signum
-        log.warning("%s received: stopping after the batch in flight is written (send it again to stop at once)", signal.Signals(signum).name)
+        log.warning("%s received: %s (send it again to stop at once)", signal.Signals(signum).name, self.stopping)
 
     def install(self) -> None:
         """(Re)install the handlers: call again after a library that installs its own (ray.init

@@ -32,6 +32,7 @@ from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY, InputLine, output_line
 from ..runs.runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, fsync_folder, params_text
 from ..engine.decide import BandSpec, Decision, decide
+from ..runs.signals import GracefulStop, Interrupted
 from ..runs.scores import KeptScoresMeta, drop_scores, read_sheets, scores_folder
 
 if TYPE_CHECKING:
@@ -239,9 +240,13 @@ class RetuneOptions:
     models: Path | None = None  # the model folder for fp32 re-scores (default: the one the run used)
 
 
-def _write_decided(kept: KeptRun, params: OperatorParams, models: Path | None, out: BinaryIO, counts: dict[str, int], bar: ProgressBar) -> None:
-    """`kept`'s lines decided at `params`, written to `out` (fsync'ed), counted."""
+def _write_decided(kept: KeptRun, params: OperatorParams, models: Path | None, out: BinaryIO, counts: dict[str, int], bar: ProgressBar,
+                   stop: GracefulStop, left: str) -> None:  # fmt: skip
+    """`kept`'s lines decided at `params`, written to `out` (fsync'ed), counted; a stop signal
+    raises Interrupted saying `left` (what the stop leaves)."""
     for record, result in kept.decide(params, models):
+        if stop.signum is not None:
+            raise Interrupted(stop.signum, left)
         out.write((result_line(record, result) + "\n").encode("utf-8"))
         counts["lines"] += 1
         boxes = record[RESULT_KEY].get("boxes") or []
@@ -271,11 +276,12 @@ def retune_file(results: Path, params: OperatorParams, output: Path, options: Re
         raise RunError(str(exc)) from None
     counts = {"lines": 0, "changed": 0, "rescored": 0}
     tmp = lock.real.with_name(f".{lock.real.name}.retune.tmp")
+    left = f"nothing of this retune was written ({'the earlier ' + str(output) + ' is as it was' if lock.real.stat().st_size else str(output) + ' was not created'}); run the same command again"
     try:
-        with open(tmp, "wb") as out:
+        with GracefulStop("stopping; nothing of this retune is kept") as stop, open(tmp, "wb") as out:
             bar = ProgressBar(kept.count(), options.progress, unit="line")
             try:
-                _write_decided(kept, params, options.models, out, counts, bar)
+                _write_decided(kept, params, options.models, out, counts, bar, stop, left)
             finally:
                 bar.close()
         drop_scores(lock.real)  # the replaced file's kept scores (if any) are not the new lines'
@@ -317,19 +323,24 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
     counts = {"lines": 0, "changed": 0, "rescored": 0}
     bar = ProgressBar(sum(k.count() for k in runs), options.progress, unit="line")
     rescorer = None
+    left = f"nothing of this retune was kept in {output}; run the same command again (with --overwrite if it was there before)"
     try:
-        for kept in runs:
-            kept.rescorer = rescorer  # the fp32 graphs load once for the folder
-            with folder.open_partial(str(kept.shard)) as out:
-                out.truncate(0)
-                _write_decided(kept, params, options.models, out, counts, bar)
-            folder.commit(str(kept.shard))
-            rescorer = kept.rescorer
+        with GracefulStop("stopping; nothing of this retune is kept") as stop:
+            for kept in runs:
+                kept.rescorer = rescorer  # the fp32 graphs load once for the folder
+                with folder.open_partial(str(kept.shard)) as out:
+                    out.truncate(0)
+                    _write_decided(kept, params, options.models, out, counts, bar, stop, left)
+                folder.commit(str(kept.shard))
+                rescorer = kept.rescorer
         errors = results / ERRORS
         if errors.is_file():
             for line in errors.read_text(encoding="utf-8").splitlines():
                 entry = json.loads(line)
                 folder.shard_error(str(entry.get("shard")), str(entry.get("error")))
+    except BaseException:
+        folder.discard()  # a retune that did not finish leaves nothing of its own
+        raise
     finally:
         bar.close()
         folder.close()

@@ -27,7 +27,9 @@ from ..params import OperatorParams
 from ..runs import outfolder
 from ..runs.progress import ProgressBar
 from ..runs.records import RESULT_KEY
-from ..engine.decide import decide
+from ..engine.decide import BandSpec, decide
+from ..pairs import ScoreSheet
+from ..runs.signals import GracefulStop, Interrupted
 from .retune import RETUNABLE, KeptRun
 
 GROUP_OF = {name: group for group, names in RETUNABLE.items() for name in names}
@@ -137,23 +139,32 @@ def sweep(kept: KeptRun | list[KeptRun], axes: list[Axis], base: OperatorParams 
         except ParameterError as exc:
             row.invalid = str(exc)
     bar = ProgressBar(sum(run.count() for run in runs), progress, unit="pair")
-    for record, sheet, band in ((record, sheet, run.band) for run in runs for record, sheet in run.lines()):
-        fields = record[RESULT_KEY]
-        for row, params in settings:
-            row.pairs += 1
-            if sheet is None:  # no threshold changes this line
-                n, kind = len(fields.get("boxes", [])), _exit_kind(fields)
-            else:
-                d = decide(sheet, "", fields["objects1"], fields["objects2"], params, band)
-                n = len(d.result.kept)
-                kind = "pair_similarity" if d.result.exit_reason else ("has_boxes" if n else "no_box_left")
-                row.int8_in_band += len(d.needs)
-            row.boxes += n
-            row.with_boxes += n > 0
-            row.exits[kind] += 1  # type: ignore[index]
-        bar.update()
+    with GracefulStop("stopping; the sweep writes nothing") as stop:
+        for record, sheet, band in ((record, sheet, run.band) for run in runs for record, sheet in run.lines()):
+            if stop.signum is not None:
+                bar.close()
+                raise Interrupted(stop.signum, "the sweep wrote nothing; run the same command again")
+            _count(record, sheet, band, settings)
+            bar.update()
     bar.close()
     return rows
+
+
+def _count(record: dict, sheet: ScoreSheet | None, band: BandSpec, settings: list[tuple[SweepRow, OperatorParams]]) -> None:
+    """Count one results line at every setting of the grid."""
+    fields = record[RESULT_KEY]
+    for row, params in settings:
+        row.pairs += 1
+        if sheet is None:  # no threshold changes this line
+            n, kind = len(fields.get("boxes", [])), _exit_kind(fields)
+        else:
+            d = decide(sheet, "", fields["objects1"], fields["objects2"], params, band)
+            n = len(d.result.kept)
+            kind = "pair_similarity" if d.result.exit_reason else ("has_boxes" if n else "no_box_left")
+            row.int8_in_band += len(d.needs)
+        row.boxes += n
+        row.with_boxes += n > 0
+        row.exits[kind] += 1  # type: ignore[index]
 
 
 @dataclass(frozen=True)
