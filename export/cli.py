@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from imgdiff_onnx.engine import integrity
+from imgdiff_onnx.errors import ExportError
 from imgdiff_onnx.engine import manifest as mf
 
 from . import band, random_init, steps, verify
@@ -70,18 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ExportUsageError(ExportError):
+    """An option of the export is wrong (one line, exit 2)."""
+
+
 def _precisions(text: str) -> list[str]:
     wanted = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in wanted if p not in mf.PRECISIONS]
     if unknown or not wanted:
-        raise SystemExit(f"--precision: expected a comma-separated subset of {','.join(mf.PRECISIONS)}, got {text!r}")
+        raise ExportUsageError(f"--precision: expected a comma-separated subset of {','.join(mf.PRECISIONS)}, got {text!r}")
     return [p for p in mf.PRECISIONS if p in wanted or p == "fp32"]
 
 
 def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise SystemExit(f"--out {out} is not empty; pass --force to replace its model files")
+            raise ExportUsageError(f"--out {out} is not empty; pass --force to replace its model files")
         graphs = [name(g, p) for name in (mf.graph_file, mf.amx_graph_file) for g in mf.GRAPHS + mf.OPTIONAL_GRAPHS for p in mf.PRECISIONS]
         weights = [f"{graph}.data" for graph in graphs]  # external weights (onnx_io.store_weights_beside)
         for name in [mf.MANIFEST_NAME, mf.TOKENIZER_FILE] + graphs + weights:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     try:
         run(args)
-    except (SourceUnavailable, CalibrationImagesError) as exc:
+    except (SourceUnavailable, CalibrationImagesError, ExportUsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except verify.ParityError as exc:

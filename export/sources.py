@@ -54,7 +54,7 @@ def resolve_hf(source: str, what: str, flag: str) -> ResolvedSource:
         raise SourceUnavailable(
             f"{what}: '{source}' is not a local folder, is not in the Hugging Face cache ({_hf_cache_dir()}), "
             f"and could not be downloaded ({type(exc).__name__}). On a connected machine run "
-            f"`huggingface-cli download {source}` and copy the cache (or set HF_HOME), pass a local folder "
+            f"`hf download {source}` (huggingface_hub's command) and copy the cache (or set HF_HOME), pass a local folder "
             f"with {flag} PATH, or build stand-in weights with --random-init full|tiny."
         ) from None
     revision = Path(folder).name

@@ -48,7 +48,9 @@ def _load_params(path: Path | None):
 
             data = yaml.safe_load(text) or {}
         else:
-            data = json.loads(text, parse_constant=_no_constant)
+            from .runs.jsonlines import bounded_int
+
+            data = json.loads(text, parse_constant=_no_constant, parse_int=bounded_int)
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / json.JSONDecodeError: one line, with the position
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
         raise RunError(f"--params {path}: not valid {kind}: {' '.join(str(exc).split())}") from None
@@ -88,7 +90,7 @@ def _shipped_recipe(path: Path) -> Path:
 def _no_constant(name: str) -> object:
     from .errors import ParameterError
 
-    raise ParameterError(f"{name} is not a JSON number")
+    raise ParameterError(f"{name} is not a JSON number", "params")
 
 
 def _operator_entry(path: Path, process: object) -> dict:

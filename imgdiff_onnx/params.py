@@ -9,11 +9,13 @@ the models the folder was exported from when they are given.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ParameterError  # re-exported: the class callers of this module catch
+from .settings import MAX_INT_DIGITS
 
 
 def _build(cls, group: str, values: Mapping[str, Any] | None):
@@ -21,10 +23,16 @@ def _build(cls, group: str, values: Mapping[str, Any] | None):
     known = {f.name for f in dataclasses.fields(cls)}
     # Data-Juicer's own op plumbing keys that recipes may carry
     ignored = {"num_proc", "accelerator"}
-    unknown = sorted(k for k in values if k not in known and k not in ignored)
+    unknown = sorted((k for k in values if k not in known and k not in ignored), key=str)
     if unknown:
-        raise ParameterError(f"{group}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        raise ParameterError(f"{group}: unknown key(s) {', '.join(_with_guess(k, known) for k in unknown)}; known keys are {sorted(known)}", str(unknown[0]))
     return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _with_guess(key: object, known: set[str]) -> str:
+    """`key`, and the known name it is likely a typo of."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    return f"{str(key)[:60]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 MAX_IMGSZ = 4096  # FastSAM's input side: larger sizes are refused before anything is allocated
@@ -33,11 +41,18 @@ MAX_IMGSZ = 4096  # FastSAM's input side: larger sizes are refused before anythi
 
 def _number(group: str, name: str, value: object, low: float, high: float) -> float:
     """A finite number (bool refused) in [low, high], as a float: 1 and 1.0 are one value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_DIGITS * 3.33:
+        raise ParameterError(f"{group}.{name}: an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits (limit {MAX_INT_DIGITS})", name)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ParameterError(f"{group}.{name} must be a finite number, got {value!r}")
+        raise ParameterError(f"{group}.{name} must be a finite number, got {_short(value)}", name)
     if not low <= value <= high:
-        raise ParameterError(f"{group}.{name} must be in [{low:g}, {high:g}], got {value!r}")
+        raise ParameterError(f"{group}.{name} must be in [{low:g}, {high:g}], got {_short(value)}", name)
     return float(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_range(args: object, group: str, low_name: str, high_name: str, bounds: tuple[float, float]) -> None:
@@ -46,12 +61,12 @@ def _check_range(args: object, group: str, low_name: str, high_name: str, bounds
     object.__setattr__(args, low_name, low)
     object.__setattr__(args, high_name, high)
     if low > high:
-        raise ParameterError(f"{group}: {low_name}={low:g} is greater than {high_name}={high:g}; nothing could pass")
+        raise ParameterError(f"{group}: {low_name}={low:g} is greater than {high_name}={high:g}; nothing could pass", low_name)
 
 
 def _text(args: object, group: str, name: str) -> None:
     if not isinstance(getattr(args, name), str):
-        raise ParameterError(f"{group}.{name} must be a string, got {getattr(args, name)!r}")
+        raise ParameterError(f"{group}.{name} must be a string, got {_short(getattr(args, name))}", name)
 
 
 COSINE = (-1.0, 1.0)  # CLIP cosine similarity
@@ -88,7 +103,7 @@ class SegmentArgs:
         if isinstance(imgsz, float) and imgsz.is_integer():
             object.__setattr__(self, "imgsz", imgsz := int(imgsz))  # 1024.0 from a JSON writer is 1024
         if not isinstance(imgsz, int) or isinstance(imgsz, bool) or not 32 <= imgsz <= MAX_IMGSZ:
-            raise ParameterError(f"image_segment_mapper_args.imgsz must be an integer from 32 to {MAX_IMGSZ}, got {imgsz!r}")
+            raise ParameterError(f"image_segment_mapper_args.imgsz must be an integer from 32 to {MAX_IMGSZ}, got {_short(imgsz)}", "imgsz")
         for name in ("conf", "iou"):
             object.__setattr__(self, name, _number("image_segment_mapper_args", name, getattr(self, name), *PROBABILITY))
         _text(self, "image_segment_mapper_args", "model_path")
@@ -133,9 +148,9 @@ class OperatorParams:
     def from_mapping(cls, data: Mapping[str, Any]) -> "OperatorParams":
         """A dict (e.g. a parsed JSON/YAML file) holding up to the three Data-Juicer keys."""
         keys = {"image_pair_similarity_filter_args", "image_segment_mapper_args", "image_text_matching_filter_args"}
-        unknown = sorted(set(data) - keys)
+        unknown = sorted(set(data) - keys, key=str)
         if unknown:
-            raise ParameterError(f"unknown parameter group(s) {unknown}; expected some of {sorted(keys)}")
+            raise ParameterError(f"unknown parameter group(s) {', '.join(_with_guess(k, keys) for k in unknown)}; expected some of {sorted(keys)}", str(unknown[0]))
         return cls.from_dicts(**{k: data.get(k) for k in keys})
 
     def to_dicts(self) -> dict[str, dict[str, Any]]:

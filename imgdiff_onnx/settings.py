@@ -15,6 +15,7 @@ from .engine.precision import Precision, PrecisionLike
 
 PAIRS_PER_BATCH = 4  # pairs whose crops are scored together: the one default of RunOptions,
 # ValidateOptions, DifferenceAreaGenerator.process_many and --pairs-per-batch
+MAX_INT_DIGITS = 100  # digits of one integer in an input line or a params file: more is refused, named, before any arithmetic
 PAIRS_PER_SHARD = 1000  # records per shard written by `pack` (PackOptions and --pairs-per-shard)
 
 MemoryRelease = Literal["trim", "mmap", "off"]
@@ -119,9 +120,9 @@ class EngineSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ParameterError(f"{name} must be an integer >= 1, got {value!r}", name)
         if self.memory_release not in MEMORY_RELEASE:
-            raise ParameterError(f"memory_release must be one of {', '.join(MEMORY_RELEASE)}, got {self.memory_release!r}")
+            raise ParameterError(f"memory_release must be one of {', '.join(MEMORY_RELEASE)}, got {self.memory_release!r}", "memory_release")
         if self.model_check not in MODEL_CHECKS:
-            raise ParameterError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}")
+            raise ParameterError(f"model_check must be one of {', '.join(MODEL_CHECKS)}, got {self.model_check!r}", "model_check")
 
     def parallelism(self, cores: int | None = None) -> tuple[int, int]:
         """(workers, threads per session) after the automatic choices described above."""

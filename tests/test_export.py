@@ -165,7 +165,7 @@ def test_offline_hub_id_gives_one_clear_message(tmp_path, monkeypatch):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert "openai/clip-vit-base-patch32" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert "openai/clip-vit-base-patch32" in proc.stderr and "`hf download openai/clip-vit-base-patch32`" in proc.stderr
     assert "--random-init" in proc.stderr
 
 
@@ -360,3 +360,14 @@ def test_hub_ids_export_offline_from_a_warm_hugging_face_cache(tiny_models, tmp_
     a = ort.InferenceSession(str(tiny_models / "clip_vision.fp32.onnx")).run(None, feed)
     b = ort.InferenceSession(str(out / "clip_vision.fp32.onnx")).run(None, feed)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_the_exports_usage_errors_are_one_line_with_exit_2(tmp_path):
+    """No SystemExit from the export's code: its user errors are ExportErrors, one line, exit 2."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    for args, message in ((["--precision", "int4", "--out", str(tmp_path / "new")], "--precision: expected a comma-separated subset"),
+                          (["--out", str(tmp_path / "full")], "is not empty; pass --force")):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx.export", *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert (tmp_path / "full" / "mine.txt").read_text() == "x"

@@ -393,3 +393,20 @@ def test_warnings_print_above_the_progress_bar_not_inside_it(monkeypatch):
     lines = re.split(r"[\r\n]", term.getvalue())
     assert "WARNING p7: image 2: image not found" in lines  # a line of its own, not glued to the bar
     assert any("4/4" in line for line in lines)
+
+
+def test_every_parameter_error_names_its_setting():
+    """A ParameterError carries the setting's name (its `.name`), so a command line or a notebook
+    can point at the setting without reading the message: every raise passes one."""
+    import ast
+
+    from .conftest import ROOT
+
+    unnamed = []
+    for path in sorted((ROOT / "imgdiff_onnx").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", "") == "ParameterError":
+                if len(node.exc.args) + len(node.exc.keywords) < 2:
+                    unnamed.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert unnamed == []
+    assert len([p for p in (ROOT / "imgdiff_onnx").rglob("*.py") if "raise ParameterError(" in p.read_text()]) >= 8  # the check sees them

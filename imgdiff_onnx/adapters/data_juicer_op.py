@@ -117,7 +117,7 @@ class ImgDiffDifferenceAreaGeneratorOnnxMapper(Mapper):
         # fail on the driver, before any data moves, for a bad parameter or model folder
         self.params = OperatorParams.from_dicts(image_pair_similarity_filter_args, image_segment_mapper_args, image_text_matching_filter_args)
         if not model_dir:
-            raise ParameterError(f"{OP_NAME}: model_dir is required (a folder written by `python -m imgdiff_onnx.export`)")
+            raise ParameterError(f"{OP_NAME}: model_dir is required (a folder written by `python -m imgdiff_onnx.export`)", "model_dir")
         self.model_dir = str(Path(model_dir).expanduser().resolve())
         # a missing or broken manifest, a bad precision, or one the folder was not exported
         # with, fails here

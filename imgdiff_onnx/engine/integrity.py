@@ -74,7 +74,7 @@ def _write_stamp(path: Path, data: dict) -> None:
 def check_files(folder: Path, files: dict, names: list[str], check: ModelCheck = "once", manifest_name: str = "manifest.json") -> None:
     """Every named file exists with the size (and sha256) that `files` (the manifest's "files") records."""
     if check not in MODEL_CHECKS:
-        raise ParameterError(f"model check must be one of {', '.join(MODEL_CHECKS)}, got {check!r}")
+        raise ParameterError(f"model check must be one of {', '.join(MODEL_CHECKS)}, got {check!r}", "model_check")
     folder = Path(folder)
     stamp_file = stamp_path(folder) if check == "once" else None
     stamp = _read_stamp(stamp_file) if stamp_file is not None else {}

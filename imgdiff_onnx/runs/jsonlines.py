@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import ImgDiffError
+from ..settings import MAX_INT_DIGITS
 
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one record: captions of ~1 million characters still fit
 MAX_DEPTH = 64  # nested arrays/objects in one record
-MAX_INT_DIGITS = 100  # digits of one integer
 BOM = b"\xef\xbb\xbf"
 JSON_SPACE = b" \t\r\n"
 _CHUNK = 1 << 20
@@ -134,7 +134,8 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _bounded_int(text: str) -> int:
+def bounded_int(text: str) -> int:
+    """json's parse_int: an integer of at most MAX_INT_DIGITS digits, else LineError."""
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise LineError(f"an integer of {len(text.lstrip('-')):,} digits (limit {MAX_INT_DIGITS})")
     return int(text)
@@ -159,7 +160,7 @@ def parse_record(line: RawLine, max_bytes: int = MAX_LINE_BYTES) -> dict[str, An
         if depth > MAX_DEPTH:
             raise LineError(f"nested {depth:,} levels deep (limit {MAX_DEPTH})")
     try:
-        record = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        record = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise LineError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:  # pragma: no cover - the depth check comes first
