@@ -147,7 +147,7 @@ def _engine(models: Path, params, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .runs.jsonl import RunError, RunOptions, check_start, run as run_jsonl
+    from .runs.jsonl import RunError, RunOptions, check_start, early_identity, run as run_jsonl
 
     try:
         options = RunOptions(
@@ -170,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("columns", "image_root", "output_format"):
         if getattr(args, name) is not None:
             raise RunError(f"--{name.replace('_', '-')} is for Parquet and WebDataset shard inputs; --input {args.input} is a JSON Lines file")
-    # the cheap checks (input, output, caption data) before any model loads
-    check_start(args.input, args.output, options)
+    # the cheap checks (input, output, its lock, a resume's settings, caption data) before any model loads
+    check_start(args.input, args.output, options, early_identity(args.models, params, settings, args.input, options))
     if args.ray is not None:
         from .runs.ray_run import RayOptions, run_ray
 
@@ -200,7 +200,10 @@ def _run_shards(args: argparse.Namespace, options, params, settings) -> int:
         shard_options = ShardOptions(ColumnMap.parse(args.columns), args.image_root, args.output_format or "jsonl")
     except ValueError as exc:
         raise RunError(str(exc)) from None
-    check_shard_start(str(args.input), args.output, options)  # before any model loads
+    from .runs.jsonl import early_identity
+
+    identity = early_identity(args.models, params, settings, Path(str(args.input)), options)
+    check_shard_start(str(args.input), args.output, options, shard_options, identity)  # before any model loads
     from .engine.pipeline import DifferenceAreaGenerator
 
     stats = run_shards(DifferenceAreaGenerator(args.models, params, settings), str(args.input), args.output, options, shard_options)
@@ -226,8 +229,9 @@ def pack(args: argparse.Namespace) -> int:
 def retune(args: argparse.Namespace) -> int:
     from .tuning.retune import RetuneOptions, retune_file
 
-    params, _ = _load_params(args.params)
-    counts = retune_file(args.input, params, args.output, RetuneOptions(overwrite=args.overwrite, progress=not args.quiet, models=args.models))
+    params, precision = _load_params(args.params)
+    options = RetuneOptions(overwrite=args.overwrite, progress=not args.quiet, models=args.models, precision=precision)
+    counts = retune_file(args.input, params, args.output, options)
     log.info("%d lines written to %s: boxes changed on %d; %d score(s) computed in fp32 (in the guard band of the new thresholds)",
              counts["lines"], args.output, counts["changed"], counts["rescored"])  # fmt: skip
     return 0

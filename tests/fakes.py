@@ -17,6 +17,8 @@ from imgdiff_onnx.settings import EngineSettings
 
 @dataclass
 class FakeManifest:
+    guard_band = None  # no margins measured: nothing is banded
+
     def files_json(self) -> dict:
         return {"fake.onnx": {"size": 1, "sha256": "0" * 64}}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -91,7 +92,8 @@ def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
     from imgdiff_onnx.runs.jsonlines import RawLine
     from imgdiff_onnx.runs.records import parse_line, process_lines
 
-    texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"})]
+    texts = ["", "{x", json.dumps({"id": "r3", "image_path1": ["a.jpg"], "image_path2": "b.jpg"}), json.dumps({"image_path2": "b.jpg"}),
+             json.dumps({"image_path1": 5, "image_path2": None})]  # fmt: skip
     raws = [RawLine(n, t.encode(), len(t.encode())) for n, t in enumerate(texts, 1)]
     out = process_lines(None, [parse_line(raw, tmp_path) for raw in raws], False)  # no pair reaches an engine
     problems = [
@@ -99,12 +101,13 @@ def test_a_bad_line_is_stored_without_its_key_and_logged_with_it(tmp_path):
         "invalid JSON (Expecting property name enclosed in double quotes at column 2)",
         "image_path1 must be a string, got list",
         "missing image_path1",
+        "missing image_path2; image_path1 must be a string, got int",  # both named
     ]
     # the results file's `error` says what is wrong (its `line` and `id` say where) ...
     assert [json.loads(o.text)["imgdiff"]["error"] for o in out] == problems
-    assert [json.loads(o.text)["imgdiff"]["line"] for o in out] == [1, 2, 3, 4]
+    assert [json.loads(o.text)["imgdiff"]["line"] for o in out] == [1, 2, 3, 4, 5]
     # ... and the log line names the record: its id, else its line
-    assert [o.error for o in out] == [f"{key}: {problem}" for key, problem in zip(["line 1", "line 2", "r3", "line 4"], problems)]
+    assert [o.error for o in out] == [f"{key}: {problem}" for key, problem in zip(["line 1", "line 2", "r3", "line 4", "line 5"], problems)]
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tiny_models, dataset, tmp_path):
@@ -281,11 +284,13 @@ def test_resume_checks_it_continues_the_same_run(tiny_models, dataset, tmp_path)
     args = _run_args(tiny_models, dataset, out, "--resume")
     args[args.index("--params") + 1] = str(other_params)
     proc = _cli(*args, check=False)
-    assert proc.returncode == 2 and "written by a run with other params" in proc.stderr
+    # refused from the manifest before the models load (no engine log line), each value that differs named, then and now
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "written by a run with other settings: image_text_matching_filter_args.min_score (0.0 before, 0.5 now);" in proc.stderr
     proc = _cli(*_run_args(tiny_models, dataset, out, "--resume", "--precision", "fp32"), check=False)
-    assert proc.returncode == 2 and "other precision" in proc.stderr
+    assert proc.returncode == 2 and "other settings: precision (" in proc.stderr and " before, fp32 now)" in proc.stderr
     proc = _cli(*_run_args(tiny_models, dataset, out, "--resume", "--timings"), check=False)
-    assert proc.returncode == 2 and "other timings" in proc.stderr
+    assert proc.returncode == 2 and "other settings: timings (false before, true now)" in proc.stderr
     # the same input file edited under the results: line 3 no longer matches
     original = dataset.read_text()
     lines = original.splitlines()
@@ -352,3 +357,16 @@ def test_a_demo_folder_is_the_demos_to_write_again(tiny_models, tmp_path):
         _cli("demo", "--out", str(tmp_path / "demo"), "--models", str(tiny_models), "--pairs", "1", "--quiet")
     listed = json.loads((tmp_path / "demo" / ".imgdiff-onnx-output").read_text())
     assert listed["kind"] == "demo" and listed["files"]["report"] is None and "pairs/pair0_1.png" in listed["files"]
+
+
+def test_a_resume_after_the_guard_bands_margins_changed_is_refused_naming_them(tiny_models, dataset, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    out = tmp_path / "out.jsonl"
+    _cli(*_run_args(models, dataset, out, "--limit", "2"))
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["guard_band"]["crop_similarity"]["margin"] = 0.2  # e.g. widened by hand
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    proc = _cli(*_run_args(models, dataset, out, "--resume"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "other settings: guard_band (" in proc.stderr and '"crop_similarity": 0.2' in proc.stderr and len(out.read_text().splitlines()) == 2

@@ -270,12 +270,13 @@ def test_fastsam_is_split_only_where_the_halves_reproduce_the_whole_graph(tiny_m
 
 
 def test_force_replaces_every_model_file_and_keeps_the_rest(tmp_path):
+    from imgdiff_onnx.errors import ExportError
     from imgdiff_onnx_export.cli import _prepare_out
 
     names = [mf.MANIFEST_NAME, "fastsam.int8.onnx", mf.amx_graph_file("fastsam", "int8"), "fastsam_proto.fp32.onnx", "blip_itm.int8.onnx.data", "notes.txt"]
     for name in names:
         (tmp_path / name).write_text("x")
-    with pytest.raises(SystemExit, match="pass --force"):
+    with pytest.raises(ExportError, match="pass --force"):
         _prepare_out(tmp_path, force=False)
     _prepare_out(tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # a stale AMX variant or weights file would otherwise be hashed into the new manifest

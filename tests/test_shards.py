@@ -348,7 +348,7 @@ def test_resume_refuses_a_shard_that_changed_by_name_and_other_settings_by_name(
     shards = _packed(dataset, tmp_path, "parquet")
     out = tmp_path / "out"
     _run(shards, out)
-    with pytest.raises(RunError, match="written by a run with other output_format"):
+    with pytest.raises(RunError, match=r"written by a run with other settings: output_format \(jsonl before, parquet now\)"):
         _run(shards, out, RunOptions(progress=False, resume=True), output_format="parquet")
     os.utime(shards / "00001.parquet", ns=(1, 1))
     with pytest.raises(RunError, match="shard 00001.parquet changed since the run started"):

@@ -24,6 +24,7 @@ from imgdiff_onnx.engine.modelset import ModelSet, SessionPool
 from imgdiff_onnx.engine.stages.matching import first_matching_words
 from imgdiff_onnx.tuning import KeptRun, retune_file
 from imgdiff_onnx.engine.decide import _first_matches, _Tally
+from imgdiff_onnx.engine.precision import Precision
 from imgdiff_onnx.tuning.retune import RetuneOptions
 from imgdiff_onnx.pairs import ScoreSheet
 from imgdiff_onnx.runs.scores import pack, scores_folder, unpack
@@ -138,10 +139,25 @@ def test_what_chose_the_candidates_cannot_be_retuned(kept, work):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "image_segment_mapper_args.imgsz: 640 asked" in proc.stderr
 
 
+def test_retune_takes_a_params_files_precision_only_when_it_is_the_runs(kept, work, tmp_path):
+    data = _params(s2=(0.6, 0.97)).to_dicts()
+    for group in data.values():
+        group.pop("hf_clip", None), group.pop("hf_blip", None), group.pop("model_path", None)
+    for precision, ok in (("fp32", False), ("int8", True), ("clip=int8,blip=int8,fastsam=int8", True), ("fastsam=fp32,clip=int8,blip=int8", False)):
+        (tmp_path / "p.json").write_text(json.dumps({**data, "precision": precision}))
+        proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "retune", "--input", str(kept["int8"]), "--params", str(tmp_path / "p.json"),
+                               "--output", str(tmp_path / f"{ok}.jsonl"), "--overwrite", "--quiet"], capture_output=True, text=True)  # fmt: skip
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+        else:
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and f"precision: {Precision.parse(precision)} asked (--params), the kept scores were computed at int8" in proc.stderr
+            assert not (tmp_path / f"{ok}.jsonl").exists()
+
+
 def test_kept_scores_resume_with_the_run_and_are_refused_when_the_file_changed(model_sets, work, kept):
     out = work / "resumed.jsonl"
     _run(model_sets["banded"], work, _params(), out, keep=True, limit=3)
-    with pytest.raises(RunError, match="other keep_scores"):
+    with pytest.raises(RunError, match=r"other settings: keep_scores \(true before, false now\)"):
         _run(model_sets["banded"], work, _params(), out, resume=True)
     _run(model_sets["banded"], work, _params(), out, keep=True, resume=True)
     assert out.read_bytes() == kept["banded"].read_bytes()

@@ -47,6 +47,9 @@ BANDED = "banded"
 class PrecisionError(ParameterError):
     """A precision choice that cannot be parsed or served."""
 
+    def __init__(self, message: str, name: str | None = "precision"):
+        super().__init__(message, name)
+
 
 @dataclass(frozen=True)
 class Precision:

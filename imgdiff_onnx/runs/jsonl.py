@@ -31,7 +31,7 @@ from .progress import ProgressBar
 from .loop import LineTally, append_results, run_batches
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line
 from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, models_digest, params_text, sidecar
-from ..settings import PAIRS_PER_BATCH
+from ..settings import PAIRS_PER_BATCH, EngineSettings
 from .signals import GracefulStop, Interrupted
 from .scores import ScoreWriter, drop_scores, kept_scores_meta
 
@@ -187,14 +187,7 @@ class ResultWriter:
         check_output(input_path, output_path, options)  # again, now that no other run can change it
         started = real.stat().st_size > 0
         if started and options.resume and identity is not None:
-            recorded = RunIdentity.read(real)
-            if recorded is None:
-                raise RunError(f"{output_path}: no record of the run that wrote it ({sidecar(real, 'run.json').name}), so a "
-                               "resume cannot be checked; start again with --overwrite or write to another --output")  # fmt: skip
-            differ = identity.differences(recorded)
-            if differ:
-                raise RunError(f"{output_path} was written by a run with other {', '.join(differ)}; resume with the same "
-                               "settings, or start again with --overwrite")  # fmt: skip
+            check_same_run(output_path, identity)
         self.done = _completed_lines(real, input_path) if options.resume and started else 0
         total = count_lines(input_path)
         self.total = total if options.limit is None else min(total, options.limit)
@@ -278,6 +271,20 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
                        "result line); --overwrite replaces only those: move it away, or choose another --output")  # fmt: skip
 
 
+def check_same_run(output_path: Path, identity: RunIdentity) -> None:
+    """A resume continues only the run that started the file: its record, and each setting that
+    differs named with its values then and now."""
+    real = Path(os.path.realpath(output_path))
+    recorded = RunIdentity.read(real)
+    if recorded is None:
+        raise RunError(f"{output_path}: no record of the run that wrote it ({sidecar(real, 'run.json').name}), so a "
+                       "resume cannot be checked; start again with --overwrite or write to another --output")  # fmt: skip
+    differ = identity.explain(recorded)
+    if differ:
+        raise RunError(f"{output_path} was written by a run with other settings: {'; '.join(differ)}; resume with the same "
+                       "settings, or start again with --overwrite")  # fmt: skip
+
+
 def check_writable_folder(output_path: Path) -> None:
     """The output's folder exists and is writable, or can be created (its nearest existing parent
     is a writable folder)."""
@@ -290,10 +297,11 @@ def check_writable_folder(output_path: Path) -> None:
         raise RunError(f"--output {output_path}: {parent} is not writable (permission denied)")
 
 
-def check_start(input_path: Path, output_path: Path, options: RunOptions) -> None:
+def check_start(input_path: Path, output_path: Path, options: RunOptions, identity: RunIdentity | None = None) -> None:
     """What must hold before models load or any output is touched: the input is a readable file,
-    the output may be written as the options say, and the caption data can be read (not discovered
-    at the first record that needs it)."""
+    the output may be written as the options say (no other run holds it; a resume continues the
+    run of the same `identity`, when given), and the caption data can be read (not discovered at
+    the first record that needs it)."""
     if input_path.is_dir():
         raise RunError(f"--input {input_path} is a folder; give the JSONL file of records")
     if not input_path.is_file():
@@ -301,12 +309,38 @@ def check_start(input_path: Path, output_path: Path, options: RunOptions) -> Non
     if not os.access(input_path, os.R_OK):
         raise RunError(f"--input {input_path}: not readable (permission denied)")
     check_output(input_path, output_path, options)
+    try:
+        OutputLock.probe(output_path)
+    except OutputInUse as exc:
+        raise RunError(str(exc)) from None
+    if identity is not None and options.resume and output_path.exists() and output_path.stat().st_size > 0:
+        check_same_run(output_path, identity)
     ensure_available()  # the caption tables ship with the package: this finds a damaged install, in 0.1 s
+
+
+def early_identity(models: Path, params: OperatorParams, settings: EngineSettings, input_path: Path, options: RunOptions) -> RunIdentity | None:
+    """The run's identity from the model folder's manifest alone (no graph loads), so that a
+    resume with other settings is refused in a second; None where the folder cannot say (the
+    engine's load then gives its own error)."""
+    from ..engine.manifest import read as read_manifest
+    from ..engine.modelset import resolve_precision
+    from ..errors import ImgDiffError
+
+    try:
+        manifest = read_manifest(Path(models))
+        precision, _ = resolve_precision(settings.precision, manifest, Path(models))
+    except (ImgDiffError, OSError):
+        return None
+    return run_identity(input_path, manifest, str(precision), params, settings.jpeg_roundtrip, options, settings.keep_scores)
 
 
 def run_identity(input_path: Path, manifest: Manifest, precision: str, params: OperatorParams, jpeg: bool, options: RunOptions,
                  keep_scores: bool = False) -> RunIdentity:  # fmt: skip
     """What must be the same for a resumed run to continue a results file."""
+    from ..engine.precision import Precision
+
+    band = manifest.guard_band
+    banded = [m for m in Precision.parse(precision).banded() if m in ("clip", "blip")] if band is not None else []
     return RunIdentity(
         input=str(input_path.resolve()),
         models=models_digest(manifest),
@@ -315,6 +349,7 @@ def run_identity(input_path: Path, manifest: Manifest, precision: str, params: O
         jpeg_roundtrip=jpeg,
         timings=options.timings,
         keep_scores=keep_scores,
+        guard_band=json.dumps(band.to_margins(), sort_keys=True) if band is not None and banded else "",
     )
 
 

@@ -62,10 +62,18 @@ def _image_path(key: str, name: str, value: object, base: Path) -> Path:
 
 def pair_from_record(record: Mapping[str, Any], key: str, base: Path) -> PairInput:
     """The engine input of one record; raises RecordError naming `key` and the problem."""
-    missing = [k for k in ("image_path1", "image_path2") if not record.get(k)]
-    if missing:
-        raise RecordError(key, f"missing {', '.join(missing)}")
-    paths = [_image_path(key, k, record[k], base) for k in ("image_path1", "image_path2")]
+    missing, problems, paths = [], [], []
+    for name in ("image_path1", "image_path2"):  # both named when both are wrong
+        value = record.get(name)
+        if value is None or value == "":
+            missing.append(name)
+            continue
+        try:
+            paths.append(_image_path(key, name, value, base))
+        except RecordError as exc:
+            problems.append(exc.message)
+    if missing or problems:
+        raise RecordError(key, "; ".join(([f"missing {', '.join(missing)}"] if missing else []) + problems))
     # captions and object lists are checked by the engine (stages/objects.py), the one place for both
     objects = [tuple(v) if isinstance(v, list) else v for v in (record.get("objects1"), record.get("objects2"))]
     return PairInput(paths[0], paths[1], record.get("caption1"), record.get("caption2"), objects[0], objects[1], key=key)

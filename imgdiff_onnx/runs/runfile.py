@@ -97,6 +97,24 @@ class OutputLock:
                 return self
             os.close(fd)
 
+    @staticmethod
+    def probe(output: Path) -> None:
+        """Refuse now, with the message a run gets at its start, when another run holds the lock
+        of the existing file `output` (nothing is created or changed)."""
+        try:
+            fd = os.open(os.path.realpath(output), os.O_RDONLY)
+        except OSError:
+            return  # no file yet: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise OutputInUse(f"{output} is being written by another run ({OutputLock(output)._holder()}); wait for it to finish, "
+                                  "or write to another --output") from None  # fmt: skip
+        finally:
+            os.close(fd)
+
     def _holder(self) -> str:
         try:
             pid = self.path.read_text(encoding="ascii", errors="replace").strip()
@@ -131,11 +149,18 @@ class RunIdentity:
     timings: bool
     format: str = "imgdiff-onnx-results/1"
     keep_scores: bool = False  # the run keeps its scores beside the file (RESULTS.scores/)
+    guard_band: str = ""  # the banded models' margins (canonical JSON), "" when no model is banded
 
     def differences(self, other: "RunIdentity") -> list[str]:
         """The fields that differ; parameters compare by value (1 and 1.0 are the same)."""
         mine, theirs = asdict(self), asdict(other)
         return [k for k in mine if not _same_value(k, mine[k], theirs[k])]
+
+    def explain(self, recorded: "RunIdentity") -> list[str]:
+        """Each difference from the `recorded` run, with its values then and now (each parameter
+        that differs named on its own)."""
+        mine, theirs = asdict(self), asdict(recorded)
+        return [item for k in self.differences(recorded) for item in explain_difference(k, theirs[k], mine[k])]
 
     def write(self, output: Path) -> None:
         path = sidecar(output, "run.json")
@@ -152,6 +177,26 @@ class RunIdentity:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError):
             return None
+
+
+def explain_difference(name: str, before: object, now: object) -> list[str]:
+    """`name` (before: X, now: Y); for the parameters, each one that differs."""
+    if name == "params":
+        try:
+            old, new = json.loads(str(before)), json.loads(str(now))
+            flat = lambda d: {f"{g}.{k}": v for g, values in d.items() for k, v in values.items()}  # noqa: E731
+            old, new = flat(old), flat(new)
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if keys:
+                return [f"{k} ({_text(old.get(k))} before, {_text(new.get(k))} now)" for k in keys]
+        except (ValueError, TypeError, AttributeError):
+            pass
+    return [f"{name} ({_text(before)} before, {_text(now)} now)"]
+
+
+def _text(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _same_value(name: str, a: object, b: object) -> bool:

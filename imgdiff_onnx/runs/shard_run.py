@@ -40,7 +40,7 @@ from .loop import AppendSink, LineTally, run_batches
 from .outfolder import refuse_foreign
 from .progress import ProgressBar
 from .records import InputLine
-from .runfile import OutputInUse, OutputLock, RunIdentity, fsync_folder
+from .runfile import OutputInUse, OutputLock, RunIdentity, explain_difference, fsync_folder
 from .scores import ScoreWriter, drop_scores, kept_scores_meta
 from .shard_results import ERRORS, FORMAT, RECORD, read_run_record
 from .shards import Shard, ShardError, list_shards, read_shard
@@ -123,12 +123,13 @@ def _settings(identity: RunIdentity, shard_options: ShardOptions) -> dict:
 
 
 def _setting_differences(old: dict, new: dict) -> list[str]:
-    known = {k: v for k, v in old.items() if k in RunIdentity.__dataclass_fields__}
+    """Each setting of `new` that differs from the recorded `old`, with its values then and now."""
+    fields = RunIdentity.__dataclass_fields__
     try:
-        differ = RunIdentity(**known).differences(RunIdentity(**{k: v for k, v in new.items() if k in RunIdentity.__dataclass_fields__}))
+        differ = RunIdentity(**{k: v for k, v in new.items() if k in fields}).explain(RunIdentity(**{k: v for k, v in old.items() if k in fields}))
     except TypeError:
-        return ["run record"]
-    return differ + [k for k in new if k not in RunIdentity.__dataclass_fields__ and old.get(k) != new[k]]
+        return ["run record (not readable by this version)"]
+    return differ + [item for k in new if k not in fields and old.get(k) != new[k] for item in explain_difference(k, old.get(k), new[k])]
 
 
 class ShardFolder:
@@ -164,8 +165,8 @@ class ShardFolder:
         if old is not None and options.resume:
             differ = _setting_differences(old.get("settings", {}), settings)
             if differ:
-                raise RunError(f"{self.output} was written by a run with other {', '.join(differ)}; resume with the same settings, "
-                               "or start again with --overwrite")  # fmt: skip
+                raise RunError(f"{self.output} was written by a run with other settings: {'; '.join(differ)}; resume with the same "
+                               "settings, or start again with --overwrite")  # fmt: skip
             recorded = old.get("shards", {})
             for shard in shards:
                 was = recorded.get(shard.name)
@@ -278,11 +279,23 @@ def _unread(shard: Shard, lines: Iterator[InputLine], done: list[tuple[int, str]
         yield line
 
 
-def check_shard_start(input_spec: str, output: Path, options: RunOptions) -> list[Shard]:
+def check_shard_start(input_spec: str, output: Path, options: RunOptions, shard_options: ShardOptions | None = None,
+                      identity: RunIdentity | None = None) -> list[Shard]:  # fmt: skip
     """What must hold before models load: the shards exist, the output folder may be written as the
-    options say, and the caption data can be read."""
+    options say (no other run holds it; a resume continues the run of the same settings, when
+    `identity` is given), and the caption data can be read."""
     shards = list_shards(input_spec)
-    check_shard_output(shards, output, options)
+    old = check_shard_output(shards, output, options)
+    if old is not None:
+        try:
+            OutputLock.probe(output / LOCK)
+        except OutputInUse as exc:
+            raise RunError(str(exc)) from None
+        if identity is not None and shard_options is not None and options.resume:
+            differ = _setting_differences(old.get("settings", {}), _settings(identity, shard_options))
+            if differ:
+                raise RunError(f"{output} was written by a run with other settings: {'; '.join(differ)}; resume with the same "
+                               "settings, or start again with --overwrite")  # fmt: skip
     ensure_available()
     return shards
 

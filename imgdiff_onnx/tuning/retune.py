@@ -238,6 +238,19 @@ class RetuneOptions:
     overwrite: bool = False
     progress: bool = True
     models: Path | None = None  # the model folder for fp32 re-scores (default: the one the run used)
+    precision: object = None  # a params file's `precision`: it must be the kept run's (retune cannot change it)
+
+
+def check_precision(kept: KeptRun, asked: object) -> None:
+    """A precision asked of a retune (a params file's) must be the one the scores were computed at."""
+    if asked is None:
+        return
+    from ..engine.precision import Precision
+
+    if Precision.parse(asked) != Precision.parse(kept.meta.precision):  # type: ignore[arg-type]
+        raise ParameterError(f"precision: {Precision.parse(asked)} asked (--params), the kept scores were computed at "  # type: ignore[arg-type]
+                             f"{Precision.parse(kept.meta.precision)}; retune cannot change it: run again with that precision "
+                             "and --keep-scores, or drop precision from the params file", "precision")  # fmt: skip
 
 
 def _write_decided(kept: KeptRun, params: OperatorParams, models: Path | None, out: BinaryIO, counts: dict[str, int], bar: ProgressBar,
@@ -269,6 +282,7 @@ def retune_file(results: Path, params: OperatorParams, output: Path, options: Re
         return retune_folder(Path(results), params, output, options)
     kept = KeptRun.open(results)
     check_retunable(kept.params, params)  # before the output is touched
+    check_precision(kept, options.precision)
     _check_output(results, output, options.overwrite, kept.identity)
     try:
         lock = OutputLock(output).acquire()
@@ -312,6 +326,7 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
     record = read_run_record(results) or {}
     for kept in runs:
         check_retunable(kept.params, params)
+        check_precision(kept, options.precision)
     real_in, real_out = Path(os.path.realpath(results)), Path(os.path.realpath(output))
     if real_out == real_in or real_out.is_relative_to(real_in) or real_in.is_relative_to(real_out):
         raise RunError(f"--output {output} would hold or be inside the results folder {results}; write to another folder")
