@@ -25,7 +25,7 @@ def _build(cls, group: str, values: Mapping[str, Any] | None):
     ignored = {"num_proc", "accelerator"}
     unknown = sorted((k for k in values if k not in known and k not in ignored), key=str)
     if unknown:
-        raise ParameterError(f"{group}: unknown key(s) {', '.join(_with_guess(k, known) for k in unknown)}; known keys are {sorted(known)}", str(unknown[0]))
+        raise ParameterError(f"{group}: unknown key(s) {', '.join(_with_guess(k, known) for k in unknown)}; known keys are {sorted(known)}", str(unknown[0]) or "(empty key)")
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -150,7 +150,7 @@ class OperatorParams:
         keys = {"image_pair_similarity_filter_args", "image_segment_mapper_args", "image_text_matching_filter_args"}
         unknown = sorted(set(data) - keys, key=str)
         if unknown:
-            raise ParameterError(f"unknown parameter group(s) {', '.join(_with_guess(k, keys) for k in unknown)}; expected some of {sorted(keys)}", str(unknown[0]))
+            raise ParameterError(f"unknown parameter group(s) {', '.join(_with_guess(k, keys) for k in unknown)}; expected some of {sorted(keys)}", str(unknown[0]) or "(empty key)")
         return cls.from_dicts(**{k: data.get(k) for k in keys})
 
     def to_dicts(self) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,7 @@ from imgdiff_onnx.engine.precision import Precision
 from imgdiff_onnx.tuning.retune import RetuneOptions
 from imgdiff_onnx.pairs import ScoreSheet
 from imgdiff_onnx.runs.scores import pack, scores_folder, unpack
-from imgdiff_onnx.tuning.sweep import parse_axis, sweep_file
+from imgdiff_onnx.tuning.sweep import SweepOptions, parse_axis, sweep_file
 
 from .conftest import DATA, PAIR1, PAIR_CAPTIONS
 
@@ -179,6 +180,19 @@ def test_overwriting_without_kept_scores_drops_the_old_ones(model_sets, work):
     assert not scores_folder(out).exists()
     with pytest.raises(RunError, match="no kept scores"):
         _retune(out, _params(), work / "none.jsonl")
+
+
+def test_the_scores_folder_loses_only_what_a_run_wrote_there(model_sets, work):
+    out = work / "sidecar.jsonl"
+    _run(model_sets["int8"], work, _params(), out, keep=True, limit=2)
+    folder = scores_folder(out)
+    (folder / "notes.tmp").write_text("mine")  # a user's files among the kept scores
+    (folder / "mine.txt").write_text("mine")
+    (folder / "line-000000009.npz.tmp").write_bytes(b"half")  # a chunk a crash left half-written: the run's own
+    _run(model_sets["int8"], work, _params(), out, keep=True)  # an overwrite that keeps scores again
+    assert sorted(p.name for p in folder.iterdir()) == ["line-000000001.npz", "line-000000003.npz", "meta.json", "mine.txt", "notes.tmp"]
+    _run(model_sets["int8"], work, _params(), out)  # an overwrite without: the run's scores go, the user's files stay
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.txt", "notes.tmp"]
 
 
 def test_the_api_decides_in_a_notebook(kept):
@@ -501,3 +515,67 @@ def test_a_signal_stops_retune_and_sweep_leaving_nothing_of_theirs(kept, work, t
                       ["sweep", "--input", str(kept["int8"]), "--vary", "min_score=0:1:0.5", "--out", str(tmp_path / "sweep"), "--quiet"])
     assert proc.returncode == 128 + signum and f"stopped by {name}: the sweep wrote nothing; run the same command again" in proc.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+@st.composite
+def damages(draw) -> list[tuple]:
+    """A few random damages to a kept run: its results file and its scores folder."""
+    kinds = st.sampled_from(["cut", "bytes", "repeat", "drop", "cut chunk", "bytes chunk", "swap chunks", "drop chunk", "meta"])
+    return [(kind, draw(st.integers(0, 10**6)), draw(st.binary(min_size=1, max_size=12))) for kind in draw(st.lists(kinds, min_size=1, max_size=3))]
+
+
+def _damage(results: Path, damage: list[tuple]) -> None:
+    folder = scores_folder(results)
+    for kind, at, junk in damage:
+        chunks = sorted(folder.glob("line-*.npz"))
+        if kind in ("cut", "bytes", "repeat", "drop"):
+            data = results.read_bytes()
+            lines = data.splitlines(keepends=True)
+            k = at % max(1, len(data))
+            data = {"cut": lambda: data[:k], "bytes": lambda: data[:k] + junk + data[k + len(junk):],
+                    "repeat": lambda: b"".join(lines[: at % len(lines) + 1] + lines[at % len(lines):]),
+                    "drop": lambda: b"".join(lines[: at % len(lines)] + lines[at % len(lines) + 1:])}[kind]()  # fmt: skip
+            results.write_bytes(data)
+        elif kind in ("cut chunk", "bytes chunk") and chunks:
+            chunk = chunks[at % len(chunks)]
+            data = chunk.read_bytes()
+            k = at % max(1, len(data))
+            chunk.write_bytes(data[:k] if kind == "cut chunk" else data[:k] + junk + data[k + len(junk):])
+        elif kind == "swap chunks" and len(chunks) > 1:
+            a, b = chunks[0], chunks[-1]
+            tmp = a.with_name("swap")
+            a.rename(tmp), b.rename(a), tmp.rename(b)
+        elif kind == "drop chunk" and chunks:
+            chunks[at % len(chunks)].unlink(missing_ok=True)
+        elif kind == "meta":
+            meta = folder / "meta.json"
+            data = meta.read_bytes()
+            k = at % max(1, len(data))
+            meta.write_bytes(data[:k] + junk + data[k + len(junk):])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=damages())
+def test_a_damaged_kept_run_is_retuned_and_swept_or_refused_in_one_line_leaving_the_users_files(kept, damage):
+    """No traceback whatever the damage: the command works on what is readable, or says in one line
+    what is wrong, and the files it would replace stay byte for byte."""
+    from imgdiff_onnx.errors import ImgDiffError
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work_dir = Path(scratch)
+        copy = work_dir / "kept.jsonl"
+        shutil.copy(kept["int8"], copy)
+        shutil.copytree(scores_folder(kept["int8"]), scores_folder(copy))
+        _damage(copy, damage)
+        output = work_dir / "out.jsonl"
+        _retune(kept["int8"], _params(s2=(0.6, 0.97)), output)
+        before = {p.name: p.read_bytes() for p in work_dir.iterdir() if p.is_file()}
+        try:
+            retune_file(copy, _params(), output, RetuneOptions(overwrite=True, progress=False))
+        except ImgDiffError as exc:
+            assert "\n" not in str(exc)
+            assert {p.name: p.read_bytes() for p in work_dir.iterdir() if p.is_file()} == before
+        try:
+            sweep_file(copy, [parse_axis("min_score=0:1:0.5")], work_dir / "sweep", SweepOptions(progress=False))
+        except ImgDiffError as exc:
+            assert "\n" not in str(exc) and not (work_dir / "sweep").exists()

@@ -24,6 +24,7 @@ line it resumes from, and an overwrite drops them all.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -33,13 +34,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import RunError
+from ..errors import ImgDiffError, RunError
+from ..params import OperatorParams
 from ..pairs import ScoreSheet
 from .runfile import fsync_folder
 
 if TYPE_CHECKING:
     from ..engine.modelset import ModelSet
-    from ..params import OperatorParams
 
 FORMAT = "imgdiff-onnx-scores/1"
 META_NAME = "meta.json"
@@ -180,7 +181,27 @@ class KeptScoresMeta:
             raise RunError(f"{path}: not the record of kept scores this version reads ({exc})") from None
         if found != FORMAT:
             raise RunError(f"{path}: kept scores of format {found!r}; this version reads {FORMAT}")
+        problem = meta._problem()
+        if problem:
+            raise RunError(f"{path}: not the record of kept scores this version reads ({problem})")
         return meta
+
+    def _problem(self) -> str:
+        """What in the record is not of its type (a hand-edited or damaged meta.json), or ""."""
+        if not isinstance(self.precision, str) or not isinstance(self.models, str) or not isinstance(self.models_digest, str):
+            return "precision, models and models_digest must be text"
+        if not all(b in ("clip", "blip") for b in self.banded):
+            return f"banded must list clip and/or blip, got {list(self.banded)}"
+        if not isinstance(self.margins, dict) or not all(isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) and v >= 0
+                                                         for k, v in self.margins.items()):  # fmt: skip
+            return "margins must map score names to finite numbers >= 0"
+        if not isinstance(self.params, dict) or not isinstance(self.jpeg_roundtrip, bool):
+            return "params must be a mapping and jpeg_roundtrip true or false"
+        try:
+            OperatorParams.from_mapping(self.params)
+        except ImgDiffError as exc:
+            return f"params: {exc}"
+        return ""
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "precision": self.precision, "banded": list(self.banded), "margins": self.margins,

@@ -51,30 +51,47 @@ class Axis:
 
 def parse_axis(text: str) -> Axis:
     """NAME=START:STOP:STEP (STOP included when the steps reach it) or NAME=V1,V2,..."""
+    name = text.partition("=")[0].strip()
+    if len(name) > 40:
+        raise ParameterError(f"--vary {_shown(text)}: not a threshold a sweep can change; one of {', '.join(GROUP_OF)}", "vary")
     name, sep, spec = text.partition("=")
     if not sep:
-        raise ParameterError(f"--vary {text!r}: expected NAME=START:STOP:STEP or NAME=V1,V2,...", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: expected NAME=START:STOP:STEP or NAME=V1,V2,...", "vary")
     pieces = spec.replace(":", ",").split(",")
     if len(pieces) > MAX_SETTINGS:
-        raise ParameterError(f"--vary {text[:80]!r}: {len(pieces):,} values; at most {MAX_SETTINGS:,}", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: {len(pieces):,} values; at most {MAX_SETTINGS:,}", "vary")
     try:
         numbers = [float(v) for v in pieces]
-    except ValueError as exc:
-        raise ParameterError(f"--vary {text[:80]!r}: {exc}", "vary") from None
+    except ValueError:
+        bad = next(v for v in pieces if not _is_float(v))
+        raise ParameterError(f"--vary {_shown(text)}: {_shown(bad)} is not a number", "vary") from None
     if not all(np.isfinite(numbers)):
-        raise ParameterError(f"--vary {text[:80]!r}: every value, bound and step must be a finite number", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: every value, bound and step must be a finite number", "vary")
     if ":" not in spec:
         return Axis(name.strip(), tuple(numbers))
     if len(numbers) != 3:
-        raise ParameterError(f"--vary {text!r}: expected NAME=START:STOP:STEP", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: expected NAME=START:STOP:STEP", "vary")
     start, stop, step = numbers
     if not step > 0 or not stop >= start:
-        raise ParameterError(f"--vary {text!r}: STEP must be > 0 and STOP >= START", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: STEP must be > 0 and STOP >= START", "vary")
     steps = (stop - start) / step
     if steps >= MAX_SETTINGS:
-        raise ParameterError(f"--vary {text!r}: {steps + 1:.3g} values; at most {MAX_SETTINGS:,}", "vary")
+        raise ParameterError(f"--vary {_shown(text)}: {steps + 1:.3g} values; at most {MAX_SETTINGS:,}", "vary")
     count = int(np.floor(steps + 1e-9)) + 1
     return Axis(name.strip(), tuple(round(start + k * step, 10) for k in range(count)))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(text: str) -> str:
+    """A --vary spec as an error message quotes it (long ones cut)."""
+    return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
 
 
 def with_value(params: OperatorParams, name: str, value: float) -> OperatorParams:
