@@ -53,7 +53,7 @@ def _load_params(path: Path | None):
             data = json.loads(text, parse_constant=_no_constant, parse_int=bounded_int)
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError / json.JSONDecodeError: one line, with the position
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
-        raise RunError(f"--params {path}: not valid {kind}: {' '.join(str(exc).split())}") from None
+        raise RunError(f"--params {path}: not valid {kind}: {_syntax_error(exc, text)}") from None
     if not isinstance(data, dict):
         raise RunError(f"--params {path}: expected a mapping with Data-Juicer's three parameter dicts, got {type(data).__name__}")
     if "process" in data:
@@ -85,6 +85,24 @@ def _shipped_recipe(path: Path) -> Path:
     if shipped.is_file():
         return shipped
     raise RunError(f"--params {path}: no such file, and not the name of a shipped recipe ({', '.join(shipped_recipes())})")
+
+
+def _syntax_error(exc: Exception, text: str) -> str:
+    """A YAML or JSON syntax error in one line: what is wrong, at which line and column, and that
+    line's text and the character at that column."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:  # yaml's MarkedYAMLError
+        problem, line, column = getattr(exc, "problem", None) or str(exc).splitlines()[0], mark.line + 1, mark.column + 1
+    elif isinstance(exc, json.JSONDecodeError):
+        problem, line, column = exc.msg, exc.lineno, exc.colno
+    else:
+        return " ".join(str(exc).split())[:300]
+    lines = text.splitlines()
+    shown = lines[line - 1] if 0 < line <= len(lines) else ""
+    if len(shown) > 100:
+        start = max(0, column - 50)
+        shown, column = shown[start : start + 100], column - start
+    return f"{problem} at line {line}, column {column}: `{shown}` (column {column} is `{shown[column - 1 : column] or 'the end'}`)"
 
 
 def _no_constant(name: str) -> object:

@@ -70,26 +70,53 @@ def test_a_params_name_that_is_neither_a_file_nor_a_shipped_recipe_is_one_line(t
     assert proc.returncode == 2 and proc.stderr == "error: --params img_dif: no such file, and not the name of a shipped recipe (img_diff_onnx)\n"
 
 
-def test_the_tuning_steps_run_as_written(tiny_models, tmp_path):
-    """README's tuning block, line by line, on the own-data record; `retune` writes what `run` would."""
+def test_the_tuning_steps_run_as_written_after_the_own_data_steps(tiny_models, tmp_path):
+    """README's tuning section as a user follows it: after the own-data steps, in the same folder,
+    the two parameter files written as shown, then its commands line by line; `retune` writes what
+    `run` would."""
+    own = _section("Your own data in three steps")
+    _user_folder(tmp_path, _blocks(own, "json")[0], tiny_models)
     section = _section("Tuning thresholds without recomputing")
+    files = _blocks(section, "yaml")
+    assert [f.splitlines()[0] for f in files] == ["# loose.yaml: every gate open (the crop-pair gate still stops identical crops)",
+                                                  "# chosen.yaml: the thresholds picked from the sweep"]  # fmt: skip
+    for text in files:
+        (tmp_path / text.split(":")[0].removeprefix("# ")).write_text(text + "\n")
     [block] = _blocks(section, "bash")
-    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
-    assert [c[:3] for c in commands] == [["python", "-m", "imgdiff_onnx"]] * 4
-    _user_folder(tmp_path, _blocks(_section("Your own data in three steps"), "json")[0], tiny_models)
-    segment = "image_segment_mapper_args: {imgsz: 320}\n"
-    (tmp_path / "loose.yaml").write_text("image_pair_similarity_filter_args: {min_score_1: -1, min_score_2: -1}\n" + segment
-                                         + "image_text_matching_filter_args: {min_score: 0}\n")  # fmt: skip
-    (tmp_path / "chosen.yaml").write_text("image_pair_similarity_filter_args: {min_score_1: -1, min_score_2: 0.5, max_score_2: 0.95}\n"
-                                          + segment + "image_text_matching_filter_args: {min_score: 0.2}\n")  # fmt: skip
+    commands = [shlex.split(c) for c in _blocks(own, "bash")] + [shlex.split(line, comments=True) for line in block.splitlines()]
+    assert [c[:3] for c in commands] == [["python", "-m", "imgdiff_onnx"]] * 6
     for argv in commands:
         proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{argv}\n{proc.stderr[-3000:]}"
     fresh = [sys.executable, "-m", "imgdiff_onnx", "run", "--models", "models/", "--input", "pairs.jsonl", "--output", "fresh.jsonl", "--params", "chosen.yaml"]
     subprocess.run(fresh, cwd=tmp_path, check=True, capture_output=True)
-    assert (tmp_path / "results.jsonl").read_text() == (tmp_path / "fresh.jsonl").read_text()
-    assert {p.name for p in (tmp_path / "sweep").iterdir()} == {"sweep.csv", "sweep.md", "sweep.png", "sweep.json"}
-    assert "Threshold sweep" in (tmp_path / "report" / "index.html").read_text()
+    assert (tmp_path / "chosen.jsonl").read_text() == (tmp_path / "fresh.jsonl").read_text()
+    assert {p.name for p in (tmp_path / "sweep").iterdir()} == {"sweep.csv", "sweep.md", "sweep.png", "sweep.json", ".imgdiff-onnx-output"}
+    assert "Threshold sweep" in (tmp_path / "tuning-report" / "index.html").read_text()
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "results.jsonl").is_file()  # the own-data outputs stay
+
+
+def test_the_package_builds_as_a_wheel_that_installs_and_runs(tmp_path):
+    """README's route for a machine without the checkout: `pip wheel`, then install the file (here
+    into a virtualenv that borrows the installed dependencies: nothing is downloaded)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [wheel] = (tmp_path / "dist").glob("imgdiff_onnx-*.whl")
+    assert wheel.name == "imgdiff_onnx-0.1.0-py3-none-any.whl"  # the name README's install line uses
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)], check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    check = ("import imgdiff_onnx, pathlib; from imgdiff_onnx.engine.captions import ensure_available; ensure_available(); "
+             "print(pathlib.Path(imgdiff_onnx.__file__).parent)")  # fmt: skip
+    proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    installed = Path(proc.stdout.strip())
+    assert installed.is_relative_to(venv) and (installed / "recipes" / "img_diff_onnx.yaml").is_file()  # the wheel's, with its data
+    proc = subprocess.run([str(venv / "bin" / "imgdiff-onnx"), "dj-op-path"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and Path(proc.stdout.strip()).is_file() and Path(proc.stdout.strip()).is_relative_to(venv)
 
 
 def test_the_shard_steps_run_as_written_with_the_run_killed_in_the_middle(tiny_models, tmp_path):

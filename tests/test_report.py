@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+from urllib.parse import quote
 import subprocess
 import time
 from pathlib import Path
@@ -117,8 +118,10 @@ def test_filters_sorting_and_paging_through_the_address(report):
     assert [c["line"] for c in most] == [4, 9, 3, 8, 13]
     page2 = _cards(_dom(report, "per=10&page=2"))
     assert [c["line"] for c in page2] == [11, 12, 13]
-    stopped = _cards(_dom(report, "reason=" + "no object words in caption #".replace(" ", "%20")))
+    stopped = _cards(_dom(report, "reason=" + quote("no object words: the captions name no object that differs")))
     assert [c["line"] for c in stopped] == [7]
+    through = _cards(_dom(report, "reason=" + quote("went through every gate")))  # the exit reasons' words a reader understands
+    assert [c["line"] for c in through] == [n for n in range(1, 14) if n % 5 and n != 7]
 
 
 HARNESS = """<!doctype html><meta charset="utf-8"><body><iframe id="r" src="REPORT" width="1200" height="900"></iframe><pre id="out"></pre>

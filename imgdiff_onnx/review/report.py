@@ -237,7 +237,11 @@ const DATA = JSON.parse(document.getElementById("data").textContent);
 const PAIRS = DATA.pairs, PAL = DATA.palette;
 const colour = k => PAL[(k - 1) % PAL.length];
 const esc = s => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
-const reasonKey = p => p.status !== "ok" ? "(error)" : (p.reason ? p.reason.split(":")[0].replace(/[-0-9.]+/g, "#") : "(all stages)");
+const reasonKey = p => p.status !== "ok" ? "error: the record could not be processed"
+  : !p.reason ? "went through every gate"
+  : p.reason.startsWith("pair similarity") ? "stopped by the image-pair similarity gate"
+  : p.reason.startsWith("no object words") ? "no object words: the captions name no object that differs"
+  : p.reason.split(":")[0];
 const DEFAULTS = {status: "all", reason: "all", minboxes: "0", sort: "line", per: "25", page: "1"};
 
 function state() {
