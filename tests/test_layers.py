@@ -45,7 +45,8 @@ def test_the_engine_imports_no_run_review_tuning_or_command_line_module():
 
 def test_reading_and_reviewing_results_import_no_engine():
     files = [PKG / "runs" / "records.py", PKG / "runs" / "jsonlines.py", PKG / "review" / "report.py", PKG / "review" / "drawing.py",
-             PKG / "runs" / "scores.py", PKG / "engine" / "decide.py", PKG / "tuning" / "sweep.py",
+             PKG / "runs" / "scores.py", PKG / "engine" / "decide.py", PKG / "tuning" / "sweep.py", PKG / "tuning" / "retune.py",
+             PKG / "runs" / "jsonl.py", PKG / "runs" / "loop.py", PKG / "runs" / "outfolder.py",
              # shards: read without the engine (the report shows a shard run's pictures from them)
              *(PKG / "runs" / f"{name}.py" for name in ("shards", "columns", "parquet_source", "tar_source", "parquet_sink", "shard_results"))]  # fmt: skip
     engine_with_onnxruntime = ("imgdiff_onnx.engine.pipeline", "imgdiff_onnx.engine.modelset", "imgdiff_onnx.engine.models", "onnxruntime")

@@ -127,7 +127,8 @@ def test_a_signal_stops_after_the_batch_in_flight_and_resume_completes_the_file(
     n = len(written.splitlines())
     assert 3 <= n < 12, "the run should stop early"
     name = signal.Signals(signum).name
-    assert f"stopped by {name}: {n} of 12 input lines are in {out}" in stderr and "--resume" in stderr
+    assert f"stopped by {name}: {n} of 12 input lines are in {out}; run the same command with --resume to continue" in stderr
+    assert "instead of --overwrite" not in stderr  # this run was not started with --overwrite
     assert "Traceback" not in stderr
     assert full.read_text().startswith(written.decode())
     _cli(*_run_args(tiny_models, dataset, out, "--pairs-per-batch", "1", "--resume"))
@@ -410,3 +411,13 @@ def test_every_parameter_error_names_its_setting():
                     unnamed.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert unnamed == []
     assert len([p for p in (ROOT / "imgdiff_onnx").rglob("*.py") if "raise ParameterError(" in p.read_text()]) >= 8  # the check sees them
+
+
+def test_the_stop_message_names_overwrite_only_to_a_run_started_with_it():
+    from imgdiff_onnx.runs.signals import Interrupted
+
+    plain = Interrupted.run(signal.SIGINT, 4, 12, "out.jsonl")
+    assert str(plain) == "stopped by SIGINT: 4 of 12 input lines are in out.jsonl; run the same command with --resume to continue"
+    assert plain.exit_code == 130
+    again = Interrupted.run(signal.SIGTERM, 4, 12, "out.jsonl", overwrite=True)
+    assert str(again).endswith("run the same command with --resume instead of --overwrite to continue") and again.exit_code == 143

@@ -370,7 +370,7 @@ def test_a_signal_stops_after_the_batch_and_resume_completes_the_same_files(data
                 os.kill(os.getpid(), signal.SIGINT)
             yield from super().process_many(pairs, pairs_per_batch)
 
-    with pytest.raises(Interrupted, match=r"stopped by SIGINT: 1 of 3 shards are committed in .*--resume"):
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT: 1 of 3 shards are committed in .*; run the same command with --resume to continue$"):
         _run(shards, tmp_path / "out", engine=StopsOnce(read_images=True))
     assert (tmp_path / "out" / ".00001.jsonl.partial").is_file() and not (tmp_path / "out" / "00001.jsonl").exists()
     _run(shards, tmp_path / "out", RunOptions(progress=False, resume=True, pairs_per_batch=2))

@@ -182,6 +182,19 @@ def test_overwriting_without_kept_scores_drops_the_old_ones(model_sets, work):
         _retune(out, _params(), work / "none.jsonl")
 
 
+def test_a_retune_that_fails_half_way_leaves_the_earlier_output_as_it_was(kept, tmp_path):
+    """retune --overwrite with a --models folder that is missing: the fp32 re-score the new
+    thresholds need fails after lines were decided; the earlier results and run record stay."""
+    crops = np.concatenate([sheet.crop[:, 0] for _, sheet in KeptRun.open(kept["banded"]).lines() if sheet is not None and len(sheet.crop)])
+    needs_fp32 = _params(s2=(-1.0, float(np.median(crops))))
+    output = tmp_path / "out.jsonl"
+    _retune(kept["banded"], _params(), output)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(RunError, match="retune needs fp32 scores near the new thresholds.*pass --models"):
+        retune_file(kept["banded"], needs_fp32, output, RetuneOptions(overwrite=True, progress=False, models=tmp_path / "moved"))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_the_scores_folder_loses_only_what_a_run_wrote_there(model_sets, work):
     out = work / "sidecar.jsonl"
     _run(model_sets["int8"], work, _params(), out, keep=True, limit=2)

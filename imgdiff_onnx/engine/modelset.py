@@ -21,7 +21,7 @@ from .models.contracts import CONTRACTS
 from .models.fastsam import FastSamSegmenter
 from .parallel import Workers
 from .precision import DEFAULT as DEFAULT_PRECISION
-from .precision import BANDED, MODEL_GRAPHS, Precision, PrecisionError, PrecisionLike
+from .precision import BANDED, MODEL_GRAPHS, Precision, PrecisionError, PrecisionLike, resolve_precision  # noqa: F401 - resolve_precision re-exported
 from .preprocess import ImageNormalization, LetterboxSettings
 
 log = logging.getLogger(__name__)
@@ -169,42 +169,6 @@ class SessionPool:
         if key not in self._sessions:
             self._sessions[key] = create_session(path, settings)
         return self._sessions[key]
-
-
-def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, folder: Path) -> tuple[Precision, str]:
-    """The precision to run and where it came from: the caller's choice, else the model folder's
-    recommendation (written by `validate --write`), else the built-in default."""
-    exported = set(manifest.precisions)
-    if requested is not None:
-        precision, origin = Precision.parse(requested), "given"
-    elif manifest.recommended_precision:
-        rec = manifest.recommended_precision
-        try:
-            precision = Precision.parse(rec["precision"])
-        except (KeyError, TypeError, PrecisionError) as exc:
-            raise mf.ManifestError(f"{folder}: recommended_precision in {mf.MANIFEST_NAME} is not readable ({exc})") from None
-        origin = f"the model folder's recommendation ({rec.get('by', 'unknown')})"
-    elif "int8" not in exported:
-        precision, origin = Precision.uniform("fp32"), "fp32 (the folder has no int8 graphs)"
-    elif manifest.guard_band is None:
-        precision = Precision(**{m: "int8" if v == BANDED else v for m, v in DEFAULT_PRECISION.to_dict().items()})
-        origin = ("built-in default without its guard band: the folder has no measured margins, so int8 scores decide alone "
-                  "(`python -m imgdiff_onnx_export.band --models DIR` or `validate --write` on your pairs measure them)")  # fmt: skip
-    else:
-        precision, origin = DEFAULT_PRECISION, "built-in default"
-    missing = sorted(precision.needs() - exported)
-    if missing:
-        raise mf.ManifestError(
-            f"{folder}: precision {precision} needs {'/'.join(missing)} graphs, but the folder was exported with "
-            f"{'/'.join(sorted(exported)) or 'none'}; re-export with `--precision fp32,int8` or choose another precision"
-        )
-    if precision.banded() and manifest.guard_band is None:
-        raise mf.ManifestError(
-            f"{folder}: precision {precision} runs {'/'.join(precision.banded())} banded, but {mf.MANIFEST_NAME} has no guard_band "
-            "margins; measure them (`python -m imgdiff_onnx_export.band --models DIR`, or `python -m imgdiff_onnx validate --write` "
-            "on your pairs), or choose int8/fp32"
-        )
-    return precision, origin
 
 
 class ModelSet:

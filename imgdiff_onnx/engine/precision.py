@@ -30,9 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Union
 
 from ..errors import ParameterError
+from . import manifest as mf
 
 MODELS = ("clip", "blip", "fastsam")
 # which exported graphs each model runs
@@ -136,3 +138,39 @@ class Precision:
 PrecisionLike = Union[str, Mapping[str, Any], Precision]
 
 DEFAULT = Precision()
+
+
+def resolve_precision(requested: PrecisionLike | None, manifest: mf.Manifest, folder: Path) -> tuple[Precision, str]:
+    """The precision to run and where it came from: the caller's choice, else the model folder's
+    recommendation (written by `validate --write`), else the built-in default."""
+    exported = set(manifest.precisions)
+    if requested is not None:
+        precision, origin = Precision.parse(requested), "given"
+    elif manifest.recommended_precision:
+        rec = manifest.recommended_precision
+        try:
+            precision = Precision.parse(rec["precision"])
+        except (KeyError, TypeError, PrecisionError) as exc:
+            raise mf.ManifestError(f"{folder}: recommended_precision in {mf.MANIFEST_NAME} is not readable ({exc})") from None
+        origin = f"the model folder's recommendation ({rec.get('by', 'unknown')})"
+    elif "int8" not in exported:
+        precision, origin = Precision.uniform("fp32"), "fp32 (the folder has no int8 graphs)"
+    elif manifest.guard_band is None:
+        precision = Precision(**{m: "int8" if v == BANDED else v for m, v in DEFAULT.to_dict().items()})
+        origin = ("built-in default without its guard band: the folder has no measured margins, so int8 scores decide alone "
+                  "(`python -m imgdiff_onnx_export.band --models DIR` or `validate --write` on your pairs measure them)")  # fmt: skip
+    else:
+        precision, origin = DEFAULT, "built-in default"
+    missing = sorted(precision.needs() - exported)
+    if missing:
+        raise mf.ManifestError(
+            f"{folder}: precision {precision} needs {'/'.join(missing)} graphs, but the folder was exported with "
+            f"{'/'.join(sorted(exported)) or 'none'}; re-export with `--precision fp32,int8` or choose another precision"
+        )
+    if precision.banded() and manifest.guard_band is None:
+        raise mf.ManifestError(
+            f"{folder}: precision {precision} runs {'/'.join(precision.banded())} banded, but {mf.MANIFEST_NAME} has no guard_band "
+            "margins; measure them (`python -m imgdiff_onnx_export.band --models DIR`, or `python -m imgdiff_onnx validate --write` "
+            "on your pairs), or choose int8/fp32"
+        )
+    return precision, origin

@@ -20,13 +20,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.captions import ensure_available
 from ..errors import ParameterError, RunError
 from .jsonlines import MAX_LINE_BYTES, count_lines, read_lines
 from ..engine.manifest import Manifest
 from ..params import OperatorParams
-from ..engine.pipeline import DifferenceAreaGenerator
 from .progress import ProgressBar
 from .loop import LineTally, append_results, run_batches
 from .records import RESULT_KEY, InputLine, OutputLine, parse_line
@@ -34,6 +34,9 @@ from .runfile import OutputInUse, OutputLock, RunIdentity, check_not_input, mode
 from ..settings import PAIRS_PER_BATCH, EngineSettings
 from .signals import GracefulStop, Interrupted
 from .scores import ScoreWriter, drop_scores, kept_scores_meta
+
+if TYPE_CHECKING:  # a run needs the engine; checking an output (retune, on a host without onnxruntime) does not
+    from ..engine.pipeline import DifferenceAreaGenerator
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +253,11 @@ class ResultWriter:
         self.close(finished=exc_type is None)
 
 
-def check_output(input_path: Path, output_path: Path, options: RunOptions) -> None:
+def check_output(input_path: Path, output_path: Path, options: RunOptions, resumable: bool = True) -> None:
     """The output may be written as the options say: it is not the input (by any name), and an
-    existing file is continued only with --resume and replaced only with --overwrite when it is a
-    results file of this tool. Nothing is opened for writing here."""
+    existing file is continued only with --resume (`resumable` commands) and replaced only with
+    --overwrite when it is a results file of this tool. Nothing is opened for writing here. The
+    one output rule of `run`, `--ray` and `retune`."""
     check_not_input(input_path, output_path)
     if output_path.is_dir():
         raise RunError(f"--output {output_path} is a folder; give the results file's name")
@@ -265,7 +269,8 @@ def check_output(input_path: Path, output_path: Path, options: RunOptions) -> No
     if not started:
         return
     if not (options.resume or options.overwrite):
-        raise RunError(f"{output_path} exists; pass --resume to continue it or --overwrite to start again")
+        hint = "pass --resume to continue it or --overwrite to start again" if resumable else "pass --overwrite to replace it"
+        raise RunError(f"{output_path} exists; {hint}")
     if options.overwrite and not is_results_file(output_path):
         raise RunError(f"{output_path} is not a results file of this tool (no run record beside it, and its first line is not a "
                        "result line); --overwrite replaces only those: move it away, or choose another --output")  # fmt: skip
@@ -323,7 +328,7 @@ def early_identity(models: Path, params: OperatorParams, settings: EngineSetting
     resume with other settings is refused in a second; None where the folder cannot say (the
     engine's load then gives its own error)."""
     from ..engine.manifest import read as read_manifest
-    from ..engine.modelset import resolve_precision
+    from ..engine.precision import resolve_precision
     from ..errors import ImgDiffError
 
     try:

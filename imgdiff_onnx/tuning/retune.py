@@ -364,15 +364,10 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
 
 
 def _check_output(results: Path, output: Path, overwrite: bool, identity: RunIdentity | None) -> None:
-    check_not_input(results, output)
+    """`run`'s output rule (runs.jsonl.check_output), with the results as the input, and the
+    input of the run that wrote them too."""
+    from ..runs.jsonl import RunOptions, check_output
+
     if identity is not None and identity.input:
         check_not_input(Path(identity.input), output)
-    if output.is_dir():
-        raise RunError(f"--output {output} is a folder; give the results file's name")
-    if output.exists() and output.stat().st_size > 0:
-        from ..runs.jsonl import is_results_file
-
-        if not overwrite:
-            raise RunError(f"{output} exists; pass --overwrite to replace it")
-        if not is_results_file(output):
-            raise RunError(f"{output} is not a results file of this tool; --overwrite replaces only those")
+    check_output(results, output, RunOptions(overwrite=overwrite), resumable=False)
