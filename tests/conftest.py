@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,3 +139,29 @@ def pytest_collection_modifyitems(session, config, items) -> None:
         if _needs_models(item):
             item.add_marker(pytest.mark.models)
     items.sort(key=lambda item: (needs[item.path], item.get_closest_marker("xdist_group") is None))
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    """A JSON Lines dataset for command-line runs: relative image paths (resolved against the
+    file's folder), extra fields, bad lines; params.json beside it (cli_helpers.PARAMS)."""
+    from .cli_helpers import PARAMS
+
+    (tmp_path / "img").mkdir()
+    for name in ("pairs/img_pair_1.jpg", "pairs/img_pair_2.jpg", "images/cat.jpg", "images/img3.jpg", "images/lena.jpg"):
+        (tmp_path / "img" / Path(name).name).write_bytes((DATA / name).read_bytes())
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    good = {"caption1": PAIR_CAPTIONS[0], "caption2": PAIR_CAPTIONS[1], "image_path1": "img/img_pair_1.jpg", "image_path2": "img/img_pair_2.jpg"}
+    lines = [
+        json.dumps({**good, "id": "a", "source": "kept as is"}),
+        "{not json",
+        json.dumps({"id": "b", "caption1": "A cat.", "caption2": "A dog.", "image_path1": "img/cat.jpg", "image_path2": "img/missing.jpg"}),
+        json.dumps({"id": "c", "image_path1": "img/cat.jpg", "image_path2": "img/img3.jpg", "objects1": ["cat"], "objects2": ["dog"]}),
+        json.dumps([1, 2]),
+        json.dumps({**good, "id": "d", "image_path2": "img/lena.jpg"}),
+    ]
+    for i in range(6):  # more work so the kill test lands mid-run
+        lines.append(json.dumps({**good, "id": f"e{i}", "image_path1": "img/cat.jpg" if i % 2 else "img/img_pair_1.jpg"}))
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

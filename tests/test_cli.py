@@ -17,53 +17,8 @@ import pytest
 
 from imgdiff_onnx.review.drawing import GAP, colour, draw_pair
 
+from .cli_helpers import PARAMS, _cli, _read, _run_args
 from .conftest import DATA, PAIR_CAPTIONS
-
-PARAMS = {
-    "image_pair_similarity_filter_args": {"min_score_1": -1, "min_score_2": -1},
-    "image_segment_mapper_args": {"imgsz": 320},
-    "image_text_matching_filter_args": {"min_score": 0},
-}
-
-
-def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-@pytest.fixture()
-def dataset(tmp_path) -> Path:
-    """Relative image paths (resolved against the file's folder), extra fields, bad lines."""
-    (tmp_path / "img").mkdir()
-    for name in ("pairs/img_pair_1.jpg", "pairs/img_pair_2.jpg", "images/cat.jpg", "images/img3.jpg", "images/lena.jpg"):
-        (tmp_path / "img" / Path(name).name).write_bytes((DATA / name).read_bytes())
-    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
-    good = {"caption1": PAIR_CAPTIONS[0], "caption2": PAIR_CAPTIONS[1], "image_path1": "img/img_pair_1.jpg", "image_path2": "img/img_pair_2.jpg"}
-    lines = [
-        json.dumps({**good, "id": "a", "source": "kept as is"}),
-        "{not json",
-        json.dumps({"id": "b", "caption1": "A cat.", "caption2": "A dog.", "image_path1": "img/cat.jpg", "image_path2": "img/missing.jpg"}),
-        json.dumps({"id": "c", "image_path1": "img/cat.jpg", "image_path2": "img/img3.jpg", "objects1": ["cat"], "objects2": ["dog"]}),
-        json.dumps([1, 2]),
-        json.dumps({**good, "id": "d", "image_path2": "img/lena.jpg"}),
-    ]
-    for i in range(6):  # more work so the kill test lands mid-run
-        lines.append(json.dumps({**good, "id": f"e{i}", "image_path1": "img/cat.jpg" if i % 2 else "img/img_pair_1.jpg"}))
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _run_args(models, dataset, output, *extra):
-    return ["run", "--models", str(models), "--input", str(dataset), "--output", str(output), "--params", str(dataset.parent / "params.json"),
-            "--threads", "1", "--quiet", *extra]
-
-
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
 
 def test_run_writes_one_line_per_input_line_in_order(tiny_models, dataset, tmp_path):
     out = tmp_path / "out.jsonl"
@@ -180,7 +135,9 @@ def _cli_env(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_params_may_be_a_data_juicer_recipe(tiny_models, dataset, tmp_path):
-    from .test_data_juicer import RECIPE
+    from .conftest import ROOT
+
+    RECIPE = ROOT / "imgdiff_onnx" / "recipes" / "img_diff_onnx.yaml"
 
     out = tmp_path / "out.jsonl"
     recipe = tmp_path / "recipe.yaml"

@@ -97,11 +97,16 @@ def test_d1_image2_is_resized_to_image1_before_segmentation(engine):
     assert a.candidate_boxes[:, [0, 2]].max() <= 1024 * 1.5  # image-1 pixels
 
 
-def test_d2_jpeg_roundtrip_option_changes_only_crop_pixels(tiny_models, engine):
-    compat = DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="fp32", jpeg_roundtrip=True))
-    a = engine.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
+def test_d2_jpeg_roundtrip_option_changes_only_crop_pixels(tiny_models):
+    """The round trip changes what the crops' scores see, and nothing before the crops: the same
+    pair similarity and candidates, other crop-pair and ITM scores (kept, so every one compares)."""
+    plain, compat = (DifferenceAreaGenerator(tiny_models, OPEN, EngineSettings(precision="fp32", jpeg_roundtrip=j, keep_scores=True)) for j in (False, True))
+    a = plain.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
     b = compat.process(PairInput(PAIR1, PAIR2, *PAIR_CAPTIONS))
     np.testing.assert_array_equal(a.candidate_boxes, b.candidate_boxes)
+    assert a.pair_similarity == b.pair_similarity and len(a.scores.crop) > 0
+    assert not np.array_equal(a.scores.crop[:, 0], b.scores.crop[:, 0])  # the crops went through JPEG: their scores moved
+    assert not np.array_equal(a.scores.itm1[..., 0], b.scores.itm1[..., 0])
 
 
 def test_crops_are_cut_when_read_and_match_the_windows(engine):

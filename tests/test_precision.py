@@ -19,7 +19,7 @@ from imgdiff_onnx.engine.modelset import SessionPool
 from imgdiff_onnx.review.validate_report import write_outputs, write_recommendation
 
 from .conftest import PAIR1, PAIR2, PAIR_CAPTIONS
-from .test_cli import _cli
+from .cli_helpers import _cli
 
 # the suite runs on pytest-xdist workers: this file's tests stay on one worker, where they share
 # module fixtures that take seconds to compute

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import _read, _run_args, dataset  # noqa: F401  (dataset is a fixture)
+from .cli_helpers import _read, _run_args
 
 pytest.importorskip("ray")
 

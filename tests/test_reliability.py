@@ -24,7 +24,7 @@ from imgdiff_onnx.errors import CaptionDataError, ModelFolderError, ParameterErr
 from imgdiff_onnx.engine.pipeline import DifferenceAreaGenerator, EngineSettings, PairFailure, PairInput, PairResult
 
 from .conftest import DATA, DEFAULT_SIGNALS, imgdiff_command
-from .test_cli import _cli, _read, _run_args, dataset  # noqa: F401 - the dataset fixture
+from .cli_helpers import _cli, _read, _run_args
 
 
 def test_every_package_error_shares_one_base():
@@ -270,9 +270,11 @@ def test_an_onnxruntime_failure_before_scoring_becomes_the_record_error(tiny_mod
         calls.append(1)
         return len(calls) > 2
 
+    clean = _engine(tiny_models).process(_pairs()[0])
     engine.segmenter._session = _FailingOn(engine.segmenter._session, bad)
     got = list(engine.process_many(_pairs()[:2], pairs_per_batch=2))
-    assert isinstance(got[0], PairResult) and got[0].counts["candidates"] >= 0
+    assert isinstance(got[0], PairResult) and got[0].counts == clean.counts and got[0].counts["candidates"] > 0  # the first pair as if alone
+    np.testing.assert_array_equal(got[0].boxes, clean.boxes)
     assert isinstance(got[1], PairFailure) and "onnxruntime failed in the fastsam graph" in got[1].error
 
 

@@ -25,7 +25,7 @@ from imgdiff_onnx.errors import RunError
 from imgdiff_onnx.review.report import read_results, write_report
 
 from .conftest import DATA, ROOT
-from .test_cli import _cli
+from .cli_helpers import _cli
 
 EVIDENCE = {"candidate": 0, "source": 1, "word1": "plane", "itm1": 0.91, "word2": "boat", "itm2": 0.87, "crop_similarity": 0.42}
 
