@@ -2,8 +2,9 @@
 
 Any key may be overridden alone; unknown keys are an error (a typo must not silently fall
 back to a default). The model-source keys (hf_clip, hf_blip, model_path) are accepted for
-recipe compatibility: the runtime uses the exported model folder, and checks that these name
-the models the folder was exported from when they are given.
+recipe compatibility: the runtime runs the exported model folder's graphs, and the engine warns
+at load, naming both, when these name other models than the folder was exported from
+(imgdiff_onnx.engine.manifest.source_mismatches).
 """
 
 from __future__ import annotations

@@ -256,3 +256,47 @@ def test_write_recommendation_keeps_the_rest_of_the_manifest(validation, tmp_pat
     after = json.loads((copy / "manifest.json").read_text())
     assert after["recommended_precision"]["precision"] == {"clip": "fp32", "blip": "fp32", "fastsam": "fp32"}
     assert {k: v for k, v in after.items() if k != "recommended_precision"} == {k: v for k, v in before.items() if k != "recommended_precision"}
+
+
+def test_model_sources_in_the_parameters_are_compared_with_the_folders_export():
+    """hf_clip / hf_blip / model_path name the models a recipe wants; the folder's manifest says
+    what it was exported from. The same model written another way (a local copy, the HF cache)
+    agrees; another model is named, both sides."""
+    from types import SimpleNamespace
+
+    from imgdiff_onnx.engine.manifest import source_mismatches
+
+    manifest = SimpleNamespace(sources={
+        "clip": {"given": "openai/clip-vit-base-patch32", "local_path": "/cache/hub/models--openai--clip-vit-base-patch32/snapshots/abc"},
+        "blip": {"given": "/data/blip-itm-base-coco", "local_path": "/data/blip-itm-base-coco"},
+        "fastsam": {"given": "/weights/FastSAM-x.pt", "local_path": "/weights/FastSAM-x.pt"},
+    })  # fmt: skip
+    same = {"clip": "openai/clip-vit-base-patch32", "blip": "Salesforce/blip-itm-base-coco", "fastsam": "FastSAM-x.pt"}
+    assert source_mismatches(manifest, same) == []
+    other = {"clip": "openai/clip-vit-large-patch14", "blip": "Salesforce/blip-itm-large-coco", "fastsam": "FastSAM-s.pt"}
+    assert source_mismatches(manifest, other) == [
+        "clip: the parameters name 'openai/clip-vit-large-patch14', the folder was exported from 'openai/clip-vit-base-patch32'",
+        "blip: the parameters name 'Salesforce/blip-itm-large-coco', the folder was exported from '/data/blip-itm-base-coco'",
+        "fastsam: the parameters name 'FastSAM-s.pt', the folder was exported from '/weights/FastSAM-x.pt'",
+    ]
+    assert source_mismatches(SimpleNamespace(sources={}), other) == []  # a folder that records no sources: nothing to compare
+
+
+def test_the_engine_warns_when_the_parameters_name_other_models_than_the_folder(tiny_models, tmp_path, caplog):
+    import logging
+    import shutil
+    from pathlib import Path
+
+    from imgdiff_onnx import DifferenceAreaGenerator, EngineSettings, OperatorParams
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder, ignore=shutil.ignore_patterns("torch"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("random_init")  # as a folder of real weights (the check is off for random-init stand-ins)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    params = OperatorParams.from_dicts({"hf_clip": Path(manifest["sources"]["clip"]["given"]).name}, None, {"hf_blip": "Salesforce/blip-itm-large-coco"})
+    with caplog.at_level(logging.WARNING, logger="imgdiff_onnx"):
+        DifferenceAreaGenerator(folder, params, EngineSettings(precision="int8", threads=1)).close()
+    said = [r.getMessage() for r in caplog.records if "the parameters name" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith("blip: the parameters name 'Salesforce/blip-itm-large-coco', the folder was exported from ")
+    assert said[1].startswith("fastsam: the parameters name 'FastSAM-x.pt'") and "the folder's model runs" in said[1]  # clip agrees: its folder's name

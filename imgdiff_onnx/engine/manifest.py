@@ -272,3 +272,32 @@ def write(folder: Path, manifest: Manifest) -> Path:
 def check_files(folder: Path, manifest: Manifest, names: list[str], check: ModelCheck = "once") -> None:
     """Every named file exists with the recorded size and, unless check="size", sha256 (see integrity.py)."""
     integrity.check_files(folder, manifest.files_json(), names, check, MANIFEST_NAME)
+
+
+def _names_of(source: str) -> set[str]:
+    """The ways a model source may be written: as given, its last path part, and the hub id a
+    Hugging Face cache folder (models--ORG--NAME) stands for."""
+    text = str(source).rstrip("/")
+    names = {text, text.rsplit("/", 1)[-1]}
+    for part in text.split("/"):
+        if part.startswith("models--"):
+            hub = part.removeprefix("models--").replace("--", "/")
+            names |= {hub, hub.rsplit("/", 1)[-1]}
+    return {n for n in names if n}
+
+
+def source_mismatches(manifest: Manifest, wanted: Mapping[str, str]) -> list[str]:
+    """The models whose source the parameters name (`wanted`: model -> hf_clip / hf_blip /
+    model_path) differently from the export that wrote the folder: "clip: the parameters name
+    X, the folder was exported from Y". A source counts as the same when its name or last path
+    part (or the hub id of a cache folder) agrees."""
+    out = []
+    for model, asked in wanted.items():
+        source = manifest.sources.get(model) or {}
+        recorded = [str(v) for v in (source.get("given"), source.get("local_path")) if v]
+        if not recorded or not asked:
+            continue
+        asked_names = _names_of(asked)
+        if not any(asked_names & _names_of(r) for r in recorded):
+            out.append(f"{model}: the parameters name {asked!r}, the folder was exported from {recorded[0]!r}")
+    return out

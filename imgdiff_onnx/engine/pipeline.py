@@ -37,6 +37,7 @@ from . import memory
 from .band import BandTally, near
 from .captions import CaptionDifference
 from .decide import BandSpec, decide, pair_exit_reason
+from .manifest import source_mismatches
 from ..errors import ModelRunError, ParameterError
 from ..imageio import ImageLoadError, LoadedImage, load_image, same_file
 from .modelset import ModelSet, SessionSettings
@@ -139,6 +140,10 @@ class DifferenceAreaGenerator:
         )  # fmt: skip
         if self.models.random_init:
             log.warning("model folder %s holds RANDOM-INIT weights: boxes are meaningless", self.models.folder)
+        else:  # the model-source keys of the parameters (a recipe's hf_clip, hf_blip, model_path) against the folder's export
+            wanted = {"clip": self.params.pair.hf_clip, "blip": self.params.matching.hf_blip, "fastsam": self.params.segment.model_path}
+            for mismatch in source_mismatches(self.models.manifest, wanted):
+                log.warning("%s; the folder's model runs (export the one the parameters name to run it)", mismatch)
 
     # ---- public API -------------------------------------------------------------------
 
