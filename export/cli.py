@@ -13,6 +13,7 @@ from pathlib import Path
 
 from imgdiff_onnx.engine import integrity
 from imgdiff_onnx.errors import ExportError
+from imgdiff_onnx.params import PairSimilarityArgs, SegmentArgs, TextMatchingArgs
 from imgdiff_onnx.engine import manifest as mf
 
 from . import band, random_init, steps, verify
@@ -22,9 +23,10 @@ from .sources import SourceUnavailable
 
 log = logging.getLogger("imgdiff_onnx.export")
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-DEFAULT_BLIP = "Salesforce/blip-itm-base-coco"
-DEFAULT_FASTSAM = "FastSAM-x.pt"
+# the models the operator's parameters name by default (Data-Juicer's): written once, in imgdiff_onnx.params
+DEFAULT_CLIP = PairSimilarityArgs.hf_clip
+DEFAULT_BLIP = TextMatchingArgs.hf_blip
+DEFAULT_FASTSAM = SegmentArgs.model_path
 DEFAULT_OPSET = 17
 
 

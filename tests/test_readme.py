@@ -115,6 +115,7 @@ def test_the_package_builds_as_a_wheel_that_installs_and_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     installed = Path(proc.stdout.strip())
     assert installed.is_relative_to(venv) and (installed / "recipes" / "img_diff_onnx.yaml").is_file()  # the wheel's, with its data
+    assert all((installed / "review" / "page" / name).is_file() for name in ("report.html", "report.css", "report.js"))
     proc = subprocess.run([str(venv / "bin" / "imgdiff-onnx"), "dj-op-path"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and Path(proc.stdout.strip()).is_file() and Path(proc.stdout.strip()).is_relative_to(venv)
 

@@ -19,7 +19,7 @@ from ..engine.modelset import ModelSet, SessionSettings
 from ..engine.models.blip import BlipMatcher
 from ..engine.models.clip import ClipImageEncoder, cosine
 from ..runs.runfile import models_digest
-from ..settings import available_cores
+from ..settings import EngineSettings, available_cores
 from ..engine.stages.crops import Crops, crop_window
 from ..engine.decide import Need
 from ..pairs import ScoreSheet
@@ -53,7 +53,7 @@ class Rescorer:
         if models_digest(model_set.manifest) != meta.models_digest:
             raise RunError(f"{folder} holds other graphs than the run that kept the scores used; pass --models with that folder")
         log.info("scores within the guard band of the new thresholds: computing them in fp32 with %s", folder)
-        clip, blip = model_set.scorers(SessionSettings(threads=available_cores()), crop_batch_size=16)
+        clip, blip = model_set.scorers(SessionSettings(threads=available_cores()), crop_batch_size=EngineSettings().crop_batch_size)
         return cls(clip, blip, meta.jpeg_roundtrip, images)
 
     def fill(self, fields: dict, sheet: ScoreSheet, needs: list[Need]) -> None:
