@@ -144,9 +144,6 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
     from .engine.precision import PrecisionError
     from .settings import EngineSettings
 
-    for name, value in (("threads", threads), ("workers", args.workers)):
-        if value < 0:
-            raise RunError(f"--{name} must be 0 (automatic) or more, got {value}")
     try:
         return EngineSettings(precision=precision if precision is not None else args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
                               jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check, memory_release=args.memory_release,

@@ -269,8 +269,8 @@ def test_resume_checks_it_continues_the_same_run(tiny_models, dataset, tmp_path)
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--threads", "-3"), "--threads must be 0 (automatic) or more, got -3"),
-        (("--workers", "-1"), "--workers must be 0 (automatic) or more, got -1"),
+        (("--threads", "-3"), "--threads: threads must be an integer >= 0 (0 = automatic), got -3"),  # EngineSettings' check, the one place
+        (("--workers", "-1"), "--workers: workers must be an integer >= 0 (0 = automatic), got -1"),
         (("--crop-batch-size", "0"), "--crop-batch-size: crop_batch_size must be an integer >= 1, got 0"),
         (("--pairs-per-batch", "0"), "--pairs-per-batch must be 1 or more, got 0"),
         (("--limit", "0"), "--limit must be 1 or more, got 0"),
