@@ -189,7 +189,7 @@ def test_shipped_recipe_runs_with_img_diff_thresholds(dj_python, tiny_models, da
 @pytest.mark.parametrize(
     ("op_args", "message"),
     [
-        ({"image_text_matching_filter_args": {"min_scor": 0.4}}, "unknown key(s) ['min_scor']"),
+        ({"image_text_matching_filter_args": {"min_scor": 0.4}}, "unknown key(s) 'min_scor' (did you mean 'min_score'?)"),
         ({"model_dir": "/nonexistent/models"}, "model_dir: /nonexistent/models: the model folder does not exist"),
         ({"threads": 0}, "threads must be an integer >= 1"),
         ({"precision": "fastsam=int4"}, "fastsam must be fp32, int8 or banded"),
