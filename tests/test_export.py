@@ -363,6 +363,7 @@ def test_hub_ids_export_offline_from_a_warm_hugging_face_cache(tiny_models, tmp_
     np.testing.assert_array_equal(a[0], b[0])
 
 
+@pytest.mark.slow  # two export processes (each imports torch)
 def test_the_exports_usage_errors_are_one_line_with_exit_2(tmp_path):
     """No SystemExit from the export's code: its user errors are ExportErrors, one line, exit 2."""
     (tmp_path / "full").mkdir()

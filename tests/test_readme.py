@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import PAIR1, PAIR2, ROOT
 
 
@@ -96,6 +98,7 @@ def test_the_tuning_steps_run_as_written_after_the_own_data_steps(tiny_models, t
     assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "results.jsonl").is_file()  # the own-data outputs stay
 
 
+@pytest.mark.slow  # builds, creates a virtualenv and installs: not for the fast tier
 def test_the_package_builds_as_a_wheel_that_installs_and_runs(tmp_path):
     """README's route for a machine without the checkout: `pip wheel`, then install the file (here
     into a virtualenv that borrows the installed dependencies: nothing is downloaded)."""
