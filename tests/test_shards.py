@@ -179,6 +179,36 @@ def test_parquet_columns_of_other_names_and_types(dataset, reference, tmp_path):
     assert got[0]["imgdiff"]["image_path2_resolved"] == str(dataset.parent / "img" / "pair0_2.jpg")
 
 
+def test_parquet_results_keep_the_input_columns_types(dataset, tmp_path):
+    """Pass-through columns go through the JSON results line; Parquet results give them back their
+    Arrow types: integer widths, timestamps, dates, decimals, binary, lists and structs."""
+    import datetime
+    import decimal
+
+    records = jsonl_rows(dataset)[:3]
+    n = len(records)
+    extra = {
+        "n": pa.array(range(n), pa.int16()),
+        "t": pa.array([datetime.datetime(2024, 5, k + 1, 12, 30, 15, 250000) for k in range(n)], pa.timestamp("us")),
+        "tz": pa.array([datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)] * n, pa.timestamp("ms", tz="UTC")),
+        "d": pa.array([datetime.date(2024, 5, k + 1) for k in range(n)], pa.date32()),
+        "price": pa.array([decimal.Decimal("12.34"), None, decimal.Decimal("-0.05")], pa.decimal128(6, 2)),
+        "blob": pa.array([b"\x00\xff", b"", None], pa.binary()),
+        "tags": pa.array([["a", "b"], [], None], pa.list_(pa.string())),
+        "meta": pa.array([{"a": 1, "b": "x"}, None, {"a": -2, "b": None}], pa.struct([("a", pa.int8()), ("b", pa.string())])),
+    }
+    images = {k: pa.array([(dataset.parent / r[k]).read_bytes() for r in records], pa.binary()) for k in ("image_path1", "image_path2")}
+    texts = {k: pa.array([r[k] for r in records]) for k in ("caption1", "caption2", "objects1", "objects2", "id")}
+    table = pa.table(images | texts | extra)
+    pq.write_table(table, tmp_path / "typed.parquet")
+    _run(tmp_path / "typed.parquet", tmp_path / "out", output_format="parquet")
+    got = pq.read_table(tmp_path / "out" / "typed.parquet")
+    for name in extra:
+        assert got.schema.field(name).type == table.schema.field(name).type, name
+        assert got.column(name).to_pylist() == table.column(name).to_pylist(), name
+    assert [r["imgdiff"]["status"] for r in got.to_pylist()] == ["ok"] * n
+
+
 def test_a_named_column_that_is_missing_lists_the_files_columns_and_types(tmp_path):
     pq.write_table(pa.table({"image_path1": [b"x"], "image_path2": [b"y"], "caption1": ["a"], "n": pa.array([1], pa.int32())}), tmp_path / "a.parquet")
     shard = list_shards(tmp_path / "a.parquet")[0]

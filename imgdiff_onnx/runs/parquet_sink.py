@@ -1,7 +1,8 @@
 """A shard's results as Parquet (`--output-format parquet`).
 
-The rows are the shard's results lines: each record's non-image fields as columns (types as
-Arrow infers them from the JSON values) and `imgdiff` as one struct column of a fixed type, boxes
+The rows are the shard's results lines: each record's non-image fields as columns (of the input
+Parquet shard's types where the values convert back: integers of any width, dates, times,
+decimals, binary, nested types; else as Arrow infers them from the JSON values) and `imgdiff` as one struct column of a fixed type, boxes
 as `list<fixed_size_list<float32, 4>>`, per-stage counts, the guard band's tally and timings as
 lists of named entries (`[{name, value}]`, `[{score, scored, rescored}]`, `[{stage, seconds}]`). Loads with `pyarrow.parquet.read_table` and `datasets.load_dataset("parquet", ...)`.
 
@@ -11,6 +12,7 @@ committed.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Iterator
@@ -101,8 +103,23 @@ def _as_line(fields: dict) -> dict:
     return out
 
 
-def write_results_parquet(lines_path: Path, out: Path) -> None:
-    """The results lines of `lines_path` as a Parquet file at `out` (fsync'ed)."""
+def _typed(pa, values: list, type_):
+    """A pass-through column's JSON values as the Arrow type the input had (binary from its base64
+    text, dates, times and decimals from their text), or None where they do not convert."""
+    try:
+        if pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_):
+            return pa.array([None if v is None else base64.b64decode(v) for v in values], type=type_)
+        if pa.types.is_temporal(type_) or pa.types.is_decimal(type_):
+            return pa.array([None if v is None else str(v) for v in values], type=pa.string()).cast(type_)
+        return pa.array(values, type=type_)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return None
+
+
+def write_results_parquet(lines_path: Path, out: Path, schema=None) -> None:
+    """The results lines of `lines_path` as a Parquet file at `out` (fsync'ed). `schema` (an
+    Arrow schema: the input Parquet shard's, or the results file being retuned) gives the types
+    of the pass-through columns it names; the others are typed from their JSON values."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -121,6 +138,12 @@ def write_results_parquet(lines_path: Path, out: Path) -> None:
         results.append({k: _listed(k, v) for k, v in fields.items()})
     column = pa.array(results, type=kind)
     passed = pa.Table.from_pylist(rows) if any(rows) else pa.table({})
+    if schema is not None:
+        for i, name in enumerate(passed.column_names):
+            if name in schema.names and name != RESULT_KEY and passed.column(i).type != schema.field(name).type:
+                typed = _typed(pa, passed.column(i).to_pylist(), schema.field(name).type)
+                if typed is not None:
+                    passed = passed.set_column(i, pa.field(name, typed.type), typed)
     table = passed.append_column(RESULT_KEY, column) if passed.num_columns else pa.table({RESULT_KEY: column})
     with open(out, "wb") as handle:
         pq.write_table(table, handle)

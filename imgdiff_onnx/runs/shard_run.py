@@ -223,8 +223,9 @@ class ShardFolder:
         partial.parent.mkdir(parents=True, exist_ok=True)
         return open(partial, "ab")
 
-    def commit(self, name: str) -> None:
-        """The shard's results, complete, under their name (the partial file renamed or converted)."""
+    def commit(self, name: str, schema=None) -> None:
+        """The shard's results, complete, under their name (the partial file renamed or converted;
+        `schema`: the pass-through columns' Arrow types, for Parquet results)."""
         partial, results = self.partial(name), self.results(name)
         if not partial.exists():
             partial.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +234,7 @@ class ShardFolder:
             from .parquet_sink import write_results_parquet
 
             tmp = results.with_name(f".{results.name}.tmp")
-            write_results_parquet(partial, tmp)
+            write_results_parquet(partial, tmp, schema)
             os.replace(tmp, results)
             partial.unlink()
         else:
@@ -248,6 +249,19 @@ class ShardFolder:
 
     def close(self) -> None:
         self._lock.release()
+
+
+def _input_schema(shard: Shard):
+    """The Arrow schema of a Parquet shard (its pass-through columns keep their types in Parquet
+    results); None for other shards or one whose footer cannot be read (its error is recorded)."""
+    if shard.format != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(shard.path)
+    except Exception:  # noqa: BLE001 - a damaged shard: its results keep the types their values give
+        return None
 
 
 def _batches(lines: Iterator[InputLine], size: int) -> Iterator[list[InputLine]]:
@@ -340,7 +354,7 @@ def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, o
                     folder.shard_error(shard.name, str(exc))
                 if scores is not None:
                     scores.write([], [], [])  # a shard with no pair still has its (empty) kept scores
-                folder.commit(shard.name)
+                folder.commit(shard.name, _input_schema(shard) if shard_options.output_format == "parquet" else None)
                 committed += 1
                 bar.update(1)
     finally:

@@ -346,7 +346,7 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
                 with folder.open_partial(str(kept.shard)) as out:
                     out.truncate(0)
                     _write_decided(kept, params, options.models, out, counts, bar, stop, left)
-                folder.commit(str(kept.shard))
+                folder.commit(str(kept.shard), _results_schema(kept.results))
                 rescorer = kept.rescorer
         errors = results / ERRORS
         if errors.is_file():
@@ -361,6 +361,15 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
         folder.close()
     counts["rescored"] = rescorer.rescored if rescorer is not None else 0
     return counts
+
+
+def _results_schema(results: Path):
+    """A Parquet results file's schema (its pass-through columns keep their types when retuned)."""
+    if results.suffix != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(results)
 
 
 def _check_output(results: Path, output: Path, overwrite: bool, identity: RunIdentity | None) -> None:
