@@ -88,6 +88,11 @@ class EngineSettings:
     that the thresholds can be changed afterwards without a model call (PairResult.scores;
     `run --keep-scores`, `retune`, `sweep`: imgdiff_onnx.tuning). The results are those of a
     gated run; the cost is that of a run with every gate open.
+    band_switch: a banded model whose fp32 re-scores make int8 + fp32 cost more CPU time than
+    fp32 alone would (measured from the run's own model calls: imgdiff_onnx.engine.pipeline
+    BandPrice) runs fp32 for the rest of the run; the decisions are the same (a banded model
+    gives fp32's). Off: the band stays, whatever it costs. Never with keep_scores (the kept
+    scores are the banded model's).
     """
 
     precision: PrecisionLike | None = None
@@ -105,6 +110,7 @@ class EngineSettings:
     memory_release: MemoryRelease = "trim"
     diagnostics: bool = False
     keep_scores: bool = False
+    band_switch: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_scores and self.diagnostics:

@@ -310,3 +310,54 @@ def test_a_folder_without_margins_gets_them_measured(tiny_models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     measured = mf.read(folder).guard_band
     assert measured is not None and measured == manifest.guard_band  # the export's measurement, repeated exactly
+
+
+def test_the_band_price_says_over_only_when_int8_and_fp32_cost_more_than_fp32_alone():
+    from imgdiff_onnx.engine.pipeline import BandPrice
+
+    price = BandPrice()
+    price.add(int8_s=1.0, fp32_s=7.9, scored=31, rescored=31)  # every score re-scored, but 31 < MIN_SCORED: no estimate yet
+    assert price.fp32_alone() is None and not price.over()
+    price.add(0.1, 0.2, 1, 1)  # 32 scored, 32 re-scored: fp32 alone = 8.1 s < 1.1 + 8.1
+    assert price.fp32_alone() == pytest.approx(8.1) and price.over()
+    cheap = BandPrice(int8_s=2.0, fp32_s=1.0, scored=100, rescored=10)  # 10% re-scored at 0.1 s: fp32 alone 10 s > 3 s
+    assert cheap.fp32_alone() == pytest.approx(10.0) and not cheap.over()
+    assert not BandPrice(int8_s=9.0, fp32_s=1.0, scored=100, rescored=7).over()  # too few re-scores to estimate fp32's cost
+    assert not BandPrice(int8_s=9.0, fp32_s=4.9, scored=100, rescored=49).over()  # int8 slow, but under half re-scored: the band stays
+    assert BandPrice(int8_s=9.0, fp32_s=5.0, scored=100, rescored=50).over()
+
+
+def test_a_band_that_costs_more_than_fp32_switches_to_fp32_with_the_same_decisions(tiny_models, tmp_path, caplog):
+    """Margins so wide that every score falls in the band: int8 + fp32 must then cost more than fp32
+    alone, so the run switches both models to fp32 once enough scores were seen (BandPrice's
+    minimums). The boxes are the fp32 run's and the kept-band run's, pair for pair."""
+    import logging
+    import shutil
+
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_models, folder, ignore=shutil.ignore_patterns("torch"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for score in manifest["guard_band"].values():
+        score["margin"] = 5.0  # every score is "near" every threshold
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    params = OperatorParams.from_dicts({"min_score_1": -1, "min_score_2": -1, "max_score_2": 0.9999}, {"imgsz": 320}, {"min_score": 0.2})
+    pairs = [PairInput(DATA / "images" / "cat.jpg", DATA / "images" / "lena.jpg", objects1=("cat",), objects2=("woman", "hat"), key="q")]
+    pairs += [PairInput(PAIR1, PAIR2, objects1=("plane", "sky"), objects2=("boat", "sea"), key=f"p{k}") for k in range(11)]  # enough scores to price the band
+
+    def run(precision: str, switch: bool) -> tuple[list, DifferenceAreaGenerator]:
+        engine = DifferenceAreaGenerator(folder, params, EngineSettings(precision=precision, threads=1, band_switch=switch))
+        return list(engine.process_many(pairs, pairs_per_batch=2)), engine
+
+    with caplog.at_level(logging.WARNING, logger="imgdiff_onnx"):
+        switched, engine = run("banded", True)
+    kept, kept_engine = run("banded", False)
+    fp32, _ = run("fp32", True)
+    assert engine.fp32_instead == {"clip", "blip"} and kept_engine.fp32_instead == set()
+    assert engine.clip is engine.fp32.clip and engine.blip is engine.fp32.blip  # the int8 graphs are no longer used
+    assert sum("runs fp32 from now on (the same decisions)" in r.getMessage() for r in caplog.records) == 2  # once per model
+    for a, b, c in zip(switched, kept, fp32):
+        np.testing.assert_array_equal(a.boxes, c.boxes)
+        np.testing.assert_array_equal(b.boxes, c.boxes)
+        assert a.kept == b.kept == c.kept and [e.word1 for e in a.evidence] == [e.word1 for e in c.evidence]
+    assert switched[0].band is not None and switched[-1].band is None  # banded in the first batch, fp32 after the switch
+    assert any(len(r.boxes) for r in fp32)  # the comparison has boxes to compare

@@ -78,6 +78,43 @@ class _Pair:
     kept: _KeptScores | None = None  # keeping scores: every score computed, for the sheet
 
 
+@dataclass
+class BandPrice:
+    """What a banded model's scores have cost in this run: seconds in its int8 graphs and the
+    scores they gave, seconds in its fp32 graphs and the scores re-scored there. `over()`: int8 +
+    fp32 has cost more than fp32 alone would have (fp32's seconds per re-score x every score),
+    once enough of both were seen for the estimate to mean something, and at least half the
+    scores fell in the band (a threshold in the dense part of the scores). The share floor keeps
+    an ordinary run (~1% re-scored) banded on every CPU, so its results lines' band tallies do
+    not depend on timings; a CPU whose int8 graphs are slower than fp32 at low shares is what
+    `validate` finds and answers with a precision."""
+
+    MIN_SCORED = 32
+    MIN_RESCORED = 8
+    MIN_SHARE = 0.5
+
+    int8_s: float = 0.0
+    fp32_s: float = 0.0
+    scored: int = 0
+    rescored: int = 0
+
+    def add(self, int8_s: float, fp32_s: float, scored: int, rescored: int) -> None:
+        self.int8_s += int8_s
+        self.fp32_s += fp32_s
+        self.scored += scored
+        self.rescored += rescored
+
+    def fp32_alone(self) -> float | None:
+        """Seconds fp32 alone would have taken for every score, None before enough were seen."""
+        if self.scored < self.MIN_SCORED or self.rescored < self.MIN_RESCORED:
+            return None
+        return self.fp32_s / self.rescored * self.scored
+
+    def over(self) -> bool:
+        alone = self.fp32_alone()
+        return alone is not None and self.rescored >= self.MIN_SHARE * self.scored and self.int8_s + self.fp32_s > alone
+
+
 def _deciding(scores: np.ndarray) -> np.ndarray:
     """The score that decides from [score, fp32 re-score or NaN] rows: the fp32 one where there is one."""
     return np.where(np.isnan(scores[..., 1]), scores[..., 0], scores[..., 1])
@@ -126,6 +163,8 @@ class DifferenceAreaGenerator:
         self.clip, self.blip, self.segmenter = components.clip, components.blip, components.segmenter
         self.fp32 = components.fp32  # the fp32 models of the banded ones, loaded at their first score in the band
         self.band = self.models.manifest.guard_band if self.fp32 is not None else None
+        self.band_price = {"clip": BandPrice(), "blip": BandPrice()}  # what each banded model's scores cost so far
+        self.fp32_instead: set[str] = set()  # banded models switched to fp32 for the rest of the run (settings.band_switch)
         if self.settings.warm_up:
             self.blip.warm_up()
         self._release_memory()
@@ -152,6 +191,7 @@ class DifferenceAreaGenerator:
         with self._calls:
             prepared = self._prepare(pair)
             self._score([prepared])
+            self._check_band_price()
             return self._finish(prepared)
 
     def process_many(self, pairs: Iterable[PairInput], pairs_per_batch: int = PAIRS_PER_BATCH) -> Iterator[PairResult | PairFailure]:
@@ -196,6 +236,7 @@ class DifferenceAreaGenerator:
             prepared = [self._prepare_or_fail(pair) for pair in pairs]
             ready = [p for p in prepared if isinstance(p, _Pair)]
             failed = self._score_isolating(ready)
+            self._check_band_price()
             return [p if isinstance(p, PairFailure) else failed.get(id(p)) or self._finish(p) for p in prepared]
 
     def _score_isolating(self, ready: list[_Pair]) -> dict[int, PairFailure]:
@@ -285,17 +326,41 @@ class DifferenceAreaGenerator:
         scores = np.array([1.0, np.nan])
         if rgb1.shape == rgb2.shape and np.array_equal(rgb1, rgb2):
             return scores, True
+        t = time.perf_counter()
         scores[0] = float(cosine(*np.split(self.clip.embed([rgb1, rgb2]), 2))[0])
         if self._banded("clip"):
+            int8_s = time.perf_counter() - t
             p = self.params.pair
             rescore = bool(near(scores[0], p.min_score_1, p.max_score_1, self.band.margin("pair_similarity")))  # type: ignore[union-attr]
+            t = time.perf_counter()
             if rescore:
                 scores[1] = float(cosine(*np.split(self.fp32.clip.embed([rgb1, rgb2]), 2))[0])  # type: ignore[union-attr]
+            self.band_price["clip"].add(int8_s, time.perf_counter() - t if rescore else 0.0, 1, int(rescore))
             result.band = {"pair_similarity": {"scored": 1, "rescored": int(rescore)}}
         return scores, False
 
     def _banded(self, model: str) -> bool:
-        return self.fp32 is not None and self.fp32.has(model)
+        return self.fp32 is not None and self.fp32.has(model) and model not in self.fp32_instead
+
+    def _check_band_price(self) -> None:
+        """After a batch: a banded model whose band has cost more than fp32 alone would runs fp32
+        from now on (its int8 graph released); the decisions are the same."""
+        if not self.settings.band_switch or self.settings.keep_scores or self.fp32 is None:
+            return
+        for model in ("clip", "blip"):
+            price = self.band_price[model]
+            if not self._banded(model) or not price.over():
+                continue
+            fp32 = self.fp32.clip if model == "clip" else self.fp32.blip
+            self.fp32_instead.add(model)
+            if model == "clip":
+                self.clip = fp32  # type: ignore[assignment]
+            else:
+                self.blip = fp32  # type: ignore[assignment]
+            self.components = replace(self.components, **{model: fp32})
+            log.warning("%s: %d of %d scores fell in the guard band; int8 + fp32 took %.1f s where fp32 alone would have taken "
+                        "%.1f s, so %s runs fp32 from now on (the same decisions)", model.upper(), price.rescored, price.scored,
+                        price.int8_s + price.fp32_s, price.fp32_alone(), model.upper())  # fmt: skip
 
     # ---- S6, S5 ---------------------------------------------------------------------------
 
@@ -357,13 +422,17 @@ class DifferenceAreaGenerator:
         differ = np.array([k for k, s in enumerate(same) if not s], dtype=np.intp)
         if differ.size:
             items = [(todo[k][0].image1, todo[k][1]) for k in differ] + [(todo[k][0].image2, todo[k][1]) for k in differ]
+            t = time.perf_counter()
             scores[differ, 0] = primary = self._crop_similarities(items, self.clip)  # type: ignore[arg-type]
             if self._banded("clip"):
+                int8_s = time.perf_counter() - t
                 band = near(primary, lo, hi, self.band.margin("crop_similarity"))  # type: ignore[union-attr]
                 again = np.flatnonzero(band)
+                t = time.perf_counter()
                 if again.size:
                     n = len(differ)
                     scores[differ[again], 1] = self._crop_similarities([items[i] for i in again] + [items[n + i] for i in again], self.fp32.clip)  # type: ignore[union-attr,arg-type]
+                self.band_price["clip"].add(int8_s, time.perf_counter() - t if again.size else 0.0, len(differ), int(again.size))
                 for k, in_band in zip(differ, band):
                     todo[k][0].ledger.band.add("crop_similarity", 1, int(in_band))  # type: ignore[union-attr]
         return scores, same
@@ -396,26 +465,34 @@ class DifferenceAreaGenerator:
         in fp32 once, the first time it is needed)."""
         items = [(p.image1 if side == 1 else p.image2, win) for p, win in todo]
         first, rows = distinct(items)  # type: ignore[arg-type]
+        t = time.perf_counter()
         embeds = self.blip.encode_images(Crops([items[i] for i in first], self.settings.jpeg_roundtrip))  # type: ignore[misc]
         m = self.params.matching
         banded = self._banded("blip")
+        price = self.band_price["blip"]
+        if banded:
+            price.add(time.perf_counter() - t, 0.0, 0, 0)  # the crops' int8 encoding: part of the int8 scores' cost
         fp32_embeds: dict[int, np.ndarray] = {}  # distinct crop -> its fp32 embedding
 
         def score(word: str, idx: list[int]) -> np.ndarray:
             out = np.full((len(idx), 2), np.nan)
+            t = time.perf_counter()
             out[:, 0] = probs = self.blip.score(embeds, word, [int(rows[k]) for k in idx])
             if not banded:
                 return out
+            int8_s = time.perf_counter() - t
             band = near(probs, m.min_score, m.max_score, self.band.margin("itm_probability"))  # type: ignore[union-attr]
             for k, in_band in zip(idx, band):
                 todo[k][0].ledger.band.add("itm_probability", 1, int(in_band))  # type: ignore[union-attr]
             again = [int(rows[idx[j]]) for j in np.flatnonzero(band)]
+            t = time.perf_counter()
             if again:
                 new = sorted(set(again) - fp32_embeds.keys())
                 if new:
                     fresh = self.fp32.blip.encode_images(Crops([items[first[r]] for r in new], self.settings.jpeg_roundtrip))  # type: ignore[union-attr,misc]
                     fp32_embeds.update(zip(new, fresh))
                 out[band, 1] = self.fp32.blip.score(np.stack([fp32_embeds[r] for r in again]), word)  # type: ignore[union-attr]
+            price.add(int8_s, time.perf_counter() - t if again else 0.0, len(idx), len(again))
             return out
 
         return score
