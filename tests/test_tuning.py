@@ -155,6 +155,25 @@ def test_retune_takes_a_params_files_precision_only_when_it_is_the_runs(kept, wo
             assert not (tmp_path / f"{ok}.jsonl").exists()
 
 
+def test_a_hand_edited_scores_record_and_a_300_digit_threshold_are_one_line(kept, work, tmp_path):
+    copy = tmp_path / "kept.jsonl"
+    shutil.copy(kept["int8"], copy)
+    shutil.copytree(scores_folder(kept["int8"]), scores_folder(copy))
+    meta = scores_folder(copy) / "meta.json"
+    data = json.loads(meta.read_text())
+    data["margins"] = {"crop_similarity": "0.1"}  # margins as strings
+    meta.write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"meta.json: not the record of kept scores this version reads \(margins must map score names to finite numbers >= 0\)"):
+        KeptRun.open(copy)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"image_text_matching_filter_args": {"min_score": 1' + "0" * 300 + "}}")
+    for command in (["retune", "--input", str(kept["int8"]), "--output", str(tmp_path / "out.jsonl")],
+                    ["run", "--models", "no-models", "--input", str(work / "pairs.jsonl"), "--output", str(tmp_path / "run.jsonl")]):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", *command, "--params", str(huge), "--quiet"], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "an integer of 301 digits (limit 100)" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.json", "kept.jsonl", "kept.jsonl.scores"]
+
+
 def test_kept_scores_resume_with_the_run_and_are_refused_when_the_file_changed(model_sets, work, kept):
     out = work / "resumed.jsonl"
     _run(model_sets["banded"], work, _params(), out, keep=True, limit=3)
@@ -431,8 +450,10 @@ def test_sweep_of_a_shard_runs_folder_counts_every_shards_pairs(model_sets, shar
     for a, b in zip(of_folder, of_file):  # the same pairs, but the record pack left out (an error line in the file)
         assert (a["boxes"], a["pairs_with_boxes"], a["pairs"] + 1) == (b["boxes"], b["pairs_with_boxes"], b["pairs"])
     proc = subprocess.run([sys.executable, "-m", "imgdiff_onnx", "sweep", "--input", str(folder), "--vary", "min_score=0:1:0.5",
-                           "--out", str(work / "sweep-cli"), "--quiet"], capture_output=True, text=True)  # fmt: skip
+                           "--out", str(work / "sweep-cli")], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and "| min_score |" not in proc.stderr  # where the files are and the best settings, not the table
+    assert "sweep of 3 settings written to" in proc.stderr and "the settings with the most pairs with boxes" in proc.stderr
     assert len(json.loads((work / "sweep-cli" / "sweep.json").read_text())["rows"]) == 3
 
 
