@@ -148,7 +148,7 @@ def _settings(args: argparse.Namespace, threads: int, precision: object = None):
         return EngineSettings(precision=precision if precision is not None else args.precision, threads=threads, workers=args.workers, crop_batch_size=args.crop_batch_size,
                               jpeg_roundtrip=args.jpeg_roundtrip, model_check=args.model_check, memory_release=args.memory_release,
                               segment_together=args.segment_together, keep_scores=getattr(args, "keep_scores", False),
-                              band_switch=getattr(args, "band_switch", True))
+                              band_switch=getattr(args, "band_switch", False))
     except PrecisionError:
         raise
     except ParameterError as exc:  # names its setting: the flag is that name with dashes
@@ -478,8 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-scores", action="store_true",
                    help="keep every score beside the results (OUTPUT.scores/), computed with every gate open, so that `retune` and "
                    "`sweep` change the similarity and ITM thresholds later without a model call (costs a run with open gates)")
-    r.add_argument("--no-band-switch", dest="band_switch", action="store_false",
-                   help="keep a banded model banded even where its fp32 re-scores cost more than fp32 alone (by default it then runs fp32)")
+    r.add_argument("--band-switch", action="store_true",
+                   help="a banded model whose fp32 re-scores cost more than fp32 alone runs fp32 for the rest of the run (the same "
+                   "decisions; the results lines' band tallies then depend on timings)")
     r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray actors: no ADDRESS starts a local Ray, 'auto' or host:port joins a cluster (needs the ray extra)")
     r.add_argument("--actors", type=int, default=1, help="with --ray: engine actors, each with --threads threads (default 1)")

@@ -91,8 +91,9 @@ class EngineSettings:
     band_switch: a banded model whose fp32 re-scores make int8 + fp32 cost more CPU time than
     fp32 alone would (measured from the run's own model calls: imgdiff_onnx.engine.pipeline
     BandPrice) runs fp32 for the rest of the run; the decisions are the same (a banded model
-    gives fp32's). Off: the band stays, whatever it costs. Never with keep_scores (the kept
-    scores are the banded model's).
+    gives fp32's). Off by default: where the switch comes depends on timings, so the results
+    lines' `band` tallies after it would differ from run to run (and between a run and its
+    resume), which the default keeps byte-identical. Never with keep_scores.
     """
 
     precision: PrecisionLike | None = None
@@ -110,7 +111,7 @@ class EngineSettings:
     memory_release: MemoryRelease = "trim"
     diagnostics: bool = False
     keep_scores: bool = False
-    band_switch: bool = True
+    band_switch: bool = False
 
     def __post_init__(self) -> None:
         if self.keep_scores and self.diagnostics:
