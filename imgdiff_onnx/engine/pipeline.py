@@ -85,9 +85,9 @@ class BandPrice:
     fp32 has cost more than fp32 alone would have (fp32's seconds per re-score x every score),
     once enough of both were seen for the estimate to mean something, and at least half the
     scores fell in the band (a threshold in the dense part of the scores). The share floor keeps
-    an ordinary run (~1% re-scored) banded on every CPU, so its results lines' band tallies do
-    not depend on timings; a CPU whose int8 graphs are slower than fp32 at low shares is what
-    `validate` finds and answers with a precision."""
+    an ordinary run (~1% re-scored) banded on every CPU; a CPU whose int8 graphs are slower than
+    fp32 at low shares is what `validate` finds and answers with a precision. Acted on only with
+    EngineSettings.band_switch (off by default: the switch's point depends on timings)."""
 
     MIN_SCORED = 32
     MIN_RESCORED = 8
@@ -353,10 +353,7 @@ class DifferenceAreaGenerator:
                 continue
             fp32 = self.fp32.clip if model == "clip" else self.fp32.blip
             self.fp32_instead.add(model)
-            if model == "clip":
-                self.clip = fp32  # type: ignore[assignment]
-            else:
-                self.blip = fp32  # type: ignore[assignment]
+            setattr(self, model, fp32)  # self.clip or self.blip: the int8 graph is no longer held
             self.components = replace(self.components, **{model: fp32})
             log.warning("%s: %d of %d scores fell in the guard band; int8 + fp32 took %.1f s where fp32 alone would have taken "
                         "%.1f s, so %s runs fp32 from now on (the same decisions)", model.upper(), price.rescored, price.scored,

@@ -116,6 +116,20 @@ def _typed(pa, values: list, type_):
         return None
 
 
+def parquet_schema(path: Path):
+    """The Arrow schema of a Parquet file (an input shard, or results being retuned), whose
+    pass-through columns keep their types in Parquet results; None for another file or one whose
+    footer cannot be read (its results then take the types their values give)."""
+    if Path(path).suffix.lower() != ".parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except Exception:  # noqa: BLE001 - a damaged shard: its own error is recorded where it is read
+        return None
+
+
 def write_results_parquet(lines_path: Path, out: Path, schema=None) -> None:
     """The results lines of `lines_path` as a Parquet file at `out` (fsync'ed). `schema` (an
     Arrow schema: the input Parquet shard's, or the results file being retuned) gives the types

@@ -42,6 +42,7 @@ from .progress import ProgressBar
 from .records import InputLine
 from .runfile import OutputInUse, OutputLock, RunIdentity, explain_difference, fsync_folder
 from .scores import ScoreWriter, drop_scores, kept_scores_meta
+from .parquet_sink import parquet_schema
 from .shard_results import ERRORS, FORMAT, RECORD, read_run_record
 from .shards import Shard, ShardError, list_shards, read_shard
 from .signals import GracefulStop, Interrupted
@@ -251,19 +252,6 @@ class ShardFolder:
         self._lock.release()
 
 
-def _input_schema(shard: Shard):
-    """The Arrow schema of a Parquet shard (its pass-through columns keep their types in Parquet
-    results); None for other shards or one whose footer cannot be read (its error is recorded)."""
-    if shard.format != "parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(shard.path)
-    except Exception:  # noqa: BLE001 - a damaged shard: its results keep the types their values give
-        return None
-
-
 def _batches(lines: Iterator[InputLine], size: int) -> Iterator[list[InputLine]]:
     """Lines in batches; where the shard stops being readable, the lines read before it are
     yielded before the ShardError goes on."""
@@ -354,7 +342,7 @@ def run_shards(engine: DifferenceAreaGenerator, input_spec: str, output: Path, o
                     folder.shard_error(shard.name, str(exc))
                 if scores is not None:
                     scores.write([], [], [])  # a shard with no pair still has its (empty) kept scores
-                folder.commit(shard.name, _input_schema(shard) if shard_options.output_format == "parquet" else None)
+                folder.commit(shard.name, parquet_schema(shard.path) if shard_options.output_format == "parquet" else None)
                 committed += 1
                 bar.update(1)
     finally:

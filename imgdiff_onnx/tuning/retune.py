@@ -320,9 +320,11 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
     committed in `results` are then computed). Returns the counts retune_file returns."""
     from ..runs.jsonl import RunOptions
     from ..runs.shard_results import ERRORS, read_run_record
+    from ..runs.parquet_sink import parquet_schema
     from ..runs.shard_run import ShardFolder, ShardOptions
 
     runs = KeptRun.open_all(results)  # every committed shard's scores record read, before the output is touched
+    shard_errors = _shard_errors(results / ERRORS)
     record = read_run_record(results) or {}
     for kept in runs:
         check_retunable(kept.params, params)
@@ -346,13 +348,10 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
                 with folder.open_partial(str(kept.shard)) as out:
                     out.truncate(0)
                     _write_decided(kept, params, options.models, out, counts, bar, stop, left)
-                folder.commit(str(kept.shard), _results_schema(kept.results))
+                folder.commit(str(kept.shard), parquet_schema(kept.results))
                 rescorer = kept.rescorer
-        errors = results / ERRORS
-        if errors.is_file():
-            for line in errors.read_text(encoding="utf-8").splitlines():
-                entry = json.loads(line)
-                folder.shard_error(str(entry.get("shard")), str(entry.get("error")))
+        for entry in shard_errors:
+            folder.shard_error(str(entry.get("shard")), str(entry.get("error")))
     except BaseException:
         folder.discard()  # a retune that did not finish leaves nothing of its own
         raise
@@ -363,13 +362,17 @@ def retune_folder(results: Path, params: OperatorParams, output: Path, options: 
     return counts
 
 
-def _results_schema(results: Path):
-    """A Parquet results file's schema (its pass-through columns keep their types when retuned)."""
-    if results.suffix != ".parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(results)
+def _shard_errors(path: Path) -> list[dict]:
+    """The shard errors a shard run listed (carried to the retuned folder); one line for a damaged list."""
+    if not path.is_file():
+        return []
+    try:
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: the run's list of shard errors cannot be read ({exc})") from None
+    if not all(isinstance(e, dict) for e in entries):
+        raise RunError(f"{path}: the run's list of shard errors is not one of this tool's")
+    return entries
 
 
 def _check_output(results: Path, output: Path, overwrite: bool, identity: RunIdentity | None) -> None:
